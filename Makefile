@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test` (each sets everything up itself).
+PYTHON ?= python3.11
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_ARGS ?=
+
+.PHONY: install demo test test-slow lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# Torch first and pinned (a bare `torch` requirement may pull a multi-GB CUDA build).
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python -m bids_anomaly.demo demo $(DEMO_ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow'
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf demo .pytest_cache

@@ -1,0 +1,219 @@
+"""Discovery of participants, sessions, images and groups in the input dataset (with pybids).
+
+BIDS_DIR is read-only: the pybids database lives in the work directory, one per run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bids_anomaly.errors import InvalidBidsError, MissingInputError, NoMatchError, UsageError
+
+LOGGER = logging.getLogger('bids_anomaly')
+
+#: Default pybids queries; ``--bids-filter-file`` updates them per key (fMRIPrep format).
+DEFAULT_QUERIES: dict[str, dict[str, Any]] = {
+    't1w': {'datatype': 'anat', 'suffix': 'T1w', 'extension': ['.nii', '.nii.gz']},
+    'dwi': {'datatype': 'dwi', 'suffix': 'dwi', 'extension': ['.nii', '.nii.gz']},
+}
+
+
+@dataclass(frozen=True)
+class DwiRun:
+    """A diffusion run with its gradient files (found beside it or inherited)."""
+
+    dwi: Path
+    bval: Path
+    bvec: Path
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One participant (and session) to process."""
+
+    label: str
+    session: str | None
+    group: str | None
+    is_control: bool
+    t1w: Path
+    dwi: DwiRun | None
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """BIDS entities that name this participant's derivatives."""
+        return {'sub': self.label} | ({'ses': self.session} if self.session else {})
+
+    @property
+    def name(self) -> str:
+        """``sub-01`` or ``sub-01_ses-A``, for logs and tables."""
+        return '_'.join(f'{k}-{v}' for k, v in self.entities.items())
+
+
+def parse_labels(values: Iterable[str], prefix: str) -> list[str]:
+    """Labels without their prefix; a value that is an existing file holds one label per line."""
+    labels: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_file():
+            tokens = path.read_text(encoding='utf-8').split()
+        else:
+            tokens = value.replace(',', ' ').split()
+        labels += [t.removeprefix(prefix) for t in tokens if t.strip()]
+    return list(dict.fromkeys(labels))
+
+
+def validate_dataset(bids_dir: Path) -> None:
+    """Check the dataset description and every file name against the BIDS schema.
+
+    The official validator is a Deno/Node program not available in the container; the
+    ``bids_validator`` Python package checks file names against the schema, which catches the
+    errors that would make discovery silently miss images.
+    """
+    from bids_validator import BIDSValidator
+
+    description = bids_dir / 'dataset_description.json'
+    if not description.is_file():
+        raise InvalidBidsError(f'{description} is missing: BIDS_DIR must be a BIDS dataset '
+                               '(or pass --skip-bids-validation)')
+    try:
+        content = json.loads(description.read_text(encoding='utf-8'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InvalidBidsError(f'{description} is not valid JSON ({err}); fix it or pass '
+                               '--skip-bids-validation') from None
+    missing = [key for key in ('Name', 'BIDSVersion') if key not in content]
+    if missing:
+        raise InvalidBidsError(f'{description} lacks {", ".join(missing)}; add it or pass '
+                               '--skip-bids-validation')
+    validator = BIDSValidator()
+    invalid = []
+    for path in sorted(bids_dir.rglob('*')):
+        relative = path.relative_to(bids_dir)
+        if path.is_dir() or any(part.startswith('.') for part in relative.parts):
+            continue
+        if relative.parts[0] in ('derivatives', 'sourcedata', 'code', 'stimuli'):
+            continue
+        if not validator.is_bids('/' + relative.as_posix()):
+            invalid.append(relative.as_posix())
+    if invalid:
+        shown = ', '.join(invalid[:3]) + (f' and {len(invalid) - 3} more' if len(invalid) > 3
+                                          else '')
+        raise InvalidBidsError(f'{bids_dir}: {len(invalid)} file(s) are not valid BIDS names '
+                               f'({shown}); rename them or pass --skip-bids-validation')
+
+
+def load_layout(bids_dir: Path, database_dir: Path):
+    """Index ``bids_dir`` with pybids, keeping the database in ``database_dir`` (work dir)."""
+    from bids import BIDSLayout
+
+    database_dir.mkdir(parents=True, exist_ok=True)
+    return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir),
+                      reset_database=True)
+
+
+def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
+    """Default queries updated with a ``--bids-filter-file`` (fMRIPrep format)."""
+    queries = {key: dict(query) for key, query in DEFAULT_QUERIES.items()}
+    if path is None:
+        return queries
+    try:
+        filters = json.loads(Path(path).read_text(encoding='utf-8'))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f'--bids-filter-file {path}: cannot read JSON ({err})') from None
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UsageError(f'--bids-filter-file {path}: expected {{"t1w": {{...}}, "dwi": {{...}}}}')
+    unknown = set(filters) - set(queries)
+    if unknown:
+        raise UsageError(f'--bids-filter-file {path}: unknown queries {sorted(unknown)}; '
+                         f'known: {sorted(queries)}')
+    for key, query in filters.items():
+        queries[key].update(query)
+    return queries
+
+
+def read_groups(bids_dir: Path, group_column: str) -> dict[str, str] | None:
+    """Group of each participant from ``participants.tsv``; ``None`` if the file or column lacks."""
+    table_path = bids_dir / 'participants.tsv'
+    if not table_path.is_file():
+        return None
+    table = pd.read_csv(table_path, sep='\t', dtype=str, na_values=['n/a'], keep_default_na=False)
+    if 'participant_id' not in table.columns:
+        raise InvalidBidsError(f'{table_path} has no participant_id column; add it')
+    if group_column not in table.columns:
+        return None
+    table = table.dropna(subset=[group_column])
+    return {pid.removeprefix('sub-'): str(group).strip()
+            for pid, group in zip(table['participant_id'], table[group_column])}
+
+
+def is_control(group: str | None, control_labels: Sequence[str]) -> bool:
+    """Whether ``group`` is one of the control labels (case-insensitive)."""
+    return group is not None and group.strip().lower() in {c.lower() for c in control_labels}
+
+
+def discover(layout, *, bids_dir: Path, participant_label: Sequence[str] = (),
+             session_label: Sequence[str] = (), queries: Mapping[str, dict[str, Any]],
+             group_column: str = 'group',
+             control_labels: Sequence[str] = ()) -> list[Participant]:
+    """Participants (one per session) with their T1w, DWI run and group.
+
+    Raises
+    ------
+    NoMatchError
+        A requested participant or session does not exist, or nothing is left to process.
+    MissingInputError
+        A selected participant has no T1w image.
+    """
+    subjects = sorted(layout.get_subjects())
+    wanted = parse_labels(participant_label, 'sub-')
+    if wanted:
+        unknown = [label for label in wanted if label not in subjects]
+        if unknown:
+            raise NoMatchError(f'participant(s) {", ".join(unknown)} not found in {bids_dir} '
+                               f'(available: {", ".join(subjects) or "none"})')
+        subjects = wanted
+    if not subjects:
+        raise NoMatchError(f'no participant found in {bids_dir}: is it a BIDS dataset with '
+                           'sub-<label> folders?')
+    sessions_wanted = parse_labels(session_label, 'ses-')
+    groups = read_groups(bids_dir, group_column) or {}
+    participants = []
+    for subject in subjects:
+        sessions: list[str | None] = sorted(layout.get_sessions(subject=subject)) or [None]
+        if sessions_wanted:
+            sessions = [s for s in sessions if s in sessions_wanted]
+        for session in sessions:
+            participants.append(_participant(layout, subject, session, queries,
+                                             groups.get(subject), control_labels))
+    if not participants:
+        raise NoMatchError(f'session(s) {", ".join(sessions_wanted)} match no selected '
+                           f'participant in {bids_dir}')
+    return participants
+
+
+def _participant(layout, subject: str, session: str | None,
+                 queries: Mapping[str, dict[str, Any]], group: str | None,
+                 control_labels: Sequence[str]) -> Participant:
+    where = {'subject': subject} | ({'session': session} if session else {})
+    name = f'sub-{subject}' + (f' ses-{session}' if session else '')
+    t1ws = sorted(layout.get(return_type='file', **where, **queries['t1w']))
+    if not t1ws:
+        raise MissingInputError(f'{name} has no T1w image (query {queries["t1w"]}); add one, '
+                                'fix --bids-filter-file or deselect it with --participant-label')
+    if len(t1ws) > 1:
+        LOGGER.warning('%s has %d T1w images; using %s', name, len(t1ws), Path(t1ws[0]).name)
+    dwi = None
+    for dwi_file in sorted(layout.get(return_type='file', **where, **queries['dwi'])):
+        bval, bvec = layout.get_bval(dwi_file), layout.get_bvec(dwi_file)
+        if bval and bvec:
+            dwi = DwiRun(Path(dwi_file), Path(bval), Path(bvec))
+            break
+        LOGGER.warning('%s: %s has no bval/bvec file; ignoring it', name, Path(dwi_file).name)
+    return Participant(subject, session, group, is_control(group, control_labels),
+                       Path(t1ws[0]), dwi)

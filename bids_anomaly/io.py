@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader never sees a half-written output, even after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file keeps the final suffixes (``.nii.gz``, ``.png``...) so that libraries
+    that pick a format from the extension write the right one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ''.join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{suffix}', dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding='utf-8')
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (paths and numpy scalars become plain values)."""
+    return write_text(path, json.dumps(data, indent=2, default=_json_default) + '\n')
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if hasattr(value, 'tolist'):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f'cannot serialise {type(value).__name__} to JSON')

@@ -1,0 +1,203 @@
+"""Command-line parsing and every BIDS-Apps exit code, on real temporary trees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bids_anomaly import __version__
+from bids_anomaly.cli import main
+from tests.conftest import tree_snapshot, write_tiny_bids
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Exit code and stderr of one command-line call."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in args])
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_one_line(err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if 'error' in line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_version_console_script() -> None:
+    out = subprocess.run([sys.executable, '-m', 'bids_anomaly', '--version'],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f'bids_anomaly {__version__}'
+
+
+def test_help_lists_nipreps_options(capsys: pytest.CaptureFixture) -> None:
+    code, _ = run_cli(['--help'], capsys)
+    assert code == 0
+    out = capsys.readouterr().out if False else ''
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    out = capsys.readouterr().out
+    for flag in ('--participant-label', '--session-label', '--bids-filter-file',
+                 '--skip-bids-validation', '--work-dir', '--nprocs', '--omp-nthreads', '--mem',
+                 '--config-file', '--verbose', '--device', '--batch-size', '--seed', '--model',
+                 '--train', '--models', '--group-column', '--control-label', '--atlas',
+                 '--resolution'):
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['--resolution', '3'], '--resolution'),
+    (['--models', 'sae-patch,vae'], '--models'),
+    (['--device', 'gpu'], '--device'),
+    (['--calibration-fraction', '1.5'], '--calibration-fraction'),
+    (['--atlas', 'a.nii.gz'], '--atlas-labels'),
+    (['--registration', 'rigid'], 'rigid'),
+    (['--patch-size', '14'], '--patch-size'),
+    (['--no-such-option'], '--no-such-option'),
+])
+def test_bad_option_values_exit_64(tiny_bids: Path, tmp_path: Path, extra: list[str],
+                                   needle: str, capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', *extra], capsys)
+    assert code == 64
+    assert_one_line(err, needle)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_unknown_level_exits_64(tiny_bids: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'session'], capsys)
+    assert code == 64 and 'session' in err
+
+
+def test_output_inside_bids_exits_64(read_only: Path, capsys: pytest.CaptureFixture) -> None:
+    before = tree_snapshot(read_only)
+    for output in (read_only, read_only / 'derivatives' / 'anomaly'):
+        code, err = run_cli([read_only, output, 'participant'], capsys)
+        assert code == 64
+        assert_one_line(err, 'inside BIDS_DIR')
+    assert tree_snapshot(read_only) == before
+
+
+def test_work_dir_inside_bids_exits_64(read_only: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([read_only, tmp_path / 'out', 'participant', '-w', read_only / 'work'],
+                        capsys)
+    assert code == 64
+    assert_one_line(err, 'work dir', '-w')
+
+
+def test_missing_bids_dir_exits_66(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([tmp_path / 'nope', tmp_path / 'out', 'participant'], capsys)
+    assert code == 66
+    assert_one_line(err, str(tmp_path / 'nope'))
+
+
+def test_output_cannot_be_created_exits_73(tiny_bids: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    code, err = run_cli([tiny_bids, blocker / 'out', 'participant'], capsys)
+    assert code == 73
+    assert_one_line(err, str(blocker / 'out'))
+
+
+def test_invalid_bids_exits_16(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control'})
+    (bids / 'sub-01' / 'anat' / 'sub-01_T1weighted.nii.gz').write_bytes(b'x')
+    code, err = run_cli([bids, tmp_path / 'out', 'participant'], capsys)
+    assert code == 16
+    assert_one_line(err, 'sub-01_T1weighted.nii.gz', '--skip-bids-validation')
+    (bids / 'dataset_description.json').unlink()
+    code, err = run_cli([bids, tmp_path / 'out', 'participant'], capsys)
+    assert code == 16
+    assert_one_line(err, 'dataset_description.json')
+
+
+@pytest.mark.parametrize('extra, needle', [
+    (['--participant-label', '99'], '99'),
+    (['--participant-label', 'sub-01', '07'], '07'),
+    (['--session-label', 'B'], 'B'),
+])
+def test_selection_matching_nothing_exits_18(read_only: Path, tmp_path: Path, extra: list[str],
+                                             needle: str, capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([read_only, tmp_path / 'out', 'participant', *extra], capsys)
+    assert code == 18
+    assert_one_line(err, needle)
+
+
+def test_participant_without_t1w_exits_66(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control', '02': 'patient'})
+    (bids / 'sub-02' / 'anat' / 'sub-02_T1w.nii.gz').unlink()
+    (bids / 'sub-02' / 'anat' / 'sub-02_T2w.nii.gz').write_bytes(b'')
+    code, err = run_cli([bids, tmp_path / 'out', 'participant', '--skip-bids-validation'], capsys)
+    assert code == 66
+    assert_one_line(err, 'sub-02', 'T1w')
+
+
+def test_training_without_controls_exits_66(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'patient', '02': 'patient'})
+    code, err = run_cli([bids, tmp_path / 'out', 'group', '--train'], capsys)
+    assert code == 66
+    assert_one_line(err, 'found 0 control')
+    (bids / 'participants.tsv').write_text('participant_id\tage\nsub-01\t30\nsub-02\t40\n')
+    code, err = run_cli([bids, tmp_path / 'out', 'group', '--train'], capsys)
+    assert code == 66
+    assert_one_line(err, 'participants.tsv', '--group-column')
+
+
+def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / 'config.toml'
+    config.write_text('[preprocessing]\nresolution = 2.0\nregistration = "affine"\n'
+                      '[execution]\nseed = 7\n')
+    from click.testing import CliRunner
+
+    from bids_anomaly import cli as cli_module
+
+    seen = {}
+
+    def fake_build(ctx, *args):  # capture the merged configuration, run nothing
+        seen['config'] = original(ctx, *args)
+        raise SystemExit(0)
+
+    original = cli_module.build_config
+    cli_module.build_config = fake_build
+    try:
+        result = CliRunner().invoke(cli_module.cli, [
+            str(tiny_bids), str(tmp_path / 'out'), 'participant', '--config-file', str(config),
+            '--registration', 'syn', '--participant-label', '01', '02', '--models',
+            'sae-patch,ae-slice'])
+    finally:
+        cli_module.build_config = original
+    assert result.exit_code == 0, result.output
+    cfg = seen['config']
+    assert cfg.preprocessing.resolution == 2.0
+    assert cfg.preprocessing.registration == 'syn'
+    assert cfg.execution.seed == 7
+    assert cfg.execution.participant_label == ('01', '02')
+    assert cfg.training.models == ('sae-patch', 'ae-slice')
+
+
+def test_bad_config_file_exits_64(tiny_bids: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / 'config.toml'
+    config.write_text('[preprocessing]\nresolutoin = 2.0\n')
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', '--config-file', config],
+                        capsys)
+    assert code == 64
+    assert_one_line(err, 'resolutoin')
+
+
+def test_bids_filter_file_errors_exit_64(tiny_bids: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    filters = tmp_path / 'filters.json'
+    filters.write_text(json.dumps({'bold': {'task': 'rest'}}))
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', '--bids-filter-file',
+                         filters], capsys)
+    assert code == 64
+    assert_one_line(err, 'bold')
