@@ -176,8 +176,7 @@ class DerivativesWriter:
                    sidecar: Mapping[str, Any] | None = None) -> Path:
         """Copy an already computed file (a transform, a figure) into the dataset."""
         path = self.path(entities, suffix, extension, datatype)
-        if sidecar is not None:
-            self.write_sidecar(path, sidecar)
+        self.write_sidecar(path, sidecar)
         with atomic_path(path) as tmp:
             shutil.copyfile(source, tmp)
         return path
