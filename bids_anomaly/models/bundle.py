@@ -1,0 +1,364 @@
+"""Model bundles: a folder with ``model.json`` (the model card) and ``weights.safetensors``.
+
+A bundle lives in ``OUTPUT_DIR/models/<name>/`` and can be loaded from any path. Nothing is
+ever unpickled: weights and the arrays added later by the scoring step (normative models,
+thresholds) are safetensors files whose SHA-256 is recorded in ``model.json`` and checked on
+every load. A bundle whose template, resolution, grid or modalities differ from the data is
+refused with a :class:`BundleError`, one line that names the file and the fix.
+
+``bids_anomaly-model inspect PATH`` prints the model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import typing as ty
+from pathlib import Path
+
+import click
+import numpy as np
+import safetensors.numpy
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+
+from bids_anomaly.models.io import atomic_path, sha256, write_text
+from bids_anomaly.models.networks import AutoEncoder, build_model, count_parameters
+from bids_anomaly.models.spec import ModelSpec, TrainParams
+
+FORMAT = 'bids_anomaly-model'
+FORMAT_VERSION = 1
+MODEL_JSON = 'model.json'
+WEIGHTS = 'weights.safetensors'
+_RETRAIN = 're-train it with `bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used: missing, altered, or made for other data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild, trust and reuse a trained model.
+
+    Parameters
+    ----------
+    spec, params : ModelSpec, TrainParams
+        Architecture, objective and optimisation settings (defaults resolved).
+    modalities : tuple of str
+        Channel order of the input, e.g. ``('FA', 'MD')`` or ``('T1w',)``.
+    template : str
+        Template name, e.g. ``'MNI152NLin2009cSym'``; ``spec.grid_shape`` is its grid.
+    resolution : float
+        Isotropic voxel size in mm.
+    normalisation : dict
+        How intensities were scaled to [0, 1], e.g.
+        ``{'method': 'quantile', 'low': 0.01, 'high': 0.99, 'within': 'brain'}``.
+    training_participants, calibration_participants : tuple of str
+        Controls used to fit the weights and to validate / calibrate thresholds.
+    description : str
+        Free text for humans.
+    history : tuple of dict
+        Per-epoch rows of the training log.
+    extra : dict
+        JSON sections added by later stages (e.g. thresholds); large arrays go to
+        :func:`add_arrays`.
+    """
+
+    spec: ModelSpec
+    params: TrainParams
+    modalities: tuple[str, ...]
+    template: str
+    resolution: float
+    normalisation: dict = dataclasses.field(default_factory=dict)
+    training_participants: tuple[str, ...] = ()
+    calibration_participants: tuple[str, ...] = ()
+    description: str = ''
+    history: tuple[dict, ...] = ()
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.modalities) != self.spec.in_channels:
+            message = (
+                f'{len(self.modalities)} modalities {tuple(self.modalities)} for a model with '
+                f'{self.spec.in_channels} input channels.'
+            )
+            raise ValueError(message)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+
+class LoadedBundle(ty.NamedTuple):
+    model: AutoEncoder
+    """The network in eval mode on the requested device."""
+    card: ModelCard
+    path: Path
+
+
+def save_bundle(path: Path, model: AutoEncoder, card: ModelCard) -> Path:
+    """Write ``model.json`` and ``weights.safetensors`` into the folder ``path``.
+
+    Overwriting a bundle removes the arrays that the previous model.json listed, since they
+    were computed from the old weights.
+    """
+    path = Path(path)
+    if (path / MODEL_JSON).exists():
+        for entry in _read_json(path).get('arrays', {}).values():
+            (path / entry['file']).unlink(missing_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    with atomic_path(path / WEIGHTS) as tmp:
+        safetensors.torch.save_file(tensors, tmp, metadata={'format': 'pt'})
+    document = {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'name': path.name,
+        'family': card.family,
+        'description': card.description,
+        'modalities': list(card.modalities),
+        'template': card.template,
+        'resolution': card.resolution,
+        'grid_shape': list(card.spec.grid_shape),
+        'normalisation': card.normalisation,
+        'architecture': card.spec.to_dict(),
+        'latent_shape': list(model.latent_shape),
+        'n_parameters': count_parameters(model),
+        'training': card.params.to_dict(),
+        'participants': {
+            'training': list(card.training_participants),
+            'calibration': list(card.calibration_participants),
+        },
+        'history': list(card.history),
+        'software': _software(),
+        'weights': {'file': WEIGHTS, 'sha256': sha256(path / WEIGHTS)},
+        'arrays': {},
+        'extra': card.extra,
+    }
+    _write_json(path, document)
+    return path
+
+
+def read_card(path: Path) -> ModelCard:
+    """The model card of a bundle, without touching its weights."""
+    document = _read_json(Path(path))
+    try:
+        return ModelCard(
+            spec=ModelSpec.from_dict(document['architecture']),
+            params=TrainParams.from_dict(document['training']),
+            modalities=tuple(document['modalities']),
+            template=document['template'],
+            resolution=float(document['resolution']),
+            normalisation=document['normalisation'],
+            training_participants=tuple(document['participants']['training']),
+            calibration_participants=tuple(document['participants']['calibration']),
+            description=document['description'],
+            history=tuple(document['history']),
+            extra=document['extra'],
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        message = f'{Path(path) / MODEL_JSON}: invalid model card ({error}); {_RETRAIN}.'
+        raise BundleError(message) from error
+
+
+def load_bundle(
+    path: Path,
+    *,
+    template: str | None = None,
+    resolution: float | None = None,
+    modalities: ty.Sequence[str] | None = None,
+    grid_shape: ty.Sequence[int] | None = None,
+    device: str | torch.device = 'cpu',
+) -> LoadedBundle:
+    """Verify and load a bundle; the keyword arguments describe the data it must fit.
+
+    Raises
+    ------
+    BundleError
+        Missing or invalid files, weights whose SHA-256 differs from ``model.json``, or a
+        template, resolution, grid or modality list different from the expected one.
+    """
+    path = Path(path)
+    card = read_card(path)
+    card_file = path / MODEL_JSON
+    expected = {
+        'template': (template, card.template),
+        'resolution': (resolution, card.resolution),
+        'modalities': (None if modalities is None else tuple(modalities), card.modalities),
+        'grid': (None if grid_shape is None else tuple(grid_shape), card.spec.grid_shape),
+    }
+    for what, (wanted, actual) in expected.items():
+        same = wanted is None or (
+            math.isclose(wanted, actual) if what == 'resolution' else wanted == actual
+        )
+        if not same:
+            message = (
+                f'{card_file}: model trained for {what} {_show(actual)}, but the data have '
+                f'{_show(wanted)}; use a bundle made for {_show(wanted)} or {_RETRAIN}.'
+            )
+            raise BundleError(message)
+    weights = _verified(path, _read_json(path)['weights'])
+    model = build_model(card.spec)
+    try:
+        model.load_state_dict(safetensors.torch.load_file(weights))
+    except (SafetensorError, RuntimeError) as error:
+        message = f'{weights}: weights do not fit the architecture in model.json; {_RETRAIN}.'
+        raise BundleError(message) from error
+    return LoadedBundle(model.to(device).eval(), card, path)
+
+
+def add_arrays(
+    path: Path,
+    name: str,
+    arrays: ty.Mapping[str, np.ndarray | torch.Tensor],
+    metadata: ty.Mapping | None = None,
+) -> Path:
+    """Store named arrays (e.g. a normative model) as ``<name>.safetensors`` in a bundle.
+
+    The file's SHA-256 and ``metadata`` (JSON) are recorded under ``arrays.<name>`` in
+    ``model.json``; adding the same name again replaces it.
+    """
+    path = Path(path)
+    if not name.isidentifier():
+        raise ValueError(f'Array set names must be identifiers, got {name!r}.')
+    document = _read_json(path)
+    target = path / f'{name}.safetensors'
+    tensors = {key: np.ascontiguousarray(_numpy(value)) for key, value in arrays.items()}
+    with atomic_path(target) as tmp:
+        safetensors.numpy.save_file(tensors, tmp)
+    document['arrays'][name] = {
+        'file': target.name,
+        'sha256': sha256(target),
+        'metadata': dict(metadata or {}),
+    }
+    _write_json(path, document)
+    return target
+
+
+def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and metadata stored by :func:`add_arrays`, after checking their SHA-256."""
+    path = Path(path)
+    entries = _read_json(path)['arrays']
+    if name not in entries:
+        message = (
+            f'{path / MODEL_JSON}: no array set {name!r} (has {sorted(entries)}); '
+            'run the scoring step that creates it.'
+        )
+        raise BundleError(message)
+    return safetensors.numpy.load_file(_verified(path, entries[name])), entries[name]['metadata']
+
+
+def _verified(path: Path, entry: dict) -> Path:
+    target = path / entry['file']
+    if not target.is_file():
+        raise BundleError(f'{target}: file listed in model.json is missing; {_RETRAIN}.')
+    digest = sha256(target)
+    if digest != entry['sha256']:
+        message = (
+            f'{target}: SHA-256 {digest[:12]}... differs from model.json '
+            f'({entry["sha256"][:12]}...), the file was altered; restore the bundle or '
+            f'{_RETRAIN}.'
+        )
+        raise BundleError(message)
+    return target
+
+
+def _read_json(path: Path) -> dict:
+    card_file = path / MODEL_JSON
+    if not card_file.is_file():
+        message = (
+            f'{card_file}: not found; pass the folder of a bundle '
+            '(OUTPUT_DIR/models/<name>/) or create one with --train.'
+        )
+        raise BundleError(message)
+    try:
+        document = json.loads(card_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f'{card_file}: not valid JSON ({error}); {_RETRAIN}.') from error
+    if document.get('format') != FORMAT or document.get('format_version') != FORMAT_VERSION:
+        message = (
+            f'{card_file}: not a {FORMAT} v{FORMAT_VERSION} card; '
+            f'load it with the bids_anomaly version that wrote it or {_RETRAIN}.'
+        )
+        raise BundleError(message)
+    return document
+
+
+def _write_json(path: Path, document: dict) -> None:
+    write_text(path / MODEL_JSON, json.dumps(document, indent=2) + '\n')
+
+
+def _software() -> dict:
+    from bids_anomaly import __version__
+
+    return {
+        'bids_anomaly': __version__,
+        'torch': torch.__version__,
+        'python': platform.python_version(),
+    }
+
+
+def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _show(value: ty.Any) -> str:
+    return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def format_card(path: Path) -> str:
+    """Human-readable model card, with the integrity of each file checked."""
+    path = Path(path)
+    document = _read_json(path)
+    card = read_card(path)
+    spec, params = card.spec, card.params
+    files = {'weights': document['weights'], **document['arrays']}
+    status = {}
+    for key, entry in files.items():
+        try:
+            _verified(path, entry)
+            status[key] = 'sha256 ok'
+        except BundleError:
+            status[key] = 'ALTERED OR MISSING'
+    last = card.history[-1] if card.history else {}
+    lines = [
+        f'{document["name"]}: {spec.family} ({document["n_parameters"]:,} parameters)',
+        f'  description     {card.description or "-"}',
+        f'  template        {card.template} at {card.resolution:g} mm, grid {_show(spec.grid_shape)}',
+        f'  modalities      {", ".join(card.modalities)}',
+        f'  normalisation   {json.dumps(card.normalisation)}',
+        f'  latent          {_show(tuple(document["latent_shape"]))}'
+        f' ({math.prod(document["latent_shape"])} values)',
+        f'  architecture    {json.dumps(spec.to_dict())}',
+        f'  training        {json.dumps(params.to_dict())}',
+        f'  epochs run      {len(card.history)}'
+        + (f' (last train {last["train_loss"]:.4g}, val {last["val_loss"]:.4g})' if last else ''),
+        f'  participants    {len(card.training_participants)} training: '
+        f'{" ".join(card.training_participants)}',
+        f'                  {len(card.calibration_participants)} calibration: '
+        f'{" ".join(card.calibration_participants)}',
+        f'  software        {json.dumps(document["software"])}',
+    ]
+    lines += [f'  file            {entry["file"]} ({status[key]})' for key, entry in files.items()]
+    lines += [f'  extra.{key:<10} {json.dumps(value)}' for key, value in card.extra.items()]
+    return '\n'.join(lines)
+
+
+@click.group()
+def main() -> None:
+    """Inspect bids_anomaly model bundles."""
+
+
+@main.command()
+@click.argument('path', type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option('--json', 'as_json', is_flag=True, help='Print model.json as stored.')
+def inspect(path: Path, as_json: bool) -> None:
+    """Print the model card of the bundle in PATH."""
+    try:
+        text = json.dumps(_read_json(path), indent=2) if as_json else format_card(path)
+    except BundleError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(text)

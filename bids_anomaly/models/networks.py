@@ -1,0 +1,158 @@
+"""Convolutional auto-encoders on axial patches and slices, with an optional VAE head.
+
+Both networks take images shaped ``(B, C, H, W)`` (an axial patch or slice: H = X, W = Y of the
+template grid) and return an :class:`AutoEncoderOutput`. The bottleneck is a small feature map
+whose flattened values are the latent code used by scoring (OC-SVM, Gaussian models). It is
+linear (no batch norm, no ReLU) so codes are signed, cosine similarities are informative and a
+variational head only has to split it into a mean and a log-variance.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+
+import torch
+from torch import nn
+
+from bids_anomaly.models.spec import ModelSpec
+
+#: Channels of the five strided stages of the slice encoder (the last one is the bottleneck).
+SLICE_WIDTHS = (32, 64, 128, 128)
+
+
+class AutoEncoderOutput(ty.NamedTuple):
+    """What a forward pass gives the losses and the scoring step."""
+
+    recon: torch.Tensor
+    """Reconstruction, same shape as the input ``(B, C, H, W)``, in [0, 1]."""
+    z: torch.Tensor
+    """Flattened latent code ``(B, latent_dim)`` (a posterior sample while training a VAE)."""
+    kl: torch.Tensor | None
+    """KL divergence to N(0, I) per sample ``(B,)``; ``None`` for deterministic models."""
+
+
+class AutoEncoder(nn.Module):
+    """Shared encode/decode logic; subclasses build ``encoder`` and ``decoder``.
+
+    The encoder maps ``(B, C, H, W)`` to ``(B, k * latent_channels, h, w)`` with ``k = 2`` for a
+    variational model (mean, log-variance) and ``k = 1`` otherwise.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+
+    def __init__(self, spec: ModelSpec, latent_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.latent_shape = (spec.bottleneck_channels, *latent_hw)
+
+    @property
+    def latent_dim(self) -> int:
+        channels, height, width = self.latent_shape
+        return channels * height * width
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent codes ``(B, latent_dim)``: the posterior mean for a VAE."""
+        return self.encoder(x)[:, : self.latent_shape[0]].flatten(1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` from flattened codes ``(B, latent_dim)``."""
+        return self.decoder(z.reshape(-1, *self.latent_shape))
+
+    def forward(self, x: torch.Tensor) -> AutoEncoderOutput:
+        features = self.encoder(x)
+        if not self.spec.variational:
+            return AutoEncoderOutput(self.decoder(features), features.flatten(1), None)
+        mean, log_var = features.chunk(2, dim=1)
+        code = mean
+        if self.training:
+            code = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
+        kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).flatten(1).sum(1)
+        return AutoEncoderOutput(self.decoder(code), code.flatten(1), kl)
+
+
+class PatchAutoEncoder(AutoEncoder):
+    """Patch auto-encoder of Alaverdyan et al. (2020) as adapted by Munoz-Ramirez et al. (2021).
+
+    For 15x15 patches: 3x3 valid convolutions 15 -> 13, 2x max-pool -> 6, -> 4, -> 2 (the
+    2x2x16 = 64-value code); the decoder grows 2 -> 4 -> 6 with stride-1 transposed
+    convolutions, upsamples 2x -> 12, -> 14, and a 2x2 kernel reaches 15 (other sizes adapt
+    the last kernel). A stride-1 transposed convolution equals a convolution padded by
+    ``kernel - 1``; it is written so because that form runs several times faster on CPU.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        pooled = (spec.patch_size - 2) // 2
+        super().__init__(spec, (pooled - 4, pooled - 4))
+        channels, filters, latent = spec.in_channels, spec.filters, spec.bottleneck_channels
+        last_kernel = spec.patch_size - 2 * pooled - 1
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, filters, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(filters, filters, 3),
+            nn.ReLU(),
+            nn.Conv2d(filters, latent * (2 if spec.variational else 1), 3),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(latent, filters, 3, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(filters, filters, 3, padding=2),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2, mode='nearest'),
+            nn.Conv2d(filters, filters, 3, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(filters, channels, last_kernel, padding=last_kernel - 1),
+            nn.Sigmoid(),
+        )
+
+
+class SliceAutoEncoder(AutoEncoder):
+    """Fully convolutional slice auto-encoder of Munoz-Ramirez et al. (2021).
+
+    Five 3x3 stride-2 convolutions (batch norm + ReLU) take a 121x145 slice (1.5 mm) to a
+    4x5x256 bottleneck; five mirrored transposed convolutions come back, their output padding
+    chosen per stage so that any grid (1, 1.5, 2 mm) is restored exactly without cropping.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        sizes = [tuple(spec.grid_shape[:2])]
+        for _ in range(5):
+            sizes.append(tuple((s - 1) // 2 + 1 for s in sizes[-1]))
+        super().__init__(spec, sizes[-1])
+        latent = spec.bottleneck_channels
+        widths = (spec.in_channels, *SLICE_WIDTHS, latent)
+        encoder: list[nn.Module] = []
+        for stage, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if stage == 4:
+                encoder.append(nn.Conv2d(c_in, c_out * (2 if spec.variational else 1), 3, 2, 1))
+            else:
+                encoder += [nn.Conv2d(c_in, c_out, 3, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        decoder: list[nn.Module] = []
+        for stage in range(5):
+            c_in, c_out = widths[5 - stage], widths[4 - stage]
+            small, large = sizes[5 - stage], sizes[4 - stage]
+            padding = tuple(big - (2 * little - 1) for little, big in zip(small, large))
+            decoder.append(nn.ConvTranspose2d(c_in, c_out, 3, 2, 1, output_padding=padding))
+            decoder += [nn.BatchNorm2d(c_out), nn.ReLU()] if stage < 4 else [nn.Sigmoid()]
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
+
+
+def build_model(spec: ModelSpec) -> AutoEncoder:
+    """The network of ``spec.family`` (weights from PyTorch's default initialisation)."""
+    return PatchAutoEncoder(spec) if spec.is_patch else SliceAutoEncoder(spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = [
+    'AutoEncoder',
+    'AutoEncoderOutput',
+    'PatchAutoEncoder',
+    'SliceAutoEncoder',
+    'build_model',
+    'count_parameters',
+]

@@ -1,0 +1,373 @@
+"""Fit an auto-encoder on training controls, validated on held-out calibration controls.
+
+One call of :func:`train_model` runs the epochs that are still missing: with a ``work_dir`` it
+writes, after every epoch, ``checkpoint.pt`` (weights, optimiser, history, best weights),
+``log.tsv`` and ``loss.png``, each through a temporary file and a rename. Running it again with
+the same arguments resumes after the last finished epoch. Every epoch draws its samples and its
+VAE noise from ``(seed, epoch)`` inside a forked RNG, so a resumed CPU run equals an
+uninterrupted one and the caller's global RNG state is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+import typing as ty
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bids_anomaly.models.io import atomic_path, write_text
+from bids_anomaly.models.losses import objective
+from bids_anomaly.models.networks import AutoEncoder, build_model
+from bids_anomaly.models.spec import ModelSpec, TrainParams
+from bids_anomaly.training.samplers import Batch, PairBatch, PatchSampler, SliceSampler
+
+LOGGER = logging.getLogger(__name__)
+CHECKPOINT = 'checkpoint.pt'
+LOG_TSV = 'log.tsv'
+LOSS_PNG = 'loss.png'
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochLog:
+    """One row of ``log.tsv``; samples are pairs for siamese models."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+    samples_per_s: float
+
+
+class TrainingResult(ty.NamedTuple):
+    model: AutoEncoder
+    """Weights of the epoch with the lowest validation loss (the last one without validation),
+    in eval mode on the training device."""
+    history: list[EpochLog]
+    best_epoch: int
+
+
+def resolve_device(device: str | torch.device = 'auto') -> torch.device:
+    """``'auto'`` is the first CUDA device when there is one, else the CPU."""
+    if str(device) == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    resolved = torch.device(device)
+    if resolved.type == 'cuda':
+        index = resolved.index or 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            message = f'Device {device!r} requested but no such CUDA device is available.'
+            raise ValueError(message)
+    return resolved
+
+
+def make_sampler(
+    spec: ModelSpec,
+    params: TrainParams,
+    volumes: np.ndarray | torch.Tensor,
+    mask: np.ndarray,
+    *,
+    samples_per_subject: int,
+    random_state: int,
+    device: torch.device | str = 'cpu',
+) -> PatchSampler | SliceSampler:
+    """The sampler that feeds ``spec.family``: patches or slices, pairs for siamese models."""
+    params = params.resolved(spec)
+    if spec.is_patch:
+        return PatchSampler(
+            volumes,
+            mask,
+            patch_size=spec.patch_size,
+            samples_per_subject=samples_per_subject,
+            batch_size=params.batch_size,
+            pairs=spec.siamese,
+            random_state=random_state,
+            device=device,
+        )
+    return SliceSampler(
+        volumes,
+        mask,
+        batch_size=params.batch_size,
+        pairs=spec.siamese,
+        min_fraction=params.min_slice_brain,
+        random_state=random_state,
+        device=device,
+    )
+
+
+def train_model(
+    spec: ModelSpec,
+    params: TrainParams,
+    train_volumes: np.ndarray | torch.Tensor,
+    mask: np.ndarray,
+    calibration_volumes: np.ndarray | torch.Tensor | None = None,
+    *,
+    work_dir: Path | None = None,
+    device: str | torch.device = 'auto',
+    progress: bool = True,
+) -> TrainingResult:
+    """Train (or resume training) ``spec`` on ``train_volumes``.
+
+    Parameters
+    ----------
+    spec, params : ModelSpec, TrainParams
+        Network, objective and optimisation; ``params`` defaults are resolved per family.
+    train_volumes : array ``(n, C, X, Y, Z)``
+        Training controls in template space, intensities in [0, 1] (float32 or float16).
+    mask : bool array ``(X, Y, Z)``
+        Template brain mask (patch centres, slices that contain brain).
+    calibration_volumes : array ``(m, C, X, Y, Z)``, optional
+        Held-out controls for the validation loss, model selection and early stopping
+        (``params.patience``); without them the last epoch is kept.
+    work_dir : Path, optional
+        Where the checkpoint, ``log.tsv`` and ``loss.png`` live; ``None`` keeps all in memory.
+    device : {'auto', 'cpu', 'cuda', 'cuda:N'}
+        Mixed precision (float16 autocast with loss scaling) is used on CUDA.
+    progress : bool
+        Show a tqdm bar with the loss and the throughput.
+    """
+    params = params.resolved(spec)
+    device = resolve_device(device)
+    _check_volumes(spec, train_volumes, mask, 'training')
+    sampler = make_sampler(
+        spec,
+        params,
+        train_volumes,
+        mask,
+        samples_per_subject=params.patches_per_subject,
+        random_state=params.seed,
+        device=device,
+    )
+    validation = None
+    if calibration_volumes is not None:
+        _check_volumes(spec, calibration_volumes, mask, 'calibration')
+        validation = make_sampler(
+            spec,
+            params,
+            calibration_volumes,
+            mask,
+            samples_per_subject=params.val_patches_per_subject,
+            random_state=params.seed + 1,
+            device=device,
+        )
+    with _seeded(params.seed, 0, device):
+        model = build_model(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == 'cuda')
+    fingerprint = _fingerprint(spec, params, train_volumes, calibration_volumes)
+    state = _TrainState()
+    checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+    if checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint, fingerprint, model, optimizer, scaler, device)
+        LOGGER.info('Resuming %s after epoch %d from %s', spec.family, state.epoch, checkpoint)
+
+    for epoch in range(state.epoch + 1, params.epochs + 1):
+        if params.patience is not None and state.epoch - state.best_epoch >= params.patience:
+            LOGGER.info('Early stop: no better validation loss since epoch %d', state.best_epoch)
+            break
+        start = time.perf_counter()
+        with _seeded(params.seed, epoch, device):
+            train_loss, n_samples = _train_epoch(
+                spec, model, optimizer, scaler, sampler, epoch, params.epochs, progress
+            )
+        val_loss = _evaluate(spec, model, validation) if validation is not None else math.nan
+        seconds = time.perf_counter() - start
+        state.history.append(EpochLog(epoch, train_loss, val_loss, seconds, n_samples / seconds))
+        state.epoch = epoch
+        if validation is None or val_loss < state.best_loss:
+            state.best_epoch, state.best_loss = epoch, val_loss
+            state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if work_dir is not None:
+            _save_checkpoint(checkpoint, fingerprint, model, optimizer, scaler, state)
+            write_log(state.history, Path(work_dir) / LOG_TSV)
+            plot_losses(state.history, Path(work_dir) / LOSS_PNG)
+
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return TrainingResult(model.eval(), state.history, state.best_epoch)
+
+
+@dataclasses.dataclass
+class _TrainState:
+    epoch: int = 0
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    best_weights: dict[str, torch.Tensor] | None = None
+    history: list[EpochLog] = dataclasses.field(default_factory=list)
+
+
+def _check_volumes(
+    spec: ModelSpec, volumes: np.ndarray | torch.Tensor, mask: np.ndarray, role: str
+) -> None:
+    shape = tuple(volumes.shape)
+    expected = (spec.in_channels, *spec.grid_shape)
+    if len(shape) != 5 or shape[1:] != expected or tuple(mask.shape) != spec.grid_shape:
+        message = (
+            f'{role} volumes {shape} and mask {tuple(mask.shape)} do not match the model '
+            f'(n, {", ".join(map(str, expected))}).'
+        )
+        raise ValueError(message)
+
+
+def _inputs(batch: Batch | PairBatch) -> torch.Tensor:
+    """Network input; a pair is stacked as ``[x1; x2]`` for one weight-sharing pass."""
+    return torch.cat([batch.x1, batch.x2]) if isinstance(batch, PairBatch) else batch.x
+
+
+def _train_epoch(
+    spec: ModelSpec,
+    model: AutoEncoder,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sampler: PatchSampler | SliceSampler,
+    epoch: int,
+    epochs: int,
+    progress: bool,
+) -> tuple[float, int]:
+    """Mean training loss over the epoch and the number of samples seen."""
+    model.train()
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
+    unit = 'pair' if spec.siamese else spec.kind
+    bar = tqdm(
+        total=sampler.n_samples,
+        desc=f'{spec.family} {epoch}/{epochs}',
+        unit=unit,
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
+    with bar:
+        for step, batch in enumerate(sampler.epoch(epoch)):
+            x = _inputs(batch)
+            with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
+                loss = objective(spec, x, model(x))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            size = len(batch.subject if isinstance(batch, Batch) else batch.subject1)
+            total += loss.detach() * size
+            bar.update(size)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f'{loss.item():.4g}')
+    return total.item() / sampler.n_samples, sampler.n_samples
+
+
+@torch.no_grad()
+def _evaluate(
+    spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | SliceSampler
+) -> float:
+    """Mean loss on the fixed validation draw (the posterior mean for a VAE)."""
+    model.eval()
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
+    for batch in sampler.epoch(0):
+        x = _inputs(batch)
+        with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
+            total += objective(spec, x, model(x)) * (len(x) // (2 if spec.siamese else 1))
+    return total.item() / sampler.n_samples
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, epoch: int, device: torch.device) -> ty.Iterator[None]:
+    """Seed torch for ``(seed, epoch)`` inside a forked RNG state, restored on exit."""
+    devices = [device] if device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0]))
+        yield
+
+
+def _fingerprint(
+    spec: ModelSpec,
+    params: TrainParams,
+    train_volumes: np.ndarray | torch.Tensor,
+    calibration_volumes: np.ndarray | torch.Tensor | None,
+) -> dict:
+    """What must not change between a checkpoint and the run that resumes it."""
+    settings = {k: v for k, v in params.to_dict().items() if k not in ('epochs', 'patience')}
+    return {
+        'spec': spec.to_dict(),
+        'params': settings,
+        'train_shape': list(train_volumes.shape),
+        'calibration_shape': None if calibration_volumes is None else list(calibration_volumes.shape),
+    }
+
+
+def _save_checkpoint(
+    path: Path,
+    fingerprint: dict,
+    model: AutoEncoder,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: _TrainState,
+) -> None:
+    payload = {
+        'fingerprint': fingerprint,
+        'epoch': state.epoch,
+        'best_epoch': state.best_epoch,
+        'best_loss': state.best_loss,
+        'best_weights': state.best_weights,
+        'history': [dataclasses.asdict(row) for row in state.history],
+        'model': model.state_dict(),
+        'optimizer': optimizer.state_dict(),
+        'scaler': scaler.state_dict(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(
+    path: Path,
+    fingerprint: dict,
+    model: AutoEncoder,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> _TrainState:
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload['fingerprint'] != fingerprint:
+        message = (
+            f'{path} was written for other model settings or data; '
+            'delete it (or use another work directory) to train from scratch.'
+        )
+        raise ValueError(message)
+    model.load_state_dict(payload['model'])
+    optimizer.load_state_dict(payload['optimizer'])
+    scaler.load_state_dict(payload['scaler'])
+    return _TrainState(
+        epoch=payload['epoch'],
+        best_epoch=payload['best_epoch'],
+        best_loss=payload['best_loss'],
+        best_weights=payload['best_weights'],
+        history=[EpochLog(**row) for row in payload['history']],
+    )
+
+
+def write_log(history: ty.Sequence[EpochLog], path: Path) -> None:
+    """Per-epoch TSV: epoch, train_loss, val_loss, seconds, samples_per_s."""
+    names = [field.name for field in dataclasses.fields(EpochLog)]
+    rows = ['\t'.join(names)]
+    rows += ['\t'.join(f'{getattr(row, n):.6g}' for n in names) for row in history]
+    write_text(path, '\n'.join(rows) + '\n')
+
+
+def plot_losses(history: ty.Sequence[EpochLog], path: Path) -> None:
+    """Training and validation loss per epoch as a PNG (no pyplot, no global backend)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.5), layout='constrained')
+    axes = figure.add_subplot()
+    epochs = [row.epoch for row in history]
+    axes.plot(epochs, [row.train_loss for row in history], marker='o', label='training')
+    if not all(math.isnan(row.val_loss) for row in history):
+        axes.plot(epochs, [row.val_loss for row in history], marker='o', label='validation')
+    axes.set(xlabel='epoch', ylabel='loss')
+    axes.legend()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format='png', dpi=100)
