@@ -115,7 +115,7 @@ class TrainingConfig:
         'calibration (at least 2 participants).', '--calibration-fraction', metavar='FRAC')
     epochs: int = setting(0, 'Training epochs (0: published defaults, 30 for patch models, '
                           '160 for slice models).', '--epochs', metavar='N')
-    batch_size: int = setting(0, 'Batch size (0: 225 for patch models, 16 for slice models).',
+    batch_size: int = setting(0, 'Batch size (0: 225 for patch models, 40 for slice models).',
                               '--batch-size', metavar='N')
     learning_rate: float = setting(1e-3, 'Adam learning rate.', '--learning-rate',
                                    metavar='LR')
@@ -123,8 +123,9 @@ class TrainingConfig:
                                        '--patches-per-subject', metavar='N')
     patch_size: int = setting(15, 'Side of the square axial patches.', '--patch-size',
                               metavar='N')
-    latent_size: int = setting(0, 'Latent dimension (0: published sizes, 64 for patches).',
-                               '--latent-size', metavar='N')
+    latent_channels: int = setting(
+        0, 'Channels of the latent feature map (0: published, 16 for patches = 2x2x16 = 64 '
+        'values, 256 for slices = 4x5x256 at 1.5 mm).', '--latent-channels', metavar='N')
     alpha: float = setting(0.005, 'Weight of the siamese similarity term.', '--alpha',
                            metavar='A')
     loss: str = setting('', 'Reconstruction loss l1, l2 or ssim (default: l2 for patch models, '
@@ -238,7 +239,7 @@ class RunConfig:
         for flag, value in (('--nprocs', self.execution.nprocs),
                             ('--omp-nthreads', self.execution.omp_nthreads),
                             ('--epochs', train.epochs), ('--batch-size', train.batch_size),
-                            ('--latent-size', train.latent_size),
+                            ('--latent-channels', train.latent_channels),
                             ('--neighbourhood', score.neighbourhood),
                             ('--mem', self.execution.mem_gb), ('--gamma', score.gamma)):
             if value < 0:

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_limits
 
 from bids_anomaly.analysis.latent import (
     analyse_latents,
@@ -12,6 +13,13 @@ from bids_anomaly.analysis.latent import (
     embedding_metrics,
     subsample,
 )
+
+
+@pytest.fixture
+def one_openmp_thread():
+    """t-SNE's OpenMP loop crawls when 2 cores are shared by several jobs; 1 thread is steady."""
+    with threadpool_limits(limits=1, user_api='openmp'):
+        yield
 
 
 def make_codes(n_participants: int = 6, n_positions: int = 20, n_features: int = 8,
@@ -64,7 +72,7 @@ def test_umap_places_patients_next_to_matching_controls():
 
 
 @pytest.mark.parametrize('method', ['tsne', 'spectral'])
-def test_methods_without_transform_fit_jointly(method):
+def test_methods_without_transform_fit_jointly(method, one_openmp_thread):
     codes, meta = make_codes(n_positions=10)
     coords = embed(codes, meta, method=method, random_state=0)
     assert coords['placement'].eq('joint').all()
@@ -124,7 +132,7 @@ def test_embedding_metrics_on_constructed_embeddings():
     assert ('latent', 'trustworthiness') not in value.index
 
 
-def test_analyse_latents_returns_tidy_tables():
+def test_analyse_latents_returns_tidy_tables(one_openmp_thread):
     codes, meta = make_codes(n_participants=4, n_positions=30)
     coords, metrics = analyse_latents(codes, meta, model='sae-patch', methods=('pca', 'tsne'),
                                       max_points=60, random_state=0)

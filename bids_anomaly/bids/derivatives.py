@@ -160,10 +160,22 @@ class DerivativesWriter:
                     columns: Mapping[str, str], datatype: str | None = 'anat',
                     sidecar: Mapping[str, Any] | None = None) -> Path:
         """Save a TSV table plus a sidecar describing each column (BIDS tabular files)."""
+        return self._write_tsv(self.path(entities, suffix, '.tsv', datatype), table, columns,
+                               sidecar)
+
+    def write_group_table(self, name: str, table: pd.DataFrame, *,
+                          columns: Mapping[str, str],
+                          sidecar: Mapping[str, Any] | None = None) -> Path:
+        """Save a ``group_*.tsv`` table at the dataset root, with its column sidecar."""
+        if not name.startswith('group_') or not name.endswith('.tsv'):
+            raise ValueError(f'group table names look like group_<what>.tsv, got {name}')
+        return self._write_tsv(self.output_dir / name, table, columns, sidecar)
+
+    def _write_tsv(self, path: Path, table: pd.DataFrame, columns: Mapping[str, str],
+                   sidecar: Mapping[str, Any] | None) -> Path:
         missing = [c for c in table.columns if c not in columns]
         if missing:
-            raise ValueError(f'columns {missing} of the {suffix} table have no description')
-        path = self.path(entities, suffix, '.tsv', datatype)
+            raise ValueError(f'columns {missing} of {path.name} have no description')
         content = {c: {'Description': columns[c]} for c in table.columns}
         content.update(sidecar or {})
         self.write_sidecar(path, content)

@@ -25,7 +25,7 @@ def random_bias_field(random_state: np.random.Generator, shape: tuple[int, ...],
 
 def add_rician_noise(signal: np.ndarray, sigma: float,
                      random_state: np.random.Generator) -> np.ndarray:
-    """Magnitude of the signal plus complex Gaussian noise of std ``sigma`` (Rician; Rayleigh in air)."""
+    """Magnitude of signal + complex Gaussian noise of std ``sigma`` (Rician; Rayleigh in air)."""
     real = signal + sigma * random_state.standard_normal(signal.shape, dtype=np.float32)
     imaginary = sigma * random_state.standard_normal(signal.shape, dtype=np.float32)
     return np.hypot(real, imaginary).astype(np.float32)

@@ -17,7 +17,7 @@ from scipy import ndimage
 from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.simulation.acquisition import add_rician_noise, random_bias_field
 from bids_anomaly.simulation.anomalies import Anomaly, brain_depth, insert_anomalies
-from bids_anomaly.simulation.transforms import grid_axes, random_smooth_field
+from bids_anomaly.simulation.transforms import grid_axes, random_smooth_field, world_to_voxels
 
 #: Intensity of the head around the brain against the distance to the brain mask (mm),
 #: with the template's white matter near 0.87.
@@ -61,17 +61,10 @@ def head_model(template: Template) -> HeadModel:
     # centre of the brain's bounding box, raised 8 mm to leave room for the top of the skull
     center = box.mean(axis=1) + template.affine[:3, 3] + np.array([0.0, 0.0, 8.0])
     return HeadModel(
-        affine=template.affine, t1w=t1w.astype(np.float32),
+        affine=template.affine.copy(), t1w=t1w.astype(np.float32),
         depth_mm=brain_depth(brain, template.affine),
         outside_mm=brain_depth(~brain, template.affine), center_mm=center,
     )
-
-
-def template_voxels(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Voxel coordinates on a grid of world points ``(3, ...)`` (float32, for map_coordinates)."""
-    inverse = np.linalg.inv(affine).astype(np.float32)
-    return (np.tensordot(inverse[:3, :3], points_mm, axes=1)
-            + inverse[:3, 3].reshape((3,) + (1,) * (points_mm.ndim - 1)))
 
 
 def generate_t1w(head: HeadModel, points_mm: np.ndarray, affine: np.ndarray,
@@ -90,7 +83,7 @@ def generate_t1w(head: HeadModel, points_mm: np.ndarray, affine: np.ndarray,
     if skull:
         anatomy += _scalp(head, random_state)
     shape = points_mm.shape[1:]
-    voxels = template_voxels(points_mm, head.affine)
+    voxels = world_to_voxels(points_mm, head.affine)
     image = ndimage.map_coordinates(anatomy, voxels, order=1, prefilter=False)
     brain = image > _BRAIN_THRESHOLD
     image **= random_state.uniform(0.85, 1.15)

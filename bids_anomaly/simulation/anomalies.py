@@ -15,8 +15,11 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from bids_anomaly.simulation.transforms import world_to_voxels
+
 #: Images an anomaly can change: the T1w and the two DTI maps derived from the DWI.
 MODALITIES = ('T1w', 'FA', 'MD')
+KINDS = ('ellipsoid', 'sphere', 'atrophy')
 #: Parkinson-like targets (centre of the right-hemisphere structure, semi-axes), both in mm of
 #: MNI152 space; close to the CIT168 atlas (putamen, substantia nigra pars compacta+reticulata).
 PARKINSON_TARGETS = {
@@ -39,7 +42,7 @@ class Anomaly:
     kind : {'ellipsoid', 'sphere', 'atrophy'}
         ``ellipsoid`` and ``sphere`` multiply intensities inside by ``1 + contrast[modality]``;
         ``atrophy`` shrinks the structure's radii by the fraction ``shrink`` with a smooth radial
-        deformation, whatever the modality.
+        deformation, whatever the modality; its ground truth is the original ellipsoid.
     center_mm, radii_mm : tuple of 3 floats
         Centre and semi-axes along the world axes.
     contrast : dict of str to float
@@ -58,6 +61,10 @@ class Anomaly:
     def __post_init__(self) -> None:
         if not self.name.isalnum():
             raise ValueError(f'anomaly name {self.name!r} must be alphanumeric')
+        if self.kind not in KINDS:
+            raise ValueError(f'anomaly {self.name}: kind {self.kind!r} is not one of {KINDS}')
+        if self.kind == 'sphere' and len(set(self.radii_mm)) > 1:
+            raise ValueError(f'anomaly {self.name}: sphere radii {self.radii_mm} differ')
         if min(self.radii_mm) <= 0:
             raise ValueError(f'anomaly {self.name}: radii {self.radii_mm} must be positive')
         unknown = set(self.contrast) - set(MODALITIES)
@@ -78,15 +85,18 @@ class Anomaly:
 
     def describe(self, label: int) -> dict:
         """JSON-ready description for ground-truth sidecars (BIDS-style CamelCase keys)."""
-        return {
+        description = {
             'Label': label, 'Name': self.name, 'Kind': self.kind,
             'CenterMM': [round(float(c), 3) for c in self.center_mm],
             'RadiiMM': [round(float(r), 3) for r in self.radii_mm],
             'VolumeMM3': round(self.volume_mm3, 1),
-            'Contrast': {m: round(float(c), 4) for m, c in self.contrast.items()},
-            'Shrink': round(float(self.shrink), 4),
             'Modalities': list(self.modalities),
         }
+        if self.kind == 'atrophy':
+            description['Shrink'] = round(float(self.shrink), 4)
+        else:
+            description['Contrast'] = {m: round(float(c), 4) for m, c in self.contrast.items()}
+        return description
 
 
 def normalised_radius(anomaly: Anomaly, points_mm: np.ndarray) -> np.ndarray:
@@ -121,8 +131,7 @@ def rasterise(anomalies: list[Anomaly], shape: tuple[int, ...], affine: np.ndarr
     labels = np.zeros(shape, dtype=np.int16)
     for label, anomaly in enumerate(anomalies, start=1):
         window, points = _window(anomaly, shape, affine, margin_mm=1.0)
-        inside = label_points([anomaly], points) > 0
-        labels[window][inside] = label
+        labels[window][normalised_radius(anomaly, points) <= 1] = label
     return labels
 
 
@@ -178,9 +187,8 @@ def apply_atrophy(image: np.ndarray, affine: np.ndarray, anomaly: Anomaly) -> np
     center = np.asarray(anomaly.center_mm, dtype=np.float32).reshape(3, 1, 1, 1)
     scale = 1 + gain * _bump(normalised_radius(anomaly, points))
     source = center + (points - center) * scale
-    inverse = np.linalg.inv(affine)
-    voxels = np.tensordot(inverse[:3, :3], source, axes=1) + inverse[:3, 3].reshape(3, 1, 1, 1)
-    out[window] = ndimage.map_coordinates(image, voxels, order=1, mode='nearest')
+    out[window] = ndimage.map_coordinates(image, world_to_voxels(source, affine), order=1,
+                                          mode='nearest')
     return out
 
 

@@ -17,8 +17,8 @@ from scipy import ndimage
 
 from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.simulation.acquisition import add_rician_noise, random_bias_field
-from bids_anomaly.simulation.anatomy import template_voxels
 from bids_anomaly.simulation.anomalies import Anomaly, apply_atrophy, soft_mask
+from bids_anomaly.simulation.transforms import world_to_voxels
 
 B_VALUE = 1000.0
 WATER_DIFFUSIVITY = 3.0e-3
@@ -85,7 +85,7 @@ def fibre_orientation(wm: np.ndarray, voxel_mm: float, mask: np.ndarray,
 
 def tensor_along(direction: np.ndarray, along: np.ndarray | float,
                  across: np.ndarray | float) -> np.ndarray:
-    """Six tensor components of ``across * I + (along - across) * d d^T`` for unit ``d`` (3, ...)."""
+    """Six components of ``across * I + (along - across) * d d^T``, ``d`` unit vectors (3, ...)."""
     x, y, z = direction
     delta = np.asarray(along, dtype=np.float32) - np.asarray(across, dtype=np.float32)
     outer = np.stack([x * x, x * y, x * z, y * y, y * z, z * z])
@@ -95,7 +95,7 @@ def tensor_along(direction: np.ndarray, along: np.ndarray | float,
 def diffusion_model(template: Template) -> DiffusionModel:
     """Tensor field and compartment signals of the template (a few seconds at 1.5 mm).
 
-    White-matter anisotropy is scaled by the orientation coherence (0.3-1 of its full value),
+    White-matter anisotropy is scaled by the orientation coherence (0.6-1 of its full value),
     like the lower FA of crossing regions, keeping its MD.
     """
     brain = template.mask_array()
@@ -103,7 +103,7 @@ def diffusion_model(template: Template) -> DiffusionModel:
     wm = np.where(brain, np.asarray(template.wm.dataobj, dtype=np.float32), 0)
     csf = np.where(brain, np.clip(1 - gm - wm, 0, 1), 0)
     direction, coherence = fibre_orientation(wm, template.resolution, gm + wm > 0)
-    anisotropy = 0.3 + 0.7 * coherence
+    anisotropy = 0.6 + 0.4 * coherence
     tensors = {}
     for name, (along, across) in (('wm', _WM_EIGENVALUES), ('gm', _GM_EIGENVALUES)):
         mean = (along + 2 * across) / 3
@@ -114,7 +114,7 @@ def diffusion_model(template: Template) -> DiffusionModel:
     weight = wm / np.maximum(tissue, 1e-6)
     tensor = weight * tensors['wm'] + (1 - weight) * tensors['gm']
     return DiffusionModel(
-        affine=template.affine, tensor=tensor.astype(np.float32),
+        affine=template.affine.copy(), tensor=tensor.astype(np.float32),
         tissue_s0=(_S0['wm'] * wm + _S0['gm'] * gm).astype(np.float32),
         water_s0=(_S0['csf'] * csf).astype(np.float32),
     )
@@ -160,7 +160,7 @@ def gradient_scheme(n_directions: int = 32, n_b0: int = 2, bvalue: float = B_VAL
     rng = np.random.default_rng(random_state)
     start = HemiSphere(theta=np.arccos(rng.uniform(0, 1, n_directions)),
                        phi=rng.uniform(0, 2 * np.pi, n_directions))
-    hemisphere, _ = disperse_charges(start, 2000)
+    hemisphere, _ = disperse_charges(start, 1000)
     bvals = np.r_[np.zeros(n_b0), np.full(n_directions, bvalue)]
     bvecs = np.r_[np.zeros((n_b0, 3)), hemisphere.vertices]
     return bvals, bvecs
@@ -168,7 +168,7 @@ def gradient_scheme(n_directions: int = 32, n_b0: int = 2, bvalue: float = B_VAL
 
 def dwi_signal(tensor: np.ndarray, tissue_s0: np.ndarray, water_s0: np.ndarray,
                bvals: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """Noise-free signal ``(N, n_volumes)`` of N voxels (tensor ``(6, N)``, directions in its axes)."""
+    """Noise-free signal ``(N, n_volumes)``: tensor ``(6, N)``, directions in the tensor's axes."""
     g = np.asarray(directions, dtype=np.float32)
     x, y, z = g.T
     design = np.stack([x * x, 2 * x * y, 2 * x * z, y * y, 2 * y * z, z * z], axis=1)
@@ -203,7 +203,7 @@ def generate_dwi(model: DiffusionModel, points_mm: np.ndarray, affine: np.ndarra
     if anomalies:
         model = insert_diffusion_anomalies(model, anomalies)
     shape = points_mm.shape[1:]
-    voxels = template_voxels(points_mm, model.affine)
+    voxels = world_to_voxels(points_mm, model.affine)
     total = ndimage.map_coordinates(model.tissue_s0 + model.water_s0, voxels, order=1)
     inside = total > 0
     at = voxels[:, inside]

@@ -83,6 +83,13 @@ def grid_axes(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, .
     )
 
 
+def world_to_voxels(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel coordinates of world points ``(3, ...)`` on a grid (float32, for map_coordinates)."""
+    inverse = np.linalg.inv(affine).astype(np.float32)
+    return (np.tensordot(inverse[:3, :3], points_mm, axes=1)
+            + inverse[:3, 3].reshape((3,) + (1,) * (points_mm.ndim - 1)))
+
+
 def scanner_grid(resolution: float, fov_mm: tuple[float, float, float]
                  ) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and LAS affine of an isotropic scanner grid centred on the isocentre.

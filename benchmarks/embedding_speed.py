@@ -1,0 +1,96 @@
+"""Time the 2D embeddings of latent codes (PCA, UMAP, t-SNE, spectral) at report sizes.
+
+Codes are 64-dimensional like the SAE-patch latent (2x2x16): a mixture of 8 Gaussian clusters,
+16 participants of which 12 controls, so every timing covers what
+:func:`bids_anomaly.analysis.latent.embed` does in a report: fit on the controls, then place the
+patients (``transform``) or fit all codes jointly. UMAP's numba compilation is timed apart, as a
+first call at 5000 codes before the timed ones. Goal: UMAP <= 30 s at 20k codes on 2 cores once
+compiled. Each timing gives wall-clock and process CPU seconds (all threads).
+
+Usage::
+
+    python benchmarks/embedding_speed.py [--sizes 5000 20000] [--methods pca umap tsne spectral]
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from bids_anomaly.analysis.latent import METHODS, embed, embedding_metrics
+
+N_FEATURES = 64
+N_PARTICIPANTS = 16
+N_CONTROLS = 12
+WARM_UP_CODES = 5000
+
+
+def make_codes(n_codes: int, random_state: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Clustered codes with the metadata columns that :func:`embed` expects."""
+    rng = np.random.default_rng(random_state)
+    centres = rng.normal(scale=1.0, size=(8, N_FEATURES))
+    cluster = rng.integers(0, 8, n_codes)
+    codes = centres[cluster] + rng.normal(size=(n_codes, N_FEATURES))
+    participant = np.arange(n_codes) % N_PARTICIPANTS
+    meta = pd.DataFrame({
+        'participant': participant,
+        'group': np.where(participant < N_CONTROLS, 'control', 'patient'),
+        'region': cluster, 'position': np.arange(n_codes) // N_PARTICIPANTS,
+        'score': rng.random(n_codes),
+    })
+    return codes, meta
+
+
+def timed(function, *args, **kwargs) -> tuple[float, float, object]:
+    """Wall-clock and process CPU seconds; on a shared machine CPU time is the steadier one."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - start, time.process_time() - start_cpu, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[5000, 20000])
+    parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=METHODS)
+    parser.add_argument('--threads', type=int, default=2, help='OpenMP/BLAS threads')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+
+    print(f'load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; '
+          f'{args.threads} threads; {N_FEATURES}-dim codes, '
+          f'{N_CONTROLS}/{N_PARTICIPANTS} participants are controls')
+    with threadpool_limits(limits=args.threads):
+        if 'umap' in args.methods:
+            import_s, import_cpu, _ = timed(__import__, 'umap')
+            # above 4096 codes umap switches to pynndescent, which compiles too
+            codes, meta = make_codes(WARM_UP_CODES, args.seed)
+            first_s, first_cpu, _ = timed(embed, codes, meta, method='umap',
+                                          random_state=args.seed)
+            print(f'umap: import {import_s:.1f} s (CPU {import_cpu:.1f} s); first call, '
+                  f'{WARM_UP_CODES} codes, numba compilation included: {first_s:.1f} s '
+                  f'(CPU {first_cpu:.1f} s)', flush=True)
+        rows = []
+        for n_codes in args.sizes:
+            codes, meta = make_codes(n_codes, args.seed)
+            for method in args.methods:
+                seconds, cpu, coords = timed(embed, codes, meta, method=method,
+                                             random_state=args.seed)
+                metrics_s, _, metrics = timed(embedding_metrics, codes, coords,
+                                              random_state=args.seed)
+                trust = metrics.set_index(['method', 'metric']).loc[
+                    (method, 'trustworthiness'), 'value']
+                rows.append({'n_codes': n_codes, 'method': method,
+                             'placement': '+'.join(sorted(coords['placement'].unique())),
+                             'embed_s': round(seconds, 2), 'embed_cpu_s': round(cpu, 2),
+                             'metrics_s': round(metrics_s, 2),
+                             'trustworthiness': round(float(trust), 3)})
+                print(rows[-1], flush=True)
+    print(pd.DataFrame(rows).to_string(index=False))
+    print(f'load average at end: {os.getloadavg()}')
+
+
+if __name__ == '__main__':
+    main()

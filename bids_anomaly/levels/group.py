@@ -1,0 +1,60 @@
+"""Group level: train (``--train``), score who is not scored yet, then compare groups.
+
+Reads OUTPUT_DIR only (plus participants.tsv for the groups), writes ``group_*`` tables and
+figures at the root of OUTPUT_DIR and the group HTML report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bids_anomaly.bids.layout import Participant
+from bids_anomaly.bids.preprocessed import preprocessed_path
+from bids_anomaly.errors import MissingInputError
+from bids_anomaly.levels import RunContext, require_controls
+from bids_anomaly.levels.score import bundle_paths, load_atlases, load_scorers, score_participants
+from bids_anomaly.preprocessing.templates import load_template
+
+LOGGER = logging.getLogger('bids_anomaly')
+
+
+def run_group_level(context: RunContext) -> None:
+    """Train if asked, score, then write group tables, statistics, embeddings and the report."""
+    from bids_anomaly.levels.group_outputs import write_group_outputs
+    config = context.config
+    template = load_template(config.preprocessing.resolution)
+    if config.training.train:
+        from bids_anomaly.levels.train import train_bundles
+
+        controls = require_controls(context.participants, config, minimum=3)
+        train_bundles(context, controls)
+    paths = bundle_paths(config)
+    if not paths:
+        raise MissingInputError(f'no model bundle in {config.output_dir / "models"}: run '
+                                '`group --train` first or pass --model PATH')
+    scorers = load_scorers(paths, template, config.execution.device)
+    ready = [p for p in context.participants
+             if preprocessed_path(config.output_dir, p, 'T1w', template).is_file()]
+    if not ready:
+        raise MissingInputError(f'no participant has preprocessed data in {config.output_dir} '
+                                f'at {template.resolution:g} mm: run the participant level first')
+    atlases = load_atlases(config, template)
+    score_participants(context, ready, scorers, atlases, template, skip_existing=True)
+    used = used_for_fitting(scorers)
+    write_group_outputs(context, ready, scorers, atlases, template, used)
+
+
+def used_for_fitting(scorers) -> set[str]:
+    """Participants that trained or calibrated any bundle: left out of group statistics."""
+    names: set[str] = set()
+    for scorer in scorers:
+        names |= set(scorer.card.training_participants)
+        names |= set(scorer.card.calibration_participants)
+    return names
+
+
+def held_out(participants: list[Participant], used: set[str]) -> list[Participant]:
+    """Participants never used to fit a model (the only fair ones for statistics)."""
+    return [p for p in participants if p.name not in used]
+
+

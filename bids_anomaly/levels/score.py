@@ -1,0 +1,139 @@
+"""Scoring stage: normative models and thresholds into each bundle, then participants' scores.
+
+After training, :func:`fit_normative` adds to each bundle what scoring needs besides the
+weights: the per-voxel one-class SVM and Gaussian on the training controls' latent codes (patch
+models), the z-score baseline, and the thresholds calibrated on the held-out controls.
+:func:`score_participants` applies every bundle to participants and writes their outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bids_anomaly.analysis.regions import Atlas
+from bids_anomaly.bids.layout import Participant
+from bids_anomaly.models.bundle import BundleError, add_arrays
+from bids_anomaly.preprocessing.templates import Template
+from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
+from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
+
+LOGGER = logging.getLogger('bids_anomaly')
+
+
+def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
+                  calibration_volumes: np.ndarray, *, radius: int, nu: float, gamma: float,
+                  quantile: float, device: str) -> None:
+    """Add the normative models, the baseline and the calibrated thresholds to ``bundle``."""
+    from bids_anomaly.scoring.calibration import calibrate_threshold
+
+    scorer = BundleScorer(bundle, template, device)
+    mask = scorer.mask
+    started = time.monotonic()
+    zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
+    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
+    if scorer.card.spec.is_patch:
+        codes = np.stack([scorer.infer(volume).codes for volume in train_volumes])
+        samples = NeighbourhoodSamples(codes, mask, radius)
+        LOGGER.info('%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
+                    scorer.label, *samples.shape[1:])
+        for name in ('ocsvm', 'gaussian'):
+            params = {'nu': nu, 'gamma': gamma or 'scale'} if name == 'ocsvm' else {}
+            estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
+            add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
+    LOGGER.info('%s: normative models fitted in %.1f s', scorer.label,
+                time.monotonic() - started)
+    scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
+    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
+    for volume in calibration_volumes:
+        for key, values in scorer.score(volume).maps.items():
+            pooled.setdefault(key, []).append(values[mask])
+    thresholds = {f'{model}.{stat}': np.array([calibrate_threshold(np.stack(v), quantile)],
+                                              dtype=np.float32)
+                  for (model, stat), v in pooled.items()}
+    add_arrays(bundle, 'thresholds', thresholds,
+               metadata={'quantile': quantile,
+                         'participants': list(scorer.card.calibration_participants)})
+    LOGGER.info('%s: thresholds at the %g quantile of %d calibration control(s): %s',
+                scorer.label, quantile, len(calibration_volumes),
+                ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()))
+
+
+def _params(estimator) -> dict:
+    return {k: v for k, v in estimator.get_params().items() if k != 'device'}
+
+
+def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list[BundleScorer]:
+    """Verified scorers of every bundle; a bad bundle is one clear line (exit 66)."""
+    from bids_anomaly.errors import MissingInputError
+
+    scorers = []
+    for path in paths:
+        try:
+            scorer = BundleScorer(path, template, device)
+        except BundleError as err:
+            raise MissingInputError(str(err)) from None
+        if not scorer.ready:
+            raise MissingInputError(f'{path} has no normative models or thresholds; rerun '
+                                    '`bids_anomaly BIDS_DIR OUTPUT_DIR group --train`')
+        scorers.append(scorer)
+    return scorers
+
+
+
+
+def bundle_paths(config) -> list[Path]:
+    """Bundles to apply: ``--model`` paths, else every bundle in OUTPUT_DIR/models."""
+    if config.training.model:
+        return [Path(p) for p in config.training.model]
+    return sorted(p.parent for p in (config.output_dir / 'models').glob('*/model.json'))
+
+
+def load_atlases(config, template: Template) -> list[Atlas]:
+    """AAL3 (default, with its macro-regions) plus every ``--atlas``, on the template grid."""
+    from bids_anomaly.analysis.regions import load_aal3, load_atlas, macro_atlas
+    from bids_anomaly.errors import MissingInputError
+
+    aal3 = load_aal3(template.t1w)
+    atlases = [aal3, macro_atlas(aal3, template.mask_array())]
+    for dseg, labels in zip(config.scoring.atlas, config.scoring.atlas_labels):
+        for path in (dseg, labels):
+            if not Path(path).is_file():
+                raise MissingInputError(f'atlas file {path} does not exist; check --atlas and '
+                                        '--atlas-labels')
+        try:
+            atlases.append(load_atlas(dseg, labels, template.t1w))
+        except ValueError as err:
+            raise MissingInputError(str(err)) from None
+    return atlases
+
+
+def score_participants(context, participants: Sequence[Participant],
+                       scorers: Sequence[BundleScorer], atlases: Sequence[Atlas],
+                       template: Template, *, skip_existing: bool) -> None:
+    """Score each participant with every bundle and write the outputs (resumable)."""
+    from bids_anomaly.bids.preprocessed import load_volumes
+    from bids_anomaly.levels.outputs import latent_sample, write_participant_scores
+
+    config = context.config
+    sample = latent_sample(template.mask_array(), config.execution.seed)
+    for participant in participants:
+        for index, scorer in enumerate(scorers):
+            done = context.writer.path(
+                {**participant.entities, 'space': template.name, 'res': template.res_label,
+                 'model': scorer.label, 'stat': 'recon'}, 'statmap', '.nii.gz')
+            if skip_existing and done.is_file():
+                LOGGER.info('%s: %s scores exist, skipping', participant.name, scorer.label)
+                continue
+            started = time.monotonic()
+            volume = load_volumes(config.output_dir, [participant], scorer.modalities,
+                                  template)[0]
+            scores = scorer.score(volume)
+            write_participant_scores(context.writer, participant, scores, scorer, atlases,
+                                     latent_sample=sample, write_baseline=index == 0)
+            LOGGER.info('%s: scored with %s in %.1f s', participant.name, scorer.label,
+                        time.monotonic() - started)

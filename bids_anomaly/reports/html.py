@@ -1,0 +1,55 @@
+"""Self-contained HTML reports: figures embedded as base64 PNG, readable offline.
+
+A report is a list of :class:`Section`; each holds text, figures and tables. The page layout is
+a jinja2 template shipped with the package (``templates/report.html``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bids_anomaly import __version__
+from bids_anomaly.io import write_text
+
+
+@dataclass
+class Section:
+    """One titled part of a report."""
+
+    title: str
+    text: str = ''
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_figure(self, fig, caption: str) -> None:
+        """Embed a matplotlib figure (then closed, so long reports do not pile up memory)."""
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
+        plt.close(fig)
+        self.figures.append((caption, base64.b64encode(buffer.getvalue()).decode('ascii')))
+
+    def add_table(self, table: pd.DataFrame, caption: str, max_rows: int = 30) -> None:
+        shown = table.head(max_rows)
+        html = shown.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep='n/a',
+                             border=0, classes='table')
+        if len(table) > max_rows:
+            caption += f' (first {max_rows} of {len(table)} rows; full table in the TSV)'
+        self.tables.append((caption, html))
+
+
+def render_report(path: Path, title: str, sections: list[Section], subtitle: str = '') -> Path:
+    """Write the report atomically and return its path."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    environment = Environment(loader=PackageLoader('bids_anomaly', 'reports/templates'),
+                              autoescape=select_autoescape(['html']))
+    page = environment.get_template('report.html').render(
+        title=title, subtitle=subtitle, sections=sections, version=__version__)
+    return write_text(path, page)

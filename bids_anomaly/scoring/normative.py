@@ -1,0 +1,762 @@
+"""Per-voxel normative models: one small model of the controls at every template voxel.
+
+A latent normative model sees, at each voxel, the codes of the training controls pooled over a
+small neighbourhood (3x3x3 voxels x 9 controls = 243 codes of 64 dims) and says how unusual a new
+code is there. Three estimators follow scikit-learn's outlier-detection contract, vectorised over
+voxels:
+
+- :class:`VoxelOneClassSVM`: an exact RBF one-class SVM per voxel (Alaverdyan et al. 2020),
+  solved for a chunk of voxels at once;
+- :class:`VoxelGaussian`: a Gaussian per voxel (Mahalanobis distance, shrunk covariance);
+- :class:`VoxelZScore`: the intensity baseline, a z-score per voxel and channel.
+
+Shapes: ``fit(X)`` takes ``X`` of shape ``(n_voxels, n_samples, n_features)`` and
+``score_samples(Z)`` takes ``Z`` of shape ``(n_voxels, n_queries, n_features)`` and returns
+``(n_voxels, n_queries)``, unlike scikit-learn's ``(n_samples,)``. ``X`` and ``Z`` may be any
+object with ``shape`` and ``__getitem__(slice)`` along voxels (a numpy array, a memmap, a
+:class:`NeighbourhoodSamples`): only ``chunk_size`` voxels are materialised at a time, so 450k
+voxels x 243 x 64 never sit in memory together. Lower ``score_samples`` means more abnormal,
+``decision_function = score_samples - offset_`` is negative for outliers, and
+:meth:`~_VoxelEstimator.anomaly_score` (``-decision_function``) is what anomaly maps show.
+
+Fitted estimators export flat dicts of numpy arrays (``to_arrays``) for safetensors; the
+hyper-parameters travel separately as JSON (``get_params()``), and
+``cls.from_arrays(arrays, **params)`` rebuilds the estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import typing as ty
+import warnings
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+DEFAULT_CHUNK = {'cpu': 512, 'cuda': 16384}
+"""Voxels per chunk: on CPU small enough for the kernel blocks to stay in cache, on GPU large
+enough to fill the device."""
+
+
+class VoxelArray(ty.Protocol):
+    """What ``fit`` and ``score_samples`` need: a shape and slicing along the first axis."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, index: slice) -> ty.Any: ...
+
+
+class NeighbourhoodSamples:
+    """Lazy view of the codes of several subjects pooled over a cube around each brain voxel.
+
+    Parameters
+    ----------
+    codes : array of shape (n_subjects, n_brain_voxels, n_features)
+        Codes per brain voxel in ``np.nonzero(mask)`` order (as scoring writes them); a memmap
+        works.
+    mask : ndarray of shape (X, Y, Z), bool
+    radius : int
+        Half-width of the cube: 1 pools 3x3x3 voxels, 0 takes the voxel alone (queries).
+
+    Notes
+    -----
+    ``view[a:b]`` has shape ``(b - a, n_subjects * (2 * radius + 1) ** 3, n_features)``, ordered
+    subject-major. Neighbours outside the mask (or the grid) are replaced by the centre voxel,
+    so every voxel keeps the same number of samples.
+    """
+
+    def __init__(self, codes: ty.Any, mask: np.ndarray, radius: int = 1) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if codes.ndim != 3 or codes.shape[1] != mask.sum():
+            message = (f'codes of shape {codes.shape} do not match a mask with {mask.sum()} '
+                       'voxels; expected (n_subjects, n_brain_voxels, n_features).')
+            raise ValueError(message)
+        self.codes = codes
+        self.neighbours = _neighbour_table(mask, radius)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n_subjects, n_voxels, n_features = self.codes.shape
+        return n_voxels, n_subjects * self.neighbours.shape[1], n_features
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        rows = self.neighbours[index]
+        flat = np.unique(rows)
+        taken = np.asarray(self.codes[:, flat])  # one read per chunk, also from a memmap
+        picked = taken[:, np.searchsorted(flat, rows)]  # (n_subjects, n, n_neigh, n_features)
+        return picked.transpose(1, 0, 2, 3).reshape(len(rows), -1, self.codes.shape[2])
+
+
+def _neighbour_table(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Brain-voxel index of each neighbour of each brain voxel, ``(n_brain, (2r+1)**3)``."""
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(int(mask.sum()))
+    centres = np.argwhere(mask)
+    steps = np.arange(-radius, radius + 1)
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing='ij'), -1).reshape(-1, 3)
+    coords = centres[:, None, :] + offsets[None]
+    inside = np.all((coords >= 0) & (coords < mask.shape), axis=-1)
+    clipped = np.clip(coords, 0, np.array(mask.shape) - 1)
+    table = index[clipped[..., 0], clipped[..., 1], clipped[..., 2]]
+    table = np.where(inside & (table >= 0), table, index[mask][:, None])
+    return table
+
+
+class _VoxelEstimator(BaseEstimator):
+    """Chunked fit and scoring shared by the per-voxel estimators.
+
+    Subclasses implement ``_fit_chunk(X) -> dict`` (fitted arrays of that chunk, concatenated
+    along axis 0 over chunks) and ``_score_chunk(fitted, Z) -> Tensor``; ``_voxel_arrays`` names
+    the fitted arrays with one row per voxel.
+    """
+
+    _voxel_arrays: tuple[str, ...] = ()
+    chunk_size: int | None
+    device: str
+
+    def fit(self, X: VoxelArray, y: None = None) -> ty.Self:
+        """Fit one model per voxel.
+
+        Parameters
+        ----------
+        X : array of shape (n_voxels, n_samples, n_features)
+            Training samples of every voxel; read ``chunk_size`` voxels at a time.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        if len(X.shape) != 3:
+            raise ValueError(f'X must be (n_voxels, n_samples, n_features), got {X.shape}.')
+        parts = [self._fit_chunk(chunk) for _, chunk in self._chunks(X)]
+        for name in parts[0]:
+            setattr(self, name, np.concatenate([part[name] for part in parts]))
+        self.n_features_in_ = X.shape[2]
+        return self
+
+    def score_samples(self, Z: VoxelArray) -> np.ndarray:
+        """Normality of each query at its voxel: the lower, the more abnormal.
+
+        Parameters
+        ----------
+        Z : array of shape (n_voxels, n_queries, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_voxels, n_queries), float32
+        """
+        check_is_fitted(self)
+        n_voxels = len(self.offset_)
+        if len(Z.shape) != 3 or Z.shape[0] != n_voxels or Z.shape[2] != self.n_features_in_:
+            message = (f'Z must be ({n_voxels}, n_queries, {self.n_features_in_}) like the '
+                       f'training data, got {Z.shape}.')
+            raise ValueError(message)
+        out = np.empty(Z.shape[:2], dtype=np.float32)
+        for start, chunk in self._chunks(Z):
+            fitted = self._fitted_slice(start, start + len(chunk))
+            out[start:start + len(chunk)] = self._score_chunk(fitted, chunk).cpu().numpy()
+        return out
+
+    def decision_function(self, Z: VoxelArray) -> np.ndarray:
+        """``score_samples(Z) - offset_``: negative for outliers, ``(n_voxels, n_queries)``."""
+        return self.score_samples(Z) - self.offset_[:, None]
+
+    def anomaly_score(self, Z: VoxelArray) -> np.ndarray:
+        """``-decision_function(Z)``: higher is more abnormal, positive beyond the norm.
+
+        This is the value anomaly maps show and thresholds are calibrated on.
+        """
+        return -self.decision_function(Z)
+
+    def predict(self, Z: VoxelArray) -> np.ndarray:
+        """+1 for inliers, -1 for outliers, ``(n_voxels, n_queries)``."""
+        return np.where(self.decision_function(Z) < 0, -1, 1).astype(np.int8)
+
+    def to_arrays(self, half: bool = True) -> dict[str, np.ndarray]:
+        """Fitted state as a flat dict of numpy arrays (for safetensors).
+
+        Parameters
+        ----------
+        half : bool
+            Store the bulky arrays (named in ``_half_arrays``) as float16, where the measured
+            cost in accuracy is negligible (see ``benchmarks/ocsvm_speed.py``).
+        """
+        check_is_fitted(self)
+        arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_names()}
+        if half:
+            for name in set(self._half_arrays) & set(arrays):
+                arrays[name] = arrays[name].astype(np.float16)
+        arrays['n_features_in_'] = np.asarray(self.n_features_in_)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: ty.Mapping[str, np.ndarray], **params: ty.Any) -> ty.Self:
+        """Rebuild a fitted estimator from :meth:`to_arrays` and ``get_params()``."""
+        estimator = cls(**params)
+        for name, value in arrays.items():
+            value = np.asarray(value)
+            if name == 'n_features_in_':
+                estimator.n_features_in_ = int(value)
+            else:
+                float_kind = value.dtype.kind == 'f'
+                setattr(estimator, name, value.astype(np.float32) if float_kind else value)
+        return estimator
+
+    _half_arrays: tuple[str, ...] = ()
+
+    def _fitted_names(self) -> list[str]:
+        return [name for name in vars(self) if name.endswith('_') and name != 'n_features_in_'
+                and not name.startswith('_')]
+
+    def _fitted_slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        return {name: self._tensor(getattr(self, name)[start:stop])
+                for name in self._voxel_arrays}
+
+    def _torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def _tensor(self, array: ty.Any) -> torch.Tensor:
+        tensor = torch.as_tensor(np.asarray(array))
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
+        return tensor.to(self._torch_device())
+
+    def _chunks(self, data: VoxelArray) -> ty.Iterator[tuple[int, torch.Tensor]]:
+        """``(start, chunk)`` for consecutive chunks of voxels, read one at a time.
+
+        Chunks are copied into one float32 buffer on the device that the consumer may
+        overwrite: reusing it spares a fresh allocation (and its page faults) per chunk.
+        """
+        size = self.chunk_size or DEFAULT_CHUNK.get(self._torch_device().type, 512)
+        buffer = torch.empty((min(size, data.shape[0]), *data.shape[1:]),
+                             device=self._torch_device())
+        for start in range(0, data.shape[0], size):
+            chunk = torch.as_tensor(np.asarray(data[start:start + size]))
+            yield start, buffer[:len(chunk)].copy_(chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-class SVM
+
+
+def rbf_kernel(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Batched RBF kernel of points already scaled by ``sqrt(2 * gamma)``.
+
+    ``exp(-gamma |a - b|^2) = exp(a.b - |a|^2 / 2 - |b|^2 / 2)``: one batched matrix product,
+    no temporary of the size of the points.
+
+    Parameters
+    ----------
+    A, B : Tensor of shape (n_voxels, n, d) and (n_voxels, m, d)
+
+    Returns
+    -------
+    Tensor of shape (n_voxels, n, m)
+    """
+    half_a = _half_sq_norm(A)[:, :, None]
+    half_b = _half_sq_norm(B)[:, None, :]
+    return torch.baddbmm(half_a + half_b, A, B.transpose(1, 2)).clamp_(max=0).exp_()
+
+
+def _half_sq_norm(A: torch.Tensor) -> torch.Tensor:
+    """``-|a|^2 / 2`` per point, ``(n_voxels, n)``."""
+    return torch.linalg.vector_norm(A, dim=2).square_().mul_(-0.5)
+
+
+def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
+        max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Solve ``min 1/2 a^T K a`` s.t. ``0 <= a <= bound``, ``sum a = const`` for many voxels.
+
+    Sequential minimal optimisation as in libsvm (second-order working-set selection, stopping
+    when the maximal KKT violation ``max_{a>0} G - min_{a<bound} G`` is below ``tol``), run for
+    all voxels at once; converged voxels leave the batch so the tail stays cheap. Each step reads
+    two kernel rows per voxel and updates vectors of length ``n``: no step touches all of ``K``.
+
+    Parameters
+    ----------
+    K : Tensor of shape (n_voxels, n, n)
+    alpha : Tensor of shape (n_voxels, n)
+        A feasible start; the sum is kept.
+    bound, tol : float
+    max_iter : int
+        Cap on steps per call.
+
+    Returns
+    -------
+    alpha : Tensor of shape (n_voxels, n)
+    n_iter : Tensor of shape (n_voxels,)
+    """
+    n_voxels, n, _ = K.shape
+    rows = K.reshape(n_voxels * n, n)
+    grad = torch.bmm(alpha[:, None, :], K)[:, 0]
+    state = [alpha.clone(), grad, grad.masked_fill(alpha >= bound, math.inf),
+             grad.masked_fill(alpha <= 0, -math.inf),
+             torch.zeros(n_voxels, dtype=torch.long, device=K.device)]
+    out = [t.clone() for t in state]
+    active = torch.arange(n_voxels, device=K.device)
+    for step in range(max_iter):
+        a, g, g_up, g_low, count = state
+        g_min, i = g_up.min(1)
+        violating = g_low.max(1).values - g_min >= tol
+        if step % 4 == 0:
+            n_active = int(violating.sum())
+            if n_active == 0:
+                break
+            if n_active < 0.8 * len(active):
+                for o, s in zip(out, state, strict=True):
+                    o[active] = s
+                active, i, g_min = active[violating], i[violating], g_min[violating]
+                state = [s[violating] for s in state]
+                a, g, g_up, g_low, count = state
+                violating = violating[violating]
+        count += violating
+        base = active * n
+        k_i = rows.index_select(0, base + i)
+        quad = k_i.mul(-2).add_(2).clamp_(min=1e-12)  # K_ii + K_jj - 2 K_ij with K_ii = 1
+        j = (g_low - g_min[:, None]).clamp_(min=0).square_().div_(quad).argmax(1)
+        k_j = rows.index_select(0, base + j)
+        i, j = i[:, None], j[:, None]
+        a_i, a_j = a.gather(1, i), a.gather(1, j)
+        room = bound - a_i
+        t = torch.minimum((g.gather(1, j) - g_min[:, None]) / quad.gather(1, j), room)
+        t = torch.minimum(t, a_j) * violating[:, None]
+        a_i = torch.where(t >= room, bound, a_i + t)  # land exactly on the bounds
+        a_j = torch.where(t >= a_j, 0.0, a_j - t)
+        a.scatter_(1, i, a_i).scatter_(1, j, a_j)
+        delta = k_i.sub_(k_j)
+        for vector in (g, g_up, g_low):
+            vector.addcmul_(t, delta)
+        g_i, g_j = g.gather(1, i), g.gather(1, j)
+        g_up.scatter_(1, i, torch.where(a_i >= bound, math.inf, g_i)).scatter_(1, j, g_j)
+        g_low.scatter_(1, i, torch.where(a_i > 0, g_i, -math.inf))
+        g_low.scatter_(1, j, torch.where(a_j > 0, g_j, -math.inf))
+    else:
+        warnings.warn(f'SMO stopped after max_iter={max_iter} steps before reaching tol.',
+                      ConvergenceWarning, stacklevel=3)
+    for o, s in zip(out, state, strict=True):
+        o[active] = s
+    return out[0], out[4]
+
+
+def ocsvm_dual(Y: torch.Tensor, nu: float, tol: float, working_set: int,
+               max_iter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact RBF one-class SVM duals of many voxels by working-set decomposition.
+
+    Solves ``min 1/2 a^T K a`` s.t. ``0 <= a_i <= 1 / (nu n)``, ``sum a = 1`` per voxel. The
+    full kernel (n x n per voxel) is never formed: SMO runs on the kernel block of a working
+    set (first the ``working_set`` points farthest from the centroid, where support vectors
+    lie), then the gradient of every point is evaluated from the support vectors alone; points
+    that violate the optimality conditions join the working set and SMO resumes warm. The
+    result is the exact optimum of the full problem to ``tol``.
+
+    Parameters
+    ----------
+    Y : Tensor of shape (n_voxels, n, d)
+        Centred samples scaled by ``sqrt(2 * gamma)``.
+    nu : float
+    tol : float
+        Stopping tolerance on the KKT violation, in the units of this dual.
+    working_set : int
+        Initial working-set size (grows by half of it per round).
+    max_iter : int
+        Cap on SMO steps per round.
+
+    Returns
+    -------
+    alpha : Tensor of shape (n_voxels, n)
+    rho : Tensor of shape (n_voxels,)
+        Offset from the free support vectors (libsvm's rule).
+    n_iter : Tensor of shape (n_voxels,)
+        SMO steps over all rounds.
+    """
+    n_voxels, n, d = Y.shape
+    bound = 1.0 / (nu * n)
+    n_full = min(int(nu * n), n)  # libsvm's start: that many at the bound, the rest fractional
+    size = max(min(working_set, n), n_full + 1)
+    order = _half_sq_norm(Y).argsort(1)  # farthest from the centroid first
+    S = order[:, :size]
+    start = torch.zeros(size, device=Y.device)
+    start[:n_full] = bound
+    if n_full < size:
+        start[n_full] = 1 - n_full * bound
+    alpha_S = start.expand(n_voxels, size).clone()
+    K_S = rbf_kernel(_take(Y, S), _take(Y, S))
+    alpha = torch.zeros(n_voxels, n, device=Y.device)
+    grad = torch.zeros(n_voxels, n, device=Y.device)
+    n_iter = torch.zeros(n_voxels, dtype=torch.long, device=Y.device)
+    active = torch.arange(n_voxels, device=Y.device)
+    while True:
+        alpha_S, steps = smo(K_S, alpha_S, bound, tol, max_iter)
+        n_iter[active] += steps
+        full = torch.zeros(len(active), n, device=Y.device).scatter_(1, S, alpha_S)
+        g = _gradient(Y, full)
+        alpha[active], grad[active] = full, g
+        outside = g.scatter(1, S, math.inf)
+        g_max = g.masked_fill(full <= 0, -math.inf).max(1).values
+        growing = outside.min(1).values < g_max - tol
+        if S.shape[1] == n or not growing.any():
+            break
+        active, S, K_S, alpha_S = active[growing], S[growing], K_S[growing], alpha_S[growing]
+        Y = Y[growing]
+        added = outside[growing].topk(min(max(size // 2, 1), n - S.shape[1]), 1,
+                                      largest=False).indices
+        S = torch.cat([S, added], 1)
+        Y_S = _take(Y, S)
+        K_new = rbf_kernel(Y_S[:, -added.shape[1]:], Y_S)  # (v, added, S + added)
+        K_S = torch.cat([torch.cat([K_S, K_new[:, :, :-added.shape[1]].transpose(1, 2)], 2),
+                         K_new], 1)
+        alpha_S = torch.cat([alpha_S, torch.zeros_like(added, dtype=alpha_S.dtype)], 1)
+    return alpha, _rho(alpha, grad, bound), n_iter
+
+
+def _take(Y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (n_voxels, k) of each voxel's points Y (n_voxels, n, d)."""
+    return Y.gather(1, index[:, :, None].expand(-1, -1, Y.shape[2]))
+
+
+def _support(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices and coefficients of the support vectors, zero-padded to the largest count."""
+    width = max(int((alpha > 0).sum(1).max()), 1)
+    coef, index = alpha.topk(width, 1)
+    return index, coef
+
+
+def _gradient(Y: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``K alpha`` for every point, from the support vectors only."""
+    index, coef = _support(alpha)
+    return torch.bmm(rbf_kernel(Y, _take(Y, index)), coef[:, :, None])[:, :, 0]
+
+
+def _rho(alpha: torch.Tensor, grad: torch.Tensor, bound: float) -> torch.Tensor:
+    """libsvm's offset: mean gradient over free SVs, else the midpoint of the feasible range."""
+    free = (alpha > 0) & (alpha < bound)
+    n_free = free.sum(1)
+    mean_free = torch.where(free, grad, 0).sum(1) / n_free.clamp(min=1)
+    upper = grad.masked_fill(alpha > 0, math.inf).min(1).values
+    lower = grad.masked_fill(alpha < bound, -math.inf).max(1).values
+    return torch.where(n_free > 0, mean_free, (upper + lower) / 2)
+
+
+class VoxelOneClassSVM(_VoxelEstimator):
+    r"""Exact RBF one-class SVM at every voxel, fitted for chunks of voxels at once.
+
+    Each voxel solves the one-class SVM dual ``min 1/2 a^T K a`` s.t.
+    ``0 <= a_i <= 1 / (nu n)``, ``sum a = 1`` with ``K_ij = exp(-gamma |x_i - x_j|^2)``; the
+    decision is ``f(z) = sum_i a_i K(x_i, z) - rho``. The solution equals scikit-learn's
+    :class:`~sklearn.svm.OneClassSVM` (libsvm) on the same voxel up to the scale: libsvm bounds
+    ``a_i <= 1`` with ``sum a = nu n``, so its decision values are ``nu * n_samples`` times
+    these; signs agree.
+
+    Parameters
+    ----------
+    nu : float, default=0.03
+        Upper bound on the fraction of training outliers, lower bound on that of support
+        vectors.
+    gamma : {'scale', 'auto'} or float, default='scale'
+        RBF width; 'scale' is ``1 / (n_features * X.var())`` per voxel (scikit-learn's rule on
+        that voxel's samples), 'auto' is ``1 / n_features``.
+    tol : float, default=1e-3
+        Stopping tolerance on the KKT violation in libsvm's units (as scikit-learn's ``tol``).
+    working_set : int, default=64
+        Points per voxel in the first SMO working set; a solver setting, not a model one.
+    max_iter : int, default=100_000
+        Cap on SMO steps per voxel and round.
+    chunk_size : int or None, default=None
+        Voxels solved together (None: 512 on CPU, 16384 on GPU).
+    device : str, default='cpu'
+        Torch device for the computation; results come back as numpy arrays.
+
+    Attributes
+    ----------
+    location_ : ndarray of shape (n_voxels, n_features)
+        Training mean per voxel; support vectors are stored relative to it.
+    gamma_ : ndarray of shape (n_voxels,)
+        RBF gamma per voxel.
+    n_support_ : ndarray of shape (n_voxels,)
+        Number of support vectors per voxel.
+    support_vectors_ : ndarray of shape (n_support_.sum(), n_features)
+        Support vectors of all voxels, voxel after voxel, minus ``location_``.
+    dual_coef_ : ndarray of shape (n_support_.sum(),)
+        Their coefficients ``a_i`` (each voxel's sum to 1).
+    offset_ : ndarray of shape (n_voxels,)
+        ``rho`` per voxel.
+    n_iter_ : ndarray of shape (n_voxels,)
+        SMO steps per voxel.
+    n_features_in_ : int
+    """
+
+    _voxel_arrays = ('location_', 'gamma_', 'n_support_')
+    _half_arrays = ('support_vectors_',)
+
+    def __init__(self, *, nu: float = 0.03, gamma: str | float = 'scale', tol: float = 1e-3,
+                 working_set: int = 64, max_iter: int = 100_000, chunk_size: int | None = None,
+                 device: str = 'cpu') -> None:
+        self.nu = nu
+        self.gamma = gamma
+        self.tol = tol
+        self.working_set = working_set
+        self.max_iter = max_iter
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
+        if not 0 < self.nu <= 1:
+            raise ValueError(f'nu must be in (0, 1], got {self.nu}.')
+        n_voxels, n, d = X.shape
+        location = X.mean(1)
+        Y = X.sub_(location[:, None])  # the chunk buffer is ours: centre and scale in place
+        if self.gamma == 'scale':  # variance of all entries = within + between features
+            within = torch.linalg.vector_norm(Y, dim=(1, 2)).square_() / (n * d)
+            gamma = 1.0 / (d * (within + location.var(1, unbiased=False)))
+        elif self.gamma == 'auto':
+            gamma = torch.full((n_voxels,), 1.0 / d, device=X.device)
+        elif isinstance(self.gamma, (int, float)) and self.gamma > 0:
+            gamma = torch.full((n_voxels,), float(self.gamma), device=X.device)
+        else:
+            raise ValueError(f"gamma must be 'scale', 'auto' or a positive float, got "
+                             f'{self.gamma!r}.')
+        scale = (2 * gamma).sqrt()
+        alpha, rho, n_iter = ocsvm_dual(Y.mul_(scale[:, None, None]), self.nu,
+                                        self.tol / (self.nu * n), self.working_set, self.max_iter)
+        support = alpha > 0
+        voxel = support.nonzero()[:, 0]
+        return {
+            'location_': location.cpu().numpy(),
+            'gamma_': gamma.cpu().numpy(),
+            'n_support_': support.sum(1).cpu().numpy(),
+            'support_vectors_': (Y[support] / scale[voxel, None]).cpu().numpy(),
+            'dual_coef_': alpha[support].cpu().numpy(),
+            'offset_': rho.cpu().numpy(),
+            'n_iter_': n_iter.cpu().numpy(),
+        }
+
+    def _fitted_slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
+        fitted = super()._fitted_slice(start, stop)
+        ends = np.cumsum(self.n_support_)
+        first, last = (ends[start - 1] if start else 0), ends[stop - 1]
+        counts = fitted['n_support_']
+        width = max(int(counts.max()), 1)
+        voxel = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        rank = torch.arange(len(voxel), device=counts.device) - (counts.cumsum(0) - counts)[voxel]
+        vectors = torch.zeros(len(counts), width, self.n_features_in_, device=counts.device)
+        coef = torch.zeros(len(counts), width, device=counts.device)
+        vectors[voxel, rank] = self._tensor(self.support_vectors_[first:last])
+        coef[voxel, rank] = self._tensor(self.dual_coef_[first:last])
+        return fitted | {'support_vectors_': vectors, 'dual_coef_': coef}
+
+    @staticmethod
+    def _score_chunk(fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+        scale = (2 * fitted['gamma_']).sqrt()[:, None, None]
+        queries = (Z - fitted['location_'][:, None, :]) * scale
+        K = rbf_kernel(queries, fitted['support_vectors_'] * scale)
+        return torch.bmm(K, fitted['dual_coef_'][:, :, None])[:, :, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian
+
+
+def shrunk_covariance(X: torch.Tensor, shrinkage: str | float | None) -> torch.Tensor:
+    """Batched maximum-likelihood covariance, shrunk toward ``mu * I`` (mu = mean variance).
+
+    Parameters
+    ----------
+    X : Tensor of shape (n_voxels, n_samples, n_features)
+        Centred samples.
+    shrinkage : {'ledoit_wolf', 'oas'} or float or None
+        Ledoit-Wolf or OAS coefficient (scikit-learn's formulas, per voxel), a fixed
+        coefficient in [0, 1], or None for the empirical covariance.
+
+    Returns
+    -------
+    Tensor of shape (n_voxels, n_features, n_features)
+    """
+    n, d = X.shape[1:]
+    cov = torch.bmm(X.transpose(1, 2), X) / n
+    mu = cov.diagonal(dim1=1, dim2=2).mean(1)
+    if shrinkage is None:
+        return cov
+    if shrinkage == 'ledoit_wolf':
+        # sklearn.covariance.ledoit_wolf_shrinkage, with sum(X2^T X2) = sum_i |x_i|^4
+        delta_ = cov.square().sum((1, 2))
+        beta_ = X.square().sum(2).square().sum(1)
+        delta = (delta_ - d * mu * mu) / d
+        beta = torch.minimum((beta_ / n - delta_) / (d * n), delta)
+        coef = torch.where(beta == 0, 0, beta / delta)
+    elif shrinkage == 'oas':
+        alpha = cov.square().mean((1, 2))
+        num = alpha + mu * mu
+        den = (n + 1) * (alpha - mu * mu / d)
+        coef = torch.where(den == 0, 1.0, (num / den).clamp(max=1))
+    elif isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1:
+        coef = torch.full_like(mu, float(shrinkage))
+    else:
+        raise ValueError("shrinkage must be 'ledoit_wolf', 'oas', a float in [0, 1] or None, "
+                         f'got {shrinkage!r}.')
+    eye = torch.eye(d, device=X.device)
+    return (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
+
+
+class VoxelGaussian(_VoxelEstimator):
+    """Gaussian at every voxel: squared Mahalanobis distance under a shrunk covariance.
+
+    ``score_samples`` is minus the squared distance (as scikit-learn's
+    :class:`~sklearn.covariance.EllipticEnvelope`); ``offset_`` is the ``contamination``
+    quantile of the training scores per voxel.
+
+    Parameters
+    ----------
+    shrinkage : {'ledoit_wolf', 'oas'} or float or None, default='ledoit_wolf'
+        See :func:`shrunk_covariance`; 243 codes in 64 dims need shrinkage.
+    covariance_type : {'full', 'lowrank', 'diag'}, default='full'
+        'full' keeps every eigenvector (d^2 numbers per voxel), 'lowrank' the top
+        ``n_components`` and one variance for the rest (probabilistic PCA), 'diag' the
+        variances alone; the smaller forms keep model bundles small.
+    n_components : int, default=8
+        Eigenvectors kept by 'lowrank'.
+    contamination : float, default=0.03
+        Fraction of training samples per voxel left outside ``offset_``.
+    chunk_size : int or None, default=None
+    device : str, default='cpu'
+
+    Attributes
+    ----------
+    location_ : ndarray of shape (n_voxels, n_features)
+    components_ : ndarray of shape (n_voxels, k, n_features)
+        Eigenvectors of the covariance (k = n_features for 'full', ``n_components`` for
+        'lowrank', absent for 'diag').
+    variance_ : ndarray of shape (n_voxels, k)
+        Their eigenvalues ('full', 'lowrank') or the per-feature variances ('diag').
+    noise_variance_ : ndarray of shape (n_voxels,)
+        Mean of the eigenvalues not kept ('lowrank'; zero weight otherwise).
+    offset_ : ndarray of shape (n_voxels,)
+    n_features_in_ : int
+    """
+
+    _half_arrays = ('components_',)
+
+    def __init__(self, *, shrinkage: str | float | None = 'ledoit_wolf',
+                 covariance_type: str = 'full', n_components: int = 8,
+                 contamination: float = 0.03, chunk_size: int | None = None,
+                 device: str = 'cpu') -> None:
+        self.shrinkage = shrinkage
+        self.covariance_type = covariance_type
+        self.n_components = n_components
+        self.contamination = contamination
+        self.chunk_size = chunk_size
+        self.device = device
+
+    @property
+    def _voxel_arrays(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self.covariance_type == 'diag':
+            return 'location_', 'variance_'
+        return 'location_', 'components_', 'variance_', 'noise_variance_'
+
+    def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
+        if self.covariance_type not in ('full', 'lowrank', 'diag'):
+            raise ValueError("covariance_type must be 'full', 'lowrank' or 'diag', got "
+                             f'{self.covariance_type!r}.')
+        location = X.mean(1)
+        cov = shrunk_covariance(X - location[:, None], self.shrinkage)
+        tiny = torch.finfo(cov.dtype).tiny
+        if self.covariance_type == 'diag':
+            fitted = {'location_': location,
+                      'variance_': cov.diagonal(dim1=1, dim2=2).clamp(min=tiny)}
+        else:
+            values, vectors = torch.linalg.eigh(cov.double())  # ascending
+            k = self.n_components if self.covariance_type == 'lowrank' else X.shape[2]
+            if not 0 < k <= X.shape[2]:
+                raise ValueError(f'n_components must be in [1, {X.shape[2]}], got {k}.')
+            values = values.float().clamp(min=tiny).flip(1)
+            rest = values[:, k:]
+            fitted = {
+                'location_': location,
+                'components_': vectors.float().flip(2)[:, :, :k].transpose(1, 2).contiguous(),
+                'variance_': values[:, :k],
+                'noise_variance_': rest.mean(1) if rest.shape[1] else values[:, -1],
+            }
+        scores = self._score_chunk(fitted, X)
+        fitted['offset_'] = torch.quantile(scores, self.contamination, dim=1)
+        return {name: value.cpu().numpy() for name, value in fitted.items()}
+
+    def _score_chunk(self, fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+        centred = Z - fitted['location_'][:, None]
+        if self.covariance_type == 'diag':
+            return -(centred.square() / fitted['variance_'][:, None]).sum(2)
+        projected = torch.bmm(centred, fitted['components_'].transpose(1, 2))
+        inside = (projected.square() / fitted['variance_'][:, None]).sum(2)
+        residual = (centred.square().sum(2) - projected.square().sum(2)).clamp(min=0)
+        if self.covariance_type == 'full':
+            return -inside
+        return -(inside + residual / fitted['noise_variance_'][:, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# z-score baseline
+
+
+class VoxelZScore(_VoxelEstimator):
+    """Voxel-wise z-score of intensities against the training controls, per channel.
+
+    ``score_samples`` is ``-max_c |z_c|`` (``combine='max'``) or ``-sum_c z_c^2``
+    (``combine='sumsq'``). With a few dozen controls a per-voxel quantile would be noise, so
+    ``offset_`` comes from the reference distribution instead: the ``contamination`` tail of
+    ``max |z|`` over independent standard normal channels, or of chi-squared.
+
+    Parameters
+    ----------
+    combine : {'max', 'sumsq'}, default='max'
+    contamination : float, default=0.03
+    min_std : float, default=1e-6
+        Floor on the standard deviation (constant voxels, e.g. outside the brain).
+    chunk_size : int or None, default=None
+    device : str, default='cpu'
+
+    Attributes
+    ----------
+    location_, scale_ : ndarray of shape (n_voxels, n_channels)
+        Mean and standard deviation (ddof=1) per voxel and channel.
+    offset_ : ndarray of shape (n_voxels,)
+    n_features_in_ : int
+    """
+
+    _voxel_arrays = ('location_', 'scale_')
+
+    def __init__(self, *, combine: str = 'max', contamination: float = 0.03,
+                 min_std: float = 1e-6, chunk_size: int | None = None,
+                 device: str = 'cpu') -> None:
+        self.combine = combine
+        self.contamination = contamination
+        self.min_std = min_std
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
+        if X.shape[1] < 2:
+            raise ValueError(f'A z-score needs at least 2 training samples, got {X.shape[1]}.')
+        n_channels = X.shape[2]
+        if self.combine == 'max':
+            per_channel = 1 - (1 - self.contamination) ** (1 / n_channels)
+            offset = -stats.norm.isf(per_channel / 2)
+        elif self.combine == 'sumsq':
+            offset = -stats.chi2.isf(self.contamination, n_channels)
+        else:
+            raise ValueError(f"combine must be 'max' or 'sumsq', got {self.combine!r}.")
+        return {
+            'location_': X.mean(1).cpu().numpy(),
+            'scale_': X.std(1).clamp(min=self.min_std).cpu().numpy(),
+            'offset_': np.full(X.shape[0], offset, dtype=np.float32),
+        }
+
+    def _score_chunk(self, fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+        z = (Z - fitted['location_'][:, None]) / fitted['scale_'][:, None]
+        return -z.abs().amax(2) if self.combine == 'max' else -z.square().sum(2)

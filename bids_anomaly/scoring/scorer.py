@@ -1,0 +1,112 @@
+"""A trained bundle and its normative models, applied to template-space volumes.
+
+:class:`BundleScorer` verifies and loads a bundle (weights, per-voxel one-class SVM and
+Gaussian, z-score baseline, thresholds) and turns a ``(C, X, Y, Z)`` volume into score maps where
+higher means more abnormal.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bids_anomaly.models.bundle import load_arrays, load_bundle
+from bids_anomaly.preprocessing.templates import Template
+from bids_anomaly.scoring.normative import VoxelGaussian, VoxelOneClassSVM, VoxelZScore
+from bids_anomaly.scoring.reconstruction import VolumeOutputs, score_patches, score_slices
+
+BASELINE = 'baseline'
+ZSCORE = 'zscore'
+ESTIMATORS = {'ocsvm': VoxelOneClassSVM, 'gaussian': VoxelGaussian, ZSCORE: VoxelZScore}
+
+
+def model_label(family: str) -> str:
+    """BIDS label of a model family (``sae-patch`` -> ``saepatch``)."""
+    return family.replace('-', '')
+
+
+@dataclass
+class ParticipantScores:
+    """Score maps of one participant for one bundle: ``{(model, stat): (X, Y, Z) array}``."""
+
+    maps: dict[tuple[str, str], np.ndarray]
+    outputs: VolumeOutputs
+
+
+class BundleScorer:
+    """A verified bundle with its normative models, ready to score volumes."""
+
+    def __init__(self, path: Path, template: Template, device: str = 'cpu') -> None:
+        from bids_anomaly.training.trainer import resolve_device
+
+        self.device = str(resolve_device(device))
+        self.template = template
+        self.mask = template.mask_array()
+        loaded = load_bundle(path, template=template.name, resolution=template.resolution,
+                             grid_shape=template.shape, device=self.device)
+        self.path, self.model, self.card = loaded.path, loaded.model, loaded.card
+        self.label = model_label(self.card.family)
+        stored = set(read_array_names(self.path))
+        self.estimators = {name: self._estimator(name) for name in self.score_types
+                           if name in ESTIMATORS and name in stored}
+        self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
+        self.thresholds: dict[tuple[str, str], float] = {}
+        if 'thresholds' in stored:
+            arrays, _ = load_arrays(self.path, 'thresholds')
+            self.thresholds = {tuple(key.split('.')): float(value[0])  # type: ignore[misc]
+                               for key, value in arrays.items()}
+
+    def _estimator(self, name: str):
+        arrays, params = load_arrays(self.path, name)
+        return ESTIMATORS[name].from_arrays(arrays, **params, device=self.device)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the normative models and thresholds exist (the scoring stage ran)."""
+        return bool(self.thresholds) and self.zscore is not None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.card.modalities
+
+    @property
+    def score_types(self) -> tuple[str, ...]:
+        """Score maps of this model: reconstruction error, plus normative models for patches."""
+        return ('recon', 'ocsvm', 'gaussian') if self.card.spec.is_patch else ('recon',)
+
+    def infer(self, volume: np.ndarray) -> VolumeOutputs:
+        """Reconstruction errors and latent codes of a ``(C, X, Y, Z)`` volume."""
+        if self.card.spec.is_patch:
+            return score_patches(self.model, volume, self.mask, device=self.device)
+        return score_slices(self.model, volume, self.mask, device=self.device)
+
+    def score(self, volume: np.ndarray) -> ParticipantScores:
+        """Every score map of this bundle, plus the z-score baseline (higher = more abnormal)."""
+        outputs = self.infer(volume)
+        maps = {(self.label, 'recon'): outputs.error}
+        for name, estimator in self.estimators.items():
+            values = estimator.anomaly_score(outputs.codes[:, None, :])[:, 0]
+            maps[(self.label, name)] = self._to_volume(values)
+        maps[(BASELINE, ZSCORE)] = self._to_volume(
+            self.zscore.anomaly_score(brain_samples(volume[None], self.mask))[:, 0])
+        return ParticipantScores(maps, outputs)
+
+    def _to_volume(self, values: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.mask.shape, dtype=np.float32)
+        out[self.mask] = values
+        return out
+
+
+def brain_samples(volumes: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(n, C, X, Y, Z)`` volumes as per-voxel samples ``(n_brain_voxels, n, C)``."""
+    return np.ascontiguousarray(volumes[:, :, mask].transpose(2, 0, 1))
+
+
+def read_array_names(bundle: Path) -> list[str]:
+    """Names of the array sets stored in a bundle (normative models, thresholds)."""
+    return list(json.loads((Path(bundle) / 'model.json').read_text())['arrays'])
+
+
