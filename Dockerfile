@@ -11,6 +11,7 @@
 #   WHEELHOUSE       a folder of wheels mounted into the build (podman build -v), for offline builds
 #   VERSION          the package version; the build fails when it differs from pyproject.toml
 #   VCS_REF          the git commit, recorded as a label
+#   IMAGE_TAG        the tag recorded in the outputs' dataset_description.json (e.g. with -cpu)
 # Behind a TLS-intercepting proxy give pip the proxy's CA as a build secret; it is never stored in
 # the image: --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
 # Details: docs/containers.md; a full build-and-run check: scripts/container-smoke.sh.
@@ -50,12 +51,16 @@ RUN --mount=type=secret,id=ca_bundle \
     && pip install --index-url "${index}" ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
     && pip install ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} -r /src/requirements-container.txt
 
+# Also drops torch's C++ headers and test programs (about 150 MB): the runtime image has no
+# compiler, and nothing here builds extensions.
 ARG VERSION=0.1.0
 COPY . /src/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && pip install --no-deps /src \
     && pip check \
+    && rm -rf /opt/venv/lib/python3.11/site-packages/torch/include \
+        /opt/venv/lib/python3.11/site-packages/torch/test \
     && installed="$(bids_anomaly --version)" \
     && if [ "${installed}" != "bids_anomaly ${VERSION}" ]; then \
         echo "build argument VERSION=${VERSION} but the package says: ${installed}" >&2; exit 1; \
@@ -76,6 +81,7 @@ COPY --from=builder /opt/venv /opt/venv
 
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
+ARG IMAGE_TAG=bids_anomaly:${VERSION}
 LABEL org.opencontainers.image.title="bids_anomaly" \
       org.opencontainers.image.description="BIDS-App for unsupervised anomaly detection in brain MRI" \
       org.opencontainers.image.version="${VERSION}" \
@@ -100,7 +106,7 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     TRITON_CACHE_DIR=/tmp/triton \
     NIPYPE_NO_ET=1 \
     NIPYPE_CONFIG_DIR=/tmp/nipype \
-    BIDS_ANOMALY_CONTAINER=bids_anomaly:${VERSION}
+    BIDS_ANOMALY_CONTAINER=${IMAGE_TAG}
 
 USER 1000:1000
 WORKDIR /tmp

@@ -1,14 +1,18 @@
-"""Training throughput of the auto-encoders on CPU (or a GPU), printed as a table.
+"""Training throughput of the auto-encoders, printed as a Markdown table.
 
 ``sae-patch`` is measured in patch pairs per second at the published size (15x15x2 patches,
-batch 225 pairs, Adam), for several ways of running the same network: the plain published form
-(transposed convolutions, NCHW), the package's form (padded convolutions), channels-last memory,
-the 2x upsampling fused into the next convolution, ``torch.compile``, convolutions written as
-unfold + matmul, thread counts and batch sizes. Then the whole training loop (sampler + step,
-``train_model``) and the slice models in slices per second. The machine's load average is
-printed first and last: other processes share the cores, so rerun when it is low.
+batch 225 pairs, Adam) for several ways of running the same network: a plain port of the
+published layers (transposed convolutions, NCHW), padded convolutions, convolutions as
+unfold + matmul, channels-last memory (the package's default path), the 2x upsampling fused
+into the next convolution, ``torch.compile``, thread counts and batch sizes. Then the pair
+sampler (gathering from the (n, C, X, Y, Z) array as given vs the axial layout the package
+uses), and whole epochs of ``train_model`` (sampling + steps) for the four families at 1.5 mm.
 
-    python benchmarks/training_speed.py [--threads 2] [--seconds 3] [--device cpu]
+Rates are wall-clock; with ``--cpu-time`` they are per CPU-second of this process, which is
+steadier when other processes share the cores (run with ``--threads 1`` then). The load
+average is printed first and last: rerun when it is low.
+
+    python benchmarks/training_speed.py [--threads 2] [--seconds 3] [--cpu-time] [--device cpu]
 """
 
 from __future__ import annotations
@@ -29,21 +33,28 @@ from bids_anomaly.models.networks import AutoEncoderOutput
 from bids_anomaly.training import PatchSampler, train_model
 
 SPEC = ModelSpec('sae-patch', in_channels=2)
+GRID = (121, 145, 121)
+Clock = ty.Callable[[], float]
 
 
-class _Plain(nn.Module):
-    """The published network as a first PyTorch port would write it."""
+class _Reference(nn.Module):
+    """The published patch network as a first NCHW PyTorch port writes it."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, transposed: bool = True) -> None:
         super().__init__()
         c, f = spec.in_channels, spec.filters
+
+        def grow(c_in: int, c_out: int, k: int) -> nn.Module:
+            if transposed:
+                return nn.ConvTranspose2d(c_in, c_out, k)
+            return nn.Conv2d(c_in, c_out, k, padding=k - 1)
+
         self.encoder = nn.Sequential(
             nn.Conv2d(c, f, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(f, f, 3), nn.ReLU(),
             nn.Conv2d(f, f, 3))
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(f, f, 3), nn.ReLU(), nn.ConvTranspose2d(f, f, 3), nn.ReLU(),
-            nn.Upsample(scale_factor=2), nn.ConvTranspose2d(f, f, 3), nn.ReLU(),
-            nn.ConvTranspose2d(f, c, 2), nn.Sigmoid())
+            grow(f, f, 3), nn.ReLU(), grow(f, f, 3), nn.ReLU(), nn.Upsample(scale_factor=2),
+            grow(f, f, 3), nn.ReLU(), grow(f, c, 2), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> AutoEncoderOutput:
         z = self.encoder(x)
@@ -51,7 +62,7 @@ class _Plain(nn.Module):
 
 
 class _UnfoldConv(nn.Module):
-    """A valid convolution as im2col (``F.unfold``) + one matrix product."""
+    """A convolution as im2col (``F.unfold``) and one matrix product."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -66,8 +77,26 @@ class _UnfoldConv(nn.Module):
         return out.transpose(1, 2).reshape(len(x), -1, size, size)
 
 
-def _unfolded(spec: ModelSpec) -> nn.Module:
-    model = build_model(spec)
+class _UpsampleConv(nn.Module):
+    """Nearest 2x upsampling + 3x3 convolution padded by 2, as one 2x2 convolution per output
+    phase on the small map and a pixel shuffle (2.25x fewer multiply-adds)."""
+
+    TAPS = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]])
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, taps = self.conv.weight, self.TAPS.to(self.conv.weight)
+        phases = torch.einsum('apk,bql,oikl->oabipq', taps, taps, weight)
+        phases = phases.reshape(-1, weight.shape[1], 2, 2)
+        out = F.conv2d(x, phases, self.conv.bias.repeat_interleave(4), padding=1)
+        return F.pixel_shuffle(out, 2)
+
+
+def _unfolded() -> nn.Module:
+    model = _Reference(SPEC, transposed=False)
     for sequential in (model.encoder, model.decoder):
         for index, layer in enumerate(sequential):
             if isinstance(layer, nn.Conv2d):
@@ -75,15 +104,20 @@ def _unfolded(spec: ModelSpec) -> nn.Module:
     return model
 
 
-def pairs_per_second(
-    model: nn.Module, batch: int, seconds: float, channels_last: bool = False
-) -> float:
+def _fused_upsampling() -> nn.Module:
+    model = build_model(SPEC)
+    layers = list(model.decoder)
+    index = next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Upsample))
+    layers[index : index + 2] = [_UpsampleConv(layers[index + 1])]
+    model.decoder = nn.Sequential(*layers)
+    return model
+
+
+def pairs_per_second(model: nn.Module, batch: int, seconds: float, clock: Clock) -> float:
     """Adam steps on random pairs ``[x1; x2]`` for about ``seconds`` after a warm-up."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     device = next(model.parameters()).device
     x = torch.rand(2 * batch, SPEC.in_channels, 15, 15, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         loss = objective(SPEC, x, model(x))
@@ -93,12 +127,12 @@ def pairs_per_second(
 
     for _ in range(3):
         step()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    steps, start, wall = 0, clock(), time.perf_counter()
+    while time.perf_counter() - wall < seconds:
         step()
         steps += 1
     _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * batch / (clock() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -107,98 +141,112 @@ def _sync(device: torch.device) -> None:
 
 
 def _row(name: str, threads: int, batch: int, rate: float, unit: str = 'pairs/s') -> None:
-    print(f'| {name:<46} | {threads:>7} | {batch:>5} | {rate:>9,.0f} {unit:<8} |', flush=True)
+    print(f'| {name:<52} | {threads:>7} | {batch:>5} | {rate:>9,.0f} {unit:<9} |', flush=True)
 
 
-def network_variants(threads: int, seconds: float, device: torch.device) -> None:
+def network_variants(threads: int, seconds: float, device: torch.device, clock: Clock) -> None:
     torch.set_num_threads(threads)
-    variants: list[tuple[str, ty.Callable[[], nn.Module], bool]] = [
-        ('published: transposed convs, NCHW', lambda: _Plain(SPEC), False),
-        ('padded convs (package), NCHW', lambda: build_model(SPEC), False),
-        ('padded convs, unfold + matmul', lambda: _unfolded(SPEC), False),
-        ('padded convs, channels-last', lambda: build_model(SPEC), True),
+    variants: list[tuple[str, ty.Callable[[], nn.Module]]] = [
+        ('published port: transposed convs, NCHW', lambda: _Reference(SPEC)),
+        ('padded convs, NCHW', lambda: _Reference(SPEC, transposed=False)),
+        ('padded convs as unfold + matmul, NCHW', _unfolded),
+        ('padded convs, channels-last (package default)', lambda: build_model(SPEC)),
+        ('channels-last + fused upsample-conv', _fused_upsampling),
     ]
-    for name, make, channels_last in variants:
+    for name, make in variants:
         torch.manual_seed(0)
-        model = make().to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        _row(name, threads, 225, pairs_per_second(model, 225, seconds, channels_last))
+        _row(name, threads, 225, pairs_per_second(make().to(device), 225, seconds, clock))
     torch.manual_seed(0)
-    model = build_model(SPEC).to(device)
     start = time.perf_counter()
-    compiled = torch.compile(model)
-    rate = pairs_per_second(compiled, 225, seconds)
-    _row(f'padded convs, torch.compile ({time.perf_counter() - start:.0f} s incl. compile)',
-         threads, 225, rate)
+    compiled = torch.compile(build_model(SPEC).to(device))
+    rate = pairs_per_second(compiled, 225, seconds, clock)
+    name = f'channels-last + torch.compile ({time.perf_counter() - start:.0f} s with compiling)'
+    _row(name, threads, 225, rate)
 
 
-def batch_and_threads(seconds: float, device: torch.device) -> None:
-    for threads in (1, 2):
+def batch_and_threads(seconds: float, device: torch.device, clock: Clock) -> None:
+    for threads, batch in ((1, 225), (2, 225), (2, 1024), (2, 4096)):
         torch.set_num_threads(threads)
-        for batch in (225, 1024, 4096):
-            if threads == 1 and batch != 225:
-                continue
-            torch.manual_seed(0)
-            model = build_model(SPEC).to(device)
-            _row('package default', threads, batch, pairs_per_second(model, batch, seconds))
+        torch.manual_seed(0)
+        model = build_model(SPEC).to(device)
+        _row('package default', threads, batch, pairs_per_second(model, batch, seconds, clock))
 
 
-def _volumes(n: int, grid: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _volumes(n: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    axes = np.meshgrid(*[np.linspace(-1, 1, s) for s in grid], indexing='ij')
+    axes = np.meshgrid(*[np.linspace(-1, 1, s) for s in GRID], indexing='ij')
     mask = sum(a**2 for a in axes) < 0.7
-    volumes = rng.random((n, 2, *grid), dtype=np.float32) * mask
-    return volumes, mask
+    return rng.random((n, 2, *GRID), dtype=np.float32) * mask, mask
 
 
-def sampler_speed(threads: int, seconds: float, device: torch.device) -> None:
+def _gather_as_given(volumes: torch.Tensor, subjects: torch.Tensor, centres: torch.Tensor):
+    """Patches straight from (n, C, X, Y, Z): every patch voxel is a separate cache line."""
+    offsets = torch.arange(15) - 7
+    xs = (centres[:, 0, None] + offsets)[:, None, :, None]
+    ys = (centres[:, 1, None] + offsets)[:, None, None, :]
+    channels = torch.arange(volumes.shape[1])[None, :, None, None]
+    return volumes[subjects[:, None, None, None], channels, xs, ys, centres[:, 2, None, None, None]]
+
+
+def sampler_speed(threads: int, seconds: float, device: torch.device, clock: Clock) -> None:
     torch.set_num_threads(threads)
-    volumes, mask = _volumes(8, (121, 145, 121))
+    volumes, mask = _volumes(8)
+    given = torch.from_numpy(volumes)
+    rng = np.random.default_rng(0)
+    centres = torch.as_tensor(np.argwhere(mask))
+    count, start, wall = 0, clock(), time.perf_counter()
+    while time.perf_counter() - wall < seconds:
+        subjects = torch.as_tensor(rng.integers(0, 8, 450))
+        _gather_as_given(given, subjects, centres[rng.integers(0, len(centres), 450)])
+        count += 225
+    _row('pair gather from (n, C, X, Y, Z) as given', threads, 225, count / (clock() - start))
     for dtype in (np.float32, np.float16):
-        sampler = PatchSampler(volumes.astype(dtype), mask, samples_per_subject=4000,
+        sampler = PatchSampler(volumes.astype(dtype), mask, samples_per_subject=50000,
                                batch_size=225, pairs=True, device=device)
-        count, start = 0, time.perf_counter()
+        count, start, wall = 0, clock(), time.perf_counter()
         for batch in sampler.epoch(0):
             count += len(batch.subject1)
-            if time.perf_counter() - start > seconds:
+            if time.perf_counter() - wall > seconds:
                 break
         _sync(device)
-        rate = count / (time.perf_counter() - start)
-        _row(f'pair sampler alone, 1.5 mm, {np.dtype(dtype).name}', threads, 225, rate)
+        name = f'PairSampler (axial layout), {np.dtype(dtype).name}'
+        _row(name, threads, 225, count / (clock() - start))
 
 
 def loop_speed(threads: int, device: torch.device) -> None:
-    """One epoch of ``train_model`` (sampling + steps), from its log."""
+    """One epoch of ``train_model`` (sampling + steps, wall-clock), from its log."""
     torch.set_num_threads(threads)
-    volumes, mask = _volumes(4, (121, 145, 121))
-    for family, per_subject, batch in (('sae-patch', 5000, 225), ('ae-patch', 5000, 225),
-                                       ('ae-slice', 0, 40), ('sae-slice', 0, 40)):
+    volumes, mask = _volumes(4)
+    runs = (('sae-patch', 225), ('ae-patch', 225), ('ae-slice', 40), ('sae-slice', 40))
+    for family, batch in runs:
         spec = ModelSpec(family, in_channels=2)
-        params = TrainParams(epochs=1, batch_size=batch, patches_per_subject=per_subject or 1,
-                             min_slice_brain=0.9 if per_subject == 0 else 0.1)
+        # Patch epochs of 4 x 5000 samples; slice epochs of the 4 x ~17 largest slices.
+        params = TrainParams(epochs=1, batch_size=batch, patches_per_subject=5000,
+                             min_slice_brain=0.95)
         with tempfile.TemporaryDirectory() as work_dir:
             result = train_model(spec, params, volumes, mask, work_dir=work_dir, device=device,
                                  progress=False)
-        unit = 'pairs/s' if spec.siamese else f'{spec.kind}s/s'
-        _row(f'train_model epoch, {family}, 1.5 mm', threads, batch,
-             result.history[0].samples_per_s, unit)
+        unit = 'pairs/s' if spec.siamese else {'patch': 'patches/s', 'slice': 'slices/s'}[spec.kind]
+        rate = result.history[0].samples_per_s
+        _row(f'train_model epoch, {family}, 1.5 mm (wall)', threads, batch, rate, unit)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--seconds', type=float, default=3.0)
+    parser.add_argument('--cpu-time', action='store_true', help='rates per CPU-second')
     parser.add_argument('--device', default='cpu')
     args = parser.parse_args()
     device = torch.device(args.device)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     print(f'load average {os.getloadavg()}, torch {torch.__version__}, device {device}, '
-          f'{os.cpu_count()} cores')
-    print(f'| {"variant":<46} | threads | batch | {"throughput":>18} |')
-    print(f'|{"-" * 48}|---------|-------|{"-" * 20}|')
-    network_variants(args.threads, args.seconds, device)
-    batch_and_threads(args.seconds, device)
-    sampler_speed(args.threads, args.seconds, device)
+          f'{os.cpu_count()} cores, {"CPU" if args.cpu_time else "wall"} time')
+    print(f'| {"variant":<52} | threads | batch | {"throughput":>19} |')
+    print(f'|{"-" * 54}|---------|-------|{"-" * 21}|')
+    network_variants(args.threads, args.seconds, device, clock)
+    batch_and_threads(args.seconds, device, clock)
+    sampler_speed(args.threads, args.seconds, device, clock)
     loop_speed(args.threads, device)
     print(f'load average {os.getloadavg()}')
 

@@ -8,6 +8,7 @@ The command only parses and reports: options are generated from the settings dec
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,7 +163,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     except AppError as exc:
         click.echo(f'bids_anomaly: error: {exc}', err=True)
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         click.echo('bids_anomaly: interrupted', err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen failure: one line, details in the log
+        logger = logging.getLogger('bids_anomaly')
+        where = next((h.baseFilename for h in logger.handlers
+                      if isinstance(h, logging.FileHandler)), None)
+        detail = f'; the traceback is in {where}' if where else ''
+        click.echo(f'bids_anomaly: error: unexpected {type(exc).__name__}: {exc}{detail} '
+                   '(please report it)', err=True)
+        if logger.isEnabledFor(logging.DEBUG):
+            raise
+        _log_traceback(logger)
+        sys.exit(1)
     sys.exit(0)
+
+
+def _log_traceback(logger: logging.Logger) -> None:
+    """Write the traceback of the exception being handled to the log file only."""
+    import traceback
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(traceback.format_exc())
+            handler.flush()

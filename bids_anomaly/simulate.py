@@ -326,7 +326,8 @@ def _mkdir(path: Path) -> Path:
 @click.argument('out_dir', type=click.Path(file_okay=False, path_type=Path))
 @click.option('--n-controls', type=click.IntRange(0), default=8, help='Number of controls.')
 @click.option('--n-patients', type=click.IntRange(0), default=4, help='Number of patients.')
-@click.option('--seed', type=int, default=0, help='Random seed: same seed, same bytes.')
+@click.option('--seed', type=click.IntRange(0), default=0,
+              help='Random seed: same seed, same bytes.')
 @click.option('--resolution', type=click.FloatRange(0.5, 4.0), default=1.5, metavar='MM',
               help='Voxel size of the T1w images.')
 @click.option('--template-resolution', type=click.Choice([f'{r:g}' for r in RESOLUTIONS]),

@@ -29,7 +29,8 @@ def test_shapes_per_family_and_resolution(family: str, grid: tuple, variational:
     model = build_model(spec)
     height, width = (15, 15) if spec.is_patch else grid[:2]
     x = torch.rand(2, 2, height, width)
-    out = model(x)
+    with torch.no_grad():
+        out = model(x)
     latent = (16, 2, 2) if spec.is_patch else (256, *GRIDS[grid])
     assert model.latent_shape == latent
     assert out.recon.shape == x.shape

@@ -12,6 +12,7 @@ from bids_anomaly.training import (
     SliceSampler,
     brain_slices,
     extract_patches,
+    to_axial,
 )
 
 GRID = (12, 14, 10)
@@ -41,11 +42,14 @@ def test_extract_patches_matches_slicing_with_zero_padding() -> None:
     volumes = _coded_volumes()
     centres = np.array([[0, 0, 5], [5, 7, 3], [11, 13, 9], [2, 12, 0]])
     subjects = np.array([3, 0, 1, 2])
-    patches = extract_patches(torch.from_numpy(volumes), torch.from_numpy(subjects),
-                              torch.from_numpy(centres), 7)
+    axial = to_axial(volumes, pad=3)
+    assert axial.shape == (4, 10, 18, 20, 2)
+    patches = extract_patches(axial, torch.from_numpy(subjects), torch.from_numpy(centres), 7)
     assert patches.shape == (4, 2, 7, 7) and patches.dtype == torch.float32
+    assert patches.is_contiguous(memory_format=torch.channels_last)
     for k in range(4):
-        assert np.array_equal(patches[k].numpy(), _naive_patch(volumes, subjects[k], centres[k], 7))
+        expected = _naive_patch(volumes, subjects[k], centres[k], 7)
+        assert np.array_equal(patches[k].numpy(), expected)
 
 
 def test_pair_sampler_pairs_the_same_voxel_of_two_different_subjects() -> None:

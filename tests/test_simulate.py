@@ -26,11 +26,11 @@ from bids_anomaly.simulation.diffusion import (
 )
 from bids_anomaly.simulation.transforms import (
     SmoothField, SubjectTransform, grid_axes, random_smooth_field, random_subject_transform,
-    scanner_grid,
+    scanner_grid, world_to_voxels,
 )
 
 SMALL = {'resolution': 3.0, 'template_resolution': 2.0, 'dwi_resolution': 5.0}
-GRID_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+GRID_AFFINE = np.eye(4)
 
 
 @pytest.fixture(scope='module')
@@ -45,16 +45,20 @@ def dataset(tmp_path_factory) -> Path:
                                     **SMALL)
 
 
-def _identity(n_components: int = 3) -> SubjectTransform:
-    zero = SmoothField((np.zeros(1, np.float32),) * 3, 1.0, np.zeros((n_components, 1, 1, 1)))
+def _identity() -> SubjectTransform:
+    zero = SmoothField((np.zeros(1, np.float32),) * 3, 1.0, np.zeros((3, 1, 1, 1)))
     return SubjectTransform(np.eye(4), zero)
 
 
-def _fa_md(tensor6: np.ndarray) -> tuple[float, float]:
+def _eigh(tensor6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (N, 3) and eigenvectors (N, 3, 3) of tensors given as six rows (6, N)."""
     xx, xy, xz, yy, yz, zz = tensor6
-    values = np.linalg.eigvalsh(np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]))
-    md = values.mean()
-    return float(np.sqrt(1.5 * np.sum((values - md) ** 2) / np.sum(values**2))), float(md)
+    return np.linalg.eigh(np.stack([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]]).transpose(2, 0, 1))
+
+
+def _fa(values: np.ndarray) -> np.ndarray:
+    deviation = values - values.mean(axis=-1, keepdims=True)
+    return np.sqrt(1.5 * np.sum(deviation**2, -1) / np.maximum(np.sum(values**2, -1), 1e-30))
 
 
 # -- anomalies ------------------------------------------------------------------------------
@@ -72,6 +76,20 @@ def test_insert_anomalies_scales_inside_only():
     assert np.all(image == 1)  # the input is left alone
     with pytest.raises(ValueError, match='unknown modality'):
         insert_anomalies(image, GRID_AFFINE, [hypo], 'T2w')
+
+
+@pytest.mark.parametrize(('kwargs', 'message'), [
+    ({'name': 'lesion-1'}, 'alphanumeric'),
+    ({'kind': 'cube'}, 'kind'),
+    ({'radii_mm': (2.0, 3.0, 2.0)}, 'differ'),
+    ({'radii_mm': (0.0, 0.0, 0.0)}, 'positive'),
+    ({'contrast': {'T2w': 0.1}}, 'unknown modalities'),
+])
+def test_anomaly_rejects_bad_descriptions(kwargs, message):
+    arguments = {'name': 'lesion1', 'kind': 'sphere', 'center_mm': (0.0, 0.0, 0.0),
+                 'radii_mm': (2.0, 2.0, 2.0), 'contrast': {'T1w': -0.2}} | kwargs
+    with pytest.raises(ValueError, match=message):
+        Anomaly(**arguments)
 
 
 def test_rasterise_matches_volume_and_label_points():
@@ -234,10 +252,10 @@ def test_diffusion_anomalies_change_fa_and_md_by_their_contrast(cohort):
     changed = insert_diffusion_anomalies(model, [putamen])
     voxel = tuple(np.round(np.linalg.inv(model.affine) @ np.r_[putamen.center_mm, 1])
                   .astype(int)[:3])
-    fa, md = _fa_md(model.tensor[(slice(None), *voxel)])
-    new_fa, new_md = _fa_md(changed.tensor[(slice(None), *voxel)])
-    assert new_fa == pytest.approx(fa * (1 + putamen.contrast['FA']), rel=1e-3)
-    assert new_md == pytest.approx(md * (1 + putamen.contrast['MD']), rel=1e-3)
+    before = _eigh(model.tensor[(slice(None), *voxel)][:, None])[0]
+    after = _eigh(changed.tensor[(slice(None), *voxel)][:, None])[0]
+    assert _fa(after) == pytest.approx(_fa(before) * (1 + putamen.contrast['FA']), rel=1e-3)
+    assert after.mean() == pytest.approx(before.mean() * (1 + putamen.contrast['MD']), rel=1e-3)
     assert np.array_equal(changed.water_s0, model.water_s0)
 
 
@@ -245,9 +263,8 @@ def test_white_matter_is_anisotropic(cohort):
     model, template = cohort.diffusion, cohort.template
     wm = np.asarray(template.wm.dataobj) > 0.95
     gm = np.asarray(template.gm.dataobj) > 0.8
-    fa = np.array([_fa_md(t)[0] for t in model.tensor[:, wm][:, ::50].T])
-    fa_gm = np.array([_fa_md(t)[0] for t in model.tensor[:, gm][:, ::50].T])
-    assert np.median(fa) > 0.45 and np.median(fa_gm) < 0.25
+    assert np.median(_fa(_eigh(model.tensor[:, wm])[0])) > 0.45
+    assert np.median(_fa(_eigh(model.tensor[:, gm])[0])) < 0.25
 
 
 def test_generate_dwi_shapes_and_contrast(cohort):
@@ -262,6 +279,36 @@ def test_generate_dwi_shapes_and_contrast(cohort):
     brain = b0 > 4 * np.median(b0)
     assert brain.mean() > 0.05
     assert data[brain][:, 2:].mean() < 0.8 * b0[brain].mean()
+
+
+def test_dwi_directions_follow_the_pose(cohort):
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+    from scipy.spatial.transform import Rotation
+
+    model = cohort.diffusion
+    rotation = Rotation.from_euler('z', 40, degrees=True).as_matrix()
+    pose = np.eye(4)
+    pose[:3, :3] = rotation
+    pose[:3, 3] = -rotation @ cohort.head.center_mm
+    transform = SubjectTransform(pose, _identity().displacement)
+    shape, affine = scanner_grid(4.0, (240.0, 240.0, 170.0))
+    points = transform.template_points(shape, affine)
+    data = generate_dwi(model, points, affine, transform.rotation, cohort.bvals, cohort.bvecs,
+                        np.random.default_rng(0))
+    voxels = np.rint(world_to_voxels(points, model.affine)).astype(int).reshape(3, -1)
+    grid = np.array(model.tensor.shape[1:])[:, None]
+    flat = np.flatnonzero(np.all((voxels >= 0) & (voxels < grid), axis=0))
+    values, vectors = _eigh(model.tensor[:, voxels[0, flat], voxels[1, flat], voxels[2, flat]])
+    keep = _fa(values) > 0.55
+    mask = np.zeros(shape, dtype=bool)
+    mask.flat[flat[keep]] = True
+    fit = TensorModel(gradient_table(cohort.bvals, bvecs=cohort.bvecs)).fit(data, mask=mask)
+    fitted = bvecs_to_world(fit.evecs[mask][:, :, 0], affine)
+    expected = vectors[keep][:, :, -1]
+    assert keep.sum() > 100
+    assert np.median(np.abs(np.sum(expected @ rotation.T * fitted, axis=1))) > 0.95
+    assert np.median(np.abs(np.sum(expected * fitted, axis=1))) < 0.9
 
 
 # -- dataset and CLI ------------------------------------------------------------------------

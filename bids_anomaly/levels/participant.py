@@ -1,4 +1,4 @@
-"""Participant level: preprocess each selected participant (and score it when models exist)."""
+"""Participant level: preprocess each selected participant, then score it when models exist."""
 
 from __future__ import annotations
 
@@ -11,15 +11,39 @@ LOGGER = logging.getLogger('bids_anomaly')
 
 
 def run_participant_level(context: RunContext) -> None:
-    """Preprocess every participant; the others go on when one fails, and the run then fails."""
+    """Preprocess every participant; the others go on when one fails, and the run then fails.
+
+    With model bundles (``--model`` or OUTPUT_DIR/models from an earlier ``group --train``),
+    the participants that preprocessed successfully are scored too.
+    """
     from bids_anomaly.preprocessing.run import run_preprocessing
 
     config = context.config
     status = run_preprocessing(
         context.participants, preprocessing=config.preprocessing, execution=config.execution,
         writer=context.writer, work_dir=context.work_dir, log_dir=context.log_dir)
-    failed = status.loc[status['status'] == 'failed']
-    if len(failed):
-        names = ', '.join(sorted(set(failed['participant'])))
-        raise AppError(f'{len(failed)} of {len(status)} participant(s) failed ({names}); '
-                       f'see {context.log_dir} for the error of each')
+    failed = set(status.loc[status['status'] == 'failed', 'participant'])
+    succeeded = [p for p in context.participants if p.name not in failed]
+    score_with_bundles(context, succeeded)
+    if failed:
+        raise AppError(f'{len(failed)} of {len(context.participants)} participant(s) failed '
+                       f'({", ".join(sorted(failed))}); see {context.log_dir} for each error')
+
+
+def score_with_bundles(context: RunContext, participants: list) -> None:
+    """Score ``participants`` with every available bundle (none: nothing to do yet)."""
+    from bids_anomaly.levels.score import (
+        bundle_paths, load_atlases, load_scorers, score_participants,
+    )
+    from bids_anomaly.preprocessing.templates import load_template
+
+    config = context.config
+    paths = bundle_paths(config)
+    if not paths or not participants:
+        LOGGER.info('no model bundle yet: participants are preprocessed only (train with '
+                    '`group --train`, then scores are computed at the group level)')
+        return
+    template = load_template(config.preprocessing.resolution)
+    scorers = load_scorers(paths, template, config.execution.device)
+    score_participants(context, participants, scorers, load_atlases(config, template),
+                       template, skip_existing=False)

@@ -5,6 +5,10 @@ template grid) and return an :class:`AutoEncoderOutput`. The bottleneck is a sma
 whose flattened values are the latent code used by scoring (OC-SVM, Gaussian models). It is
 linear (no batch norm, no ReLU) so codes are signed, cosine similarities are informative and a
 variational head only has to split it into a mean and a log-variance.
+
+Weights and activations use the channels-last memory format: with 2 to 16 channels, oneDNN's
+channels-last convolutions train about 1.5x faster on CPU than NCHW ones
+(``benchmarks/training_speed.py``); the samplers already gather batches in that layout.
 """
 
 from __future__ import annotations
@@ -53,14 +57,14 @@ class AutoEncoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent codes ``(B, latent_dim)``: the posterior mean for a VAE."""
-        return self.encoder(x)[:, : self.latent_shape[0]].flatten(1)
+        return self.encoder(_channels_last(x))[:, : self.latent_shape[0]].flatten(1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images ``(B, C, H, W)`` from flattened codes ``(B, latent_dim)``."""
         return self.decoder(z.reshape(-1, *self.latent_shape))
 
     def forward(self, x: torch.Tensor) -> AutoEncoderOutput:
-        features = self.encoder(x)
+        features = self.encoder(_channels_last(x))
         if not self.spec.variational:
             return AutoEncoderOutput(self.decoder(features), features.flatten(1), None)
         mean, log_var = features.chunk(2, dim=1)
@@ -140,8 +144,13 @@ class SliceAutoEncoder(AutoEncoder):
 
 
 def build_model(spec: ModelSpec) -> AutoEncoder:
-    """The network of ``spec.family`` (weights from PyTorch's default initialisation)."""
-    return PatchAutoEncoder(spec) if spec.is_patch else SliceAutoEncoder(spec)
+    """The network of ``spec.family`` (PyTorch's default initialisation, channels-last)."""
+    model = PatchAutoEncoder(spec) if spec.is_patch else SliceAutoEncoder(spec)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -264,7 +264,7 @@ def rbf_kernel(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """
     half_a = _half_sq_norm(A)[:, :, None]
     half_b = _half_sq_norm(B)[:, None, :]
-    return torch.baddbmm(half_a + half_b, A, B.transpose(1, 2)).clamp_(max=0).exp_()
+    return torch.baddbmm(half_b, A, B.transpose(1, 2)).add_(half_a).exp_()
 
 
 def _half_sq_norm(A: torch.Tensor) -> torch.Tensor:
@@ -329,16 +329,16 @@ def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
         room = bound - a_i
         t = torch.minimum((g.gather(1, j) - g_min[:, None]) / quad.gather(1, j), room)
         t = torch.minimum(t, a_j) * violating[:, None]
-        a_i = torch.where(t >= room, bound, a_i + t)  # land exactly on the bounds
-        a_j = torch.where(t >= a_j, 0.0, a_j - t)
+        a_i = (a_i + t).masked_fill_(t >= room, bound)  # land exactly on the bounds
+        a_j = (a_j - t).masked_fill_(t >= a_j, 0)
         a.scatter_(1, i, a_i).scatter_(1, j, a_j)
         delta = k_i.sub_(k_j)
         for vector in (g, g_up, g_low):
             vector.addcmul_(t, delta)
         g_i, g_j = g.gather(1, i), g.gather(1, j)
-        g_up.scatter_(1, i, torch.where(a_i >= bound, math.inf, g_i)).scatter_(1, j, g_j)
-        g_low.scatter_(1, i, torch.where(a_i > 0, g_i, -math.inf))
-        g_low.scatter_(1, j, torch.where(a_j > 0, g_j, -math.inf))
+        for k, a_k, g_k in ((i, a_i, g_i), (j, a_j, g_j)):
+            g_up.scatter_(1, k, g_k.masked_fill(a_k >= bound, math.inf))
+            g_low.scatter_(1, k, g_k.masked_fill(a_k <= 0, -math.inf))
     else:
         warnings.warn(f'SMO stopped after max_iter={max_iter} steps before reaching tol.',
                       ConvergenceWarning, stacklevel=3)
@@ -420,7 +420,9 @@ def ocsvm_dual(Y: torch.Tensor, nu: float, tol: float, working_set: int,
 
 def _take(Y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` (n_voxels, k) of each voxel's points Y (n_voxels, n, d)."""
-    return Y.gather(1, index[:, :, None].expand(-1, -1, Y.shape[2]))
+    n_voxels, n, d = Y.shape
+    rows = index + n * torch.arange(n_voxels, device=Y.device)[:, None]
+    return Y.reshape(-1, d).index_select(0, rows.flatten()).view(*index.shape, d)
 
 
 def _support(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,9 @@ def random_bias_field(random_state: np.random.Generator, shape: tuple[int, ...],
 def add_rician_noise(signal: np.ndarray, sigma: float,
                      random_state: np.random.Generator) -> np.ndarray:
     """Magnitude of signal + complex Gaussian noise of std ``sigma`` (Rician; Rayleigh in air)."""
-    real = signal + sigma * random_state.standard_normal(signal.shape, dtype=np.float32)
-    imaginary = sigma * random_state.standard_normal(signal.shape, dtype=np.float32)
-    return np.hypot(real, imaginary).astype(np.float32)
+    real = random_state.standard_normal(signal.shape, dtype=np.float32)
+    real *= sigma
+    real += signal
+    imaginary = random_state.standard_normal(signal.shape, dtype=np.float32)
+    imaginary *= sigma
+    return np.hypot(real, imaginary, out=real)  # in place: DWI runs are large

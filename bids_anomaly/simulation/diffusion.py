@@ -213,13 +213,12 @@ def generate_dwi(model: DiffusionModel, points_mm: np.ndarray, affine: np.ndarra
 
     tensor = np.stack([sample(component) for component in model.tensor])
     directions = bvecs_to_world(bvecs, affine) @ rotation  # rows: (R^T g)^T
-    signal = np.zeros((*shape, len(bvals)), dtype=np.float32)
-    signal[inside] = dwi_signal(tensor, sample(model.tissue_s0), sample(model.water_s0), bvals,
-                                directions)
-    signal *= random_bias_field(random_state, shape, affine)[..., None]
+    gain = random_bias_field(random_state, shape, affine)[inside]
     scale = random_state.uniform(300.0, 900.0)
-    return add_rician_noise(scale * signal, scale * random_state.uniform(0.03, 0.05),
-                            random_state)
+    signal = np.zeros((*shape, len(bvals)), dtype=np.float32)
+    signal[inside] = (dwi_signal(tensor, sample(model.tissue_s0), sample(model.water_s0), bvals,
+                                 directions) * (scale * gain)[:, None])
+    return add_rician_noise(signal, scale * random_state.uniform(0.03, 0.05), random_state)
 
 
 def _rescale(tensor: np.ndarray, fa_factor: np.ndarray, md_factor: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from bids_anomaly.training.samplers import (
     brain_voxels,
     extract_patches,
     extract_slices,
+    to_axial,
 )
 from bids_anomaly.training.trainer import (
     EpochLog,
@@ -31,5 +32,6 @@ __all__ = [
     'extract_slices',
     'make_sampler',
     'resolve_device',
+    'to_axial',
     'train_model',
 ]

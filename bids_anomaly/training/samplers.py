@@ -1,8 +1,8 @@
 r"""Patches, slices and co-located pairs drawn from in-memory template-space volumes.
 
 Volumes are one array shaped :math:`(n, C, X, Y, Z)` (subjects, modalities, RAS template grid),
-float32 or float16, held once on the training device; every batch is gathered from it with a
-single vectorised index, never a file read. Each sample carries its location: the template
+float32 or float16, copied once to the training device in an axial layout (:func:`to_axial`);
+every batch is gathered from it with a single vectorised index, never a file read. Each sample carries its location: the template
 voxel ``(i, j, k)`` at the centre of a patch, or the axial index ``k`` of a slice. Pair
 samplers put the same location of two *different* subjects side by side (siamese training).
 An epoch is reproducible from ``(random_state, epoch)`` alone, which makes resumed training
@@ -41,12 +41,28 @@ class PairBatch(ty.NamedTuple):
     subject2: torch.Tensor
 
 
-def as_volumes(volumes: np.ndarray | torch.Tensor, device: torch.device | str = 'cpu'):
-    """``(n, C, X, Y, Z)`` float tensor on ``device``, sharing memory with a CPU array."""
+def to_axial(
+    volumes: np.ndarray | torch.Tensor, pad: int = 0, device: torch.device | str = 'cpu'
+) -> torch.Tensor:
+    """Copy ``(n, C, X, Y, Z)`` volumes to the axial layout ``(n, Z, X + 2 pad, Y + 2 pad, C)``.
+
+    In this layout a patch row (fixed x, consecutive y, all channels) is one contiguous run of
+    memory, and a gathered batch is already channels-last; the zero border of width ``pad``
+    lets patches near the grid's edge be read without bound checks (zero is the background
+    of skull-stripped, [0, 1]-scaled images). The dtype (float32 or float16) is kept.
+    """
     tensor = torch.as_tensor(volumes)
     if tensor.ndim != 5 or not tensor.is_floating_point():
-        raise ValueError(f'Expected float volumes shaped (n, C, X, Y, Z), got {tuple(tensor.shape)}.')
-    return tensor.to(device).contiguous()
+        message = f'Expected float volumes shaped (n, C, X, Y, Z), got {tuple(tensor.shape)}.'
+        raise ValueError(message)
+    n, channels, nx, ny, nz = tensor.shape
+    axial = torch.zeros(
+        (n, nz, nx + 2 * pad, ny + 2 * pad, channels), dtype=tensor.dtype, device=device
+    )
+    for subject in range(n):  # one subject at a time bounds the temporary copy
+        image = tensor[subject].to(device).permute(3, 1, 2, 0)
+        axial[subject, :, pad : pad + nx, pad : pad + ny] = image
+    return axial
 
 
 def brain_voxels(mask: np.ndarray) -> np.ndarray:
@@ -61,41 +77,33 @@ def brain_slices(mask: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
 
 
 def extract_patches(
-    volumes: torch.Tensor, subjects: torch.Tensor, centres: torch.Tensor, size: int
+    axial: torch.Tensor, subjects: torch.Tensor, centres: torch.Tensor, size: int
 ) -> torch.Tensor:
-    """Axial patches ``(N, C, size, size)`` centred on ``centres`` ``(N, 3)`` of ``subjects``.
+    """Axial patches ``(N, C, size, size)`` centred on voxels ``centres`` ``(N, 3)``.
 
-    One gather from the flattened volumes; voxels outside the grid read as zero (the
-    background value of skull-stripped, [0, 1]-scaled images).
+    ``axial`` comes from :func:`to_axial` with ``pad = size // 2``; ``centres`` are voxel
+    indices of the original grid. One gather of ``size`` contiguous runs per patch row; the
+    result is float32 in channels-last memory format.
     """
-    n, channels, nx, ny, nz = volumes.shape
-    offsets = torch.arange(size, device=volumes.device) - size // 2
-    xs = centres[:, 0, None] + offsets
-    ys = centres[:, 1, None] + offsets
-    inside = ((xs >= 0) & (xs < nx))[:, :, None] & ((ys >= 0) & (ys < ny))[:, None, :]
-    xs, ys = xs.clamp(0, nx - 1), ys.clamp(0, ny - 1)
-    channel = torch.arange(channels, device=volumes.device) * (nx * ny * nz)
-    base = subjects * (channels * nx * ny * nz) + centres[:, 2]
-    index = (
-        base[:, None, None, None]
-        + channel[None, :, None, None]
-        + (xs * (ny * nz))[:, None, :, None]
-        + (ys * nz)[:, None, None, :]
-    )
-    return volumes.view(-1)[index].float() * inside[:, None]
+    _, nz, nx, ny, channels = axial.shape
+    rows = torch.arange(size, device=axial.device)
+    first = ((subjects * nz + centres[:, 2]) * nx + centres[:, 0])[:, None] + rows
+    starts = first * ny + centres[:, 1, None]  # (N, size): first voxel of each row
+    index = starts[:, :, None] + rows  # (N, size, size) in units of voxels
+    return axial.view(-1, channels)[index].permute(0, 3, 1, 2).float()
 
 
 def extract_slices(
-    volumes: torch.Tensor, subjects: torch.Tensor, indices: torch.Tensor
+    axial: torch.Tensor, subjects: torch.Tensor, indices: torch.Tensor
 ) -> torch.Tensor:
-    """Axial slices ``(N, C, X, Y)`` at ``indices`` of ``subjects``."""
-    return volumes[subjects, :, :, :, indices].float()
+    """Axial slices ``(N, C, X, Y)`` (channels-last, float32) from an unpadded ``axial``."""
+    return axial[subjects, indices].permute(0, 3, 1, 2).float()
 
 
-def _check_mask(mask: np.ndarray, volumes: torch.Tensor) -> None:
+def _check_mask(mask: np.ndarray, volumes: np.ndarray | torch.Tensor) -> None:
     if tuple(mask.shape) != tuple(volumes.shape[2:]):
-        message = f'Mask shape {tuple(mask.shape)} differs from the volumes {tuple(volumes.shape[2:])}.'
-        raise ValueError(message)
+        grid = tuple(volumes.shape[2:])
+        raise ValueError(f'Mask shape {tuple(mask.shape)} differs from the volumes {grid}.')
 
 
 class _Sampler(abc.ABC):
@@ -104,19 +112,22 @@ class _Sampler(abc.ABC):
     def __init__(
         self,
         volumes: np.ndarray | torch.Tensor,
+        mask: np.ndarray,
         *,
+        pad: int,
         batch_size: int,
         pairs: bool,
         random_state: int,
         device: torch.device | str,
     ) -> None:
-        self.volumes = as_volumes(volumes, device)
+        if pairs and len(volumes) < 2:
+            raise ValueError(f'Pairs need at least two subjects, got {len(volumes)}.')
+        self.axial = to_axial(volumes, pad, device)
+        _check_mask(mask, volumes)
+        self.n_subjects = len(volumes)
         self.batch_size = batch_size
         self.pairs = pairs
         self.random_state = random_state
-        if pairs and len(self.volumes) < 2:
-            message = f'Pairs need at least two subjects, got {len(self.volumes)}.'
-            raise ValueError(message)
 
     @property
     @abc.abstractmethod
@@ -138,13 +149,13 @@ class _Sampler(abc.ABC):
         """Batches of one epoch, the same for the same ``(random_state, epoch)``."""
         rng = np.random.default_rng((self.random_state, epoch))
         subjects, locations = self._draw(rng)
-        device = self.volumes.device
+        device = self.axial.device
         subjects_t = torch.as_tensor(subjects, device=device)
         locations_t = torch.as_tensor(locations, device=device)
         if self.pairs:
             # A shift in 1..n-1 picks a partner uniformly among the *other* subjects.
-            shift = rng.integers(1, len(self.volumes), size=len(subjects))
-            partners_t = torch.as_tensor((subjects + shift) % len(self.volumes), device=device)
+            shift = rng.integers(1, self.n_subjects, size=len(subjects))
+            partners_t = torch.as_tensor((subjects + shift) % self.n_subjects, device=device)
         for start in range(0, len(subjects), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             where, subject = locations_t[chunk], subjects_t[chunk]
@@ -163,7 +174,8 @@ class PatchSampler(_Sampler):
     Parameters
     ----------
     volumes : array ``(n, C, X, Y, Z)``
-        Template-space images, float32 or float16.
+        Template-space images, float32 or float16; copied once to the device in the layout
+        of :func:`to_axial`.
     mask : bool array ``(X, Y, Z)``
         Brain mask: patch centres are drawn from its voxels.
     patch_size : int, default=15
@@ -190,9 +202,14 @@ class PatchSampler(_Sampler):
         device: torch.device | str = 'cpu',
     ) -> None:
         super().__init__(
-            volumes, batch_size=batch_size, pairs=pairs, random_state=random_state, device=device
+            volumes,
+            mask,
+            pad=patch_size // 2,
+            batch_size=batch_size,
+            pairs=pairs,
+            random_state=random_state,
+            device=device,
         )
-        _check_mask(mask, self.volumes)
         self.centres = brain_voxels(mask)
         if not len(self.centres):
             raise ValueError('The brain mask is empty: no patch centre to draw.')
@@ -201,14 +218,14 @@ class PatchSampler(_Sampler):
 
     @property
     def n_samples(self) -> int:
-        return len(self.volumes) * self.samples_per_subject
+        return self.n_subjects * self.samples_per_subject
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        subjects = rng.permutation(np.repeat(np.arange(len(self.volumes)), self.samples_per_subject))
+        subjects = rng.permutation(np.repeat(np.arange(self.n_subjects), self.samples_per_subject))
         return subjects, self.centres[rng.integers(len(self.centres), size=len(subjects))]
 
     def _extract(self, subjects: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        return extract_patches(self.volumes, subjects, locations, self.patch_size)
+        return extract_patches(self.axial, subjects, locations, self.patch_size)
 
 
 class SliceSampler(_Sampler):
@@ -230,20 +247,25 @@ class SliceSampler(_Sampler):
         device: torch.device | str = 'cpu',
     ) -> None:
         super().__init__(
-            volumes, batch_size=batch_size, pairs=pairs, random_state=random_state, device=device
+            volumes,
+            mask,
+            pad=0,
+            batch_size=batch_size,
+            pairs=pairs,
+            random_state=random_state,
+            device=device,
         )
-        _check_mask(mask, self.volumes)
         self.slices = brain_slices(mask, min_fraction)
         if not len(self.slices):
             raise ValueError('The brain mask is empty: no axial slice to draw.')
 
     @property
     def n_samples(self) -> int:
-        return len(self.volumes) * len(self.slices)
+        return self.n_subjects * len(self.slices)
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         order = rng.permutation(self.n_samples)
         return order // len(self.slices), self.slices[order % len(self.slices)]
 
     def _extract(self, subjects: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        return extract_slices(self.volumes, subjects, locations)
+        return extract_slices(self.axial, subjects, locations)

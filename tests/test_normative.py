@@ -1,0 +1,230 @@
+"""Per-voxel normative estimators against scikit-learn fitted voxel by voxel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.numpy
+from sklearn.base import clone
+from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
+from sklearn.exceptions import NotFittedError
+from sklearn.svm import OneClassSVM
+
+from bids_anomaly.scoring.normative import (
+    NeighbourhoodSamples,
+    VoxelGaussian,
+    VoxelOneClassSVM,
+    VoxelZScore,
+)
+
+ESTIMATORS = [VoxelOneClassSVM, VoxelGaussian, VoxelZScore]
+
+
+def clustered_codes(n_voxels: int, n_samples: int, n_features: int, n_queries: int,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training codes in subject clusters with a per-voxel shape; queries in and beyond."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(n_voxels, 1, n_features, n_features)) / np.sqrt(n_features)
+    centre = rng.normal(0, 2, size=(n_voxels, 1, n_features))
+    groups = np.repeat(rng.normal(size=(n_voxels, 5, n_features)), -(-n_samples // 5), 1)
+    latent = groups[:, :n_samples] + 0.5 * rng.normal(size=(n_voxels, n_samples, n_features))
+    X = centre + (latent[:, :, None, :] @ mixing)[:, :, 0]
+    spread = rng.uniform(0.3, 3, size=(n_voxels, n_queries, 1))
+    Z = centre + ((spread * rng.normal(size=(n_voxels, n_queries, n_features)))[:, :, None]
+                  @ mixing)[:, :, 0]
+    return X.astype(np.float32), Z.astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def codes() -> tuple[np.ndarray, np.ndarray]:
+    return clustered_codes(n_voxels=24, n_samples=150, n_features=16, n_queries=40)
+
+
+@pytest.fixture(scope='module')
+def ocsvm(codes: tuple[np.ndarray, np.ndarray]) -> VoxelOneClassSVM:
+    return VoxelOneClassSVM(nu=0.05, working_set=24, chunk_size=10).fit(codes[0])
+
+
+@pytest.mark.parametrize(('nu', 'gamma', 'working_set'),
+                         [(0.05, 'scale', 24), (0.03, 'scale', 512), (0.1, 0.05, 16)])
+def test_ocsvm_agrees_with_sklearn(codes, nu, gamma, working_set):
+    X, Z = codes
+    model = VoxelOneClassSVM(nu=nu, gamma=gamma, working_set=working_set).fit(X)
+    ours = model.decision_function(Z) * nu * X.shape[1]  # libsvm's scale
+    agree, error = [], []
+    for v in range(len(X)):
+        reference = OneClassSVM(nu=nu, gamma=float(model.gamma_[v])).fit(X[v])
+        theirs = reference.decision_function(Z[v])
+        agree.append(np.mean(np.sign(ours[v]) == np.sign(theirs)))
+        error.append(np.abs(ours[v] - theirs).max() / np.abs(theirs).max())
+        assert model.offset_[v] * nu * X.shape[1] == pytest.approx(reference.offset_[0],
+                                                                     rel=0.02)
+    assert np.mean(agree) >= 0.99
+    assert np.median(error) < 0.01
+
+
+def test_ocsvm_gamma_scale_matches_sklearn(ocsvm, codes):
+    X = codes[0]
+    expected = [OneClassSVM(gamma='scale').fit(x)._gamma for x in X]
+    np.testing.assert_allclose(ocsvm.gamma_, expected, rtol=1e-4)
+
+
+def test_ocsvm_dual_is_feasible_and_nu_bounds_outliers(ocsvm, codes):
+    X = codes[0]
+    n, nu = X.shape[1], ocsvm.nu
+    ends = np.cumsum(ocsvm.n_support_)
+    np.testing.assert_allclose(np.add.reduceat(ocsvm.dual_coef_, ends - ocsvm.n_support_), 1,
+                               rtol=1e-5)
+    assert np.all(ocsvm.dual_coef_ > 0)
+    assert np.all(ocsvm.dual_coef_ <= 1 / (nu * n) * (1 + 1e-6))
+    # nu bounds the fraction of margin errors (at the bound) from above, of SVs from below
+    at_bound = ocsvm.dual_coef_ >= 1 / (nu * n) * (1 - 1e-6)
+    assert np.all(np.add.reduceat(at_bound, ends - ocsvm.n_support_) <= nu * n)
+    assert np.all(ocsvm.n_support_ >= nu * n)
+    outliers = (ocsvm.decision_function(X) < 0).mean(1)
+    assert np.mean(outliers) == pytest.approx(nu, abs=0.01)
+
+
+def test_chunking_changes_nothing(ocsvm, codes):
+    X, Z = codes
+    whole = VoxelOneClassSVM(nu=0.05, working_set=24, chunk_size=1000).fit(X)
+    np.testing.assert_array_equal(whole.n_support_, ocsvm.n_support_)
+    np.testing.assert_allclose(whole.score_samples(Z), ocsvm.score_samples(Z), atol=1e-5)
+
+
+@pytest.mark.parametrize(('shrinkage', 'reference'),
+                         [('ledoit_wolf', LedoitWolf()), ('oas', OAS()),
+                          (None, EmpiricalCovariance())])
+def test_gaussian_matches_sklearn_mahalanobis(codes, shrinkage, reference):
+    X, Z = codes
+    model = VoxelGaussian(shrinkage=shrinkage, chunk_size=7).fit(X)
+    for v in range(0, len(X), 5):
+        expected = clone(reference).fit(X[v].astype(np.float64)).mahalanobis(Z[v])
+        np.testing.assert_allclose(-model.score_samples(Z)[v], expected, rtol=2e-3)
+
+
+def test_gaussian_lowrank_and_diag(codes):
+    X, Z = codes
+    full = VoxelGaussian(shrinkage=0.2).fit(X)
+    every = VoxelGaussian(shrinkage=0.2, covariance_type='lowrank', n_components=16).fit(X)
+    np.testing.assert_allclose(every.score_samples(Z), full.score_samples(Z), rtol=1e-3)
+
+    v, k = 3, 4
+    x = X[v].astype(np.float64) - X[v].mean(0)
+    cov = 0.8 * np.cov(x.T, bias=True) + 0.2 * np.trace(np.cov(x.T, bias=True)) / 16 * np.eye(16)
+    values, vectors = np.linalg.eigh(cov)
+    top = vectors[:, -k:]
+    noise = values[:-k].mean()
+    model_cov = top @ np.diag(values[-k:]) @ top.T + noise * (np.eye(16) - top @ top.T)
+    r = Z[v] - X[v].mean(0)
+    expected = np.einsum('qi,ij,qj->q', r, np.linalg.inv(model_cov), r)
+    lowrank = VoxelGaussian(shrinkage=0.2, covariance_type='lowrank', n_components=k).fit(X)
+    np.testing.assert_allclose(-lowrank.score_samples(Z)[v], expected, rtol=1e-3)
+    diag = VoxelGaussian(shrinkage=0.2, covariance_type='diag').fit(X)
+    np.testing.assert_allclose(-diag.score_samples(Z)[v], (r**2 / np.diag(cov)).sum(1),
+                               rtol=1e-3)
+
+
+def test_gaussian_training_outlier_fraction_is_contamination(codes):
+    X = codes[0]
+    model = VoxelGaussian(contamination=0.1).fit(X)
+    assert (model.decision_function(X) < 0).mean() == pytest.approx(0.1, abs=0.01)
+
+
+@pytest.mark.parametrize('combine', ['max', 'sumsq'])
+def test_zscore(combine):
+    rng = np.random.default_rng(1)
+    X = rng.normal(2, 3, size=(50, 300, 2)).astype(np.float32)
+    Z = rng.normal(2, 3, size=(50, 400, 2)).astype(np.float32)
+    model = VoxelZScore(combine=combine).fit(X)
+    z = (Z - X.mean(1, keepdims=True)) / X.std(1, ddof=1, keepdims=True)
+    expected = -np.abs(z).max(2) if combine == 'max' else -(z**2).sum(2)
+    np.testing.assert_allclose(model.score_samples(Z), expected, rtol=1e-4)
+    # offset_ from the reference distribution: about `contamination` of new clean samples
+    # (a little more with few controls, as their mean and spread are estimates)
+    assert (model.decision_function(Z) < 0).mean() == pytest.approx(0.03, abs=0.015)
+
+
+@pytest.mark.parametrize('Estimator', ESTIMATORS)
+def test_not_fitted(Estimator):
+    model = Estimator()
+    Z = np.zeros((3, 2, 4), dtype=np.float32)
+    for method in (model.score_samples, model.decision_function, model.anomaly_score):
+        with pytest.raises(NotFittedError):
+            method(Z)
+    with pytest.raises(NotFittedError):
+        model.to_arrays()
+
+
+@pytest.mark.parametrize('Estimator', ESTIMATORS)
+def test_sign_convention(Estimator, codes):
+    X, Z = codes
+    model = Estimator(chunk_size=10)
+    assert model.fit(X) is model
+    scores = model.score_samples(Z)
+    assert scores.shape == Z.shape[:2]
+    np.testing.assert_allclose(model.decision_function(Z), scores - model.offset_[:, None])
+    np.testing.assert_allclose(model.anomaly_score(Z), -model.decision_function(Z))
+    np.testing.assert_array_equal(model.predict(Z) == -1, model.decision_function(Z) < 0)
+    # queries far from the training codes are more abnormal than the training codes
+    far = X[:, :5] + 100 * np.abs(X[:, :5]).max()
+    assert np.all(model.anomaly_score(far).min(1) > model.anomaly_score(X[:, :5]).max(1))
+
+
+@pytest.mark.parametrize('Estimator', ESTIMATORS)
+def test_serialisation_round_trip(Estimator, codes, tmp_path):
+    X, Z = codes
+    params = {'covariance_type': 'lowrank'} if Estimator is VoxelGaussian else {}
+    model = Estimator(chunk_size=10, **params).fit(X)
+    exact = Estimator.from_arrays(model.to_arrays(half=False), **model.get_params())
+    np.testing.assert_array_equal(exact.score_samples(Z), model.score_samples(Z))
+
+    arrays = model.to_arrays()
+    for name in model._half_arrays:
+        assert arrays[name].dtype == np.float16
+    safetensors.numpy.save_file(arrays, tmp_path / 'model.safetensors')
+    loaded = safetensors.numpy.load_file(tmp_path / 'model.safetensors')
+    half = Estimator.from_arrays(loaded, **model.get_params())
+    reference = model.decision_function(Z)
+    error = np.abs(half.decision_function(Z) - reference) / np.abs(reference).max(1, keepdims=True)
+    assert error.max() < 0.01
+
+
+def test_input_validation(ocsvm, codes):
+    X, Z = codes
+    with pytest.raises(ValueError, match='n_queries'):
+        ocsvm.score_samples(Z[:-1])
+    with pytest.raises(ValueError, match='n_queries'):
+        ocsvm.score_samples(Z[..., :-1])
+    with pytest.raises(ValueError, match='n_samples'):
+        VoxelOneClassSVM().fit(X[0])
+    with pytest.raises(ValueError, match='nu'):
+        VoxelOneClassSVM(nu=0).fit(X)
+    with pytest.raises(ValueError, match='gamma'):
+        VoxelOneClassSVM(gamma='wide').fit(X)
+    with pytest.raises(ValueError, match='covariance_type'):
+        VoxelGaussian(covariance_type='sparse').fit(X)
+
+
+def test_neighbourhood_samples():
+    rng = np.random.default_rng(2)
+    mask = np.zeros((5, 6, 4), dtype=bool)
+    mask[1:4, 1:5, :3] = True
+    mask[1, 1, 0] = False
+    coords = np.argwhere(mask)
+    codes = rng.normal(size=(2, len(coords), 3)).astype(np.float32)
+    view = NeighbourhoodSamples(codes, mask, radius=1)
+    assert view.shape == (len(coords), 2 * 27, 3)
+    chunk = view[4:9]
+    lookup = {tuple(c): i for i, c in enumerate(coords)}
+    for row, centre in zip(chunk, coords[4:9], strict=True):
+        expected = []
+        for subject in range(2):
+            for offset in np.ndindex(3, 3, 3):
+                neighbour = tuple(centre + np.array(offset) - 1)
+                expected.append(codes[subject, lookup.get(neighbour, lookup[tuple(centre)])])
+        np.testing.assert_array_equal(row, expected)
+    queries = NeighbourhoodSamples(codes, mask, radius=0)
+    np.testing.assert_array_equal(queries[:], codes.transpose(1, 0, 2))
+    with pytest.raises(ValueError, match='mask'):
+        NeighbourhoodSamples(codes[:, :-1], mask)
