@@ -51,8 +51,9 @@ RUN --mount=type=secret,id=ca_bundle \
     && pip install --index-url "${index}" ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
     && pip install ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} -r /src/requirements-container.txt
 
-# Also drops torch's C++ headers and test programs (about 150 MB): the runtime image has no
-# compiler, and nothing here builds extensions.
+# The package itself (every dependency is already locked above), then the checks. torch's C++
+# headers and test programs go (about 130 MB): the runtime image has no compiler, and nothing
+# here builds extensions.
 ARG VERSION=0.1.0
 COPY . /src/
 RUN --mount=type=secret,id=ca_bundle \

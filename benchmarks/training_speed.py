@@ -34,6 +34,7 @@ from bids_anomaly.training import PatchSampler, train_model
 
 SPEC = ModelSpec('sae-patch', in_channels=2)
 GRID = (121, 145, 121)
+UNITS = {'patch': 'patches/s', 'slice': 'slices/s'}
 Clock = ty.Callable[[], float]
 
 
@@ -185,7 +186,8 @@ def _gather_as_given(volumes: torch.Tensor, subjects: torch.Tensor, centres: tor
     xs = (centres[:, 0, None] + offsets)[:, None, :, None]
     ys = (centres[:, 1, None] + offsets)[:, None, None, :]
     channels = torch.arange(volumes.shape[1])[None, :, None, None]
-    return volumes[subjects[:, None, None, None], channels, xs, ys, centres[:, 2, None, None, None]]
+    zs = centres[:, 2, None, None, None]
+    return volumes[subjects[:, None, None, None], channels, xs, ys, zs]
 
 
 def sampler_speed(threads: int, seconds: float, device: torch.device, clock: Clock) -> None:
@@ -226,7 +228,7 @@ def loop_speed(threads: int, device: torch.device) -> None:
         with tempfile.TemporaryDirectory() as work_dir:
             result = train_model(spec, params, volumes, mask, work_dir=work_dir, device=device,
                                  progress=False)
-        unit = 'pairs/s' if spec.siamese else {'patch': 'patches/s', 'slice': 'slices/s'}[spec.kind]
+        unit = 'pairs/s' if spec.siamese else UNITS[spec.kind]
         rate = result.history[0].samples_per_s
         _row(f'train_model epoch, {family}, 1.5 mm (wall)', threads, batch, rate, unit)
 

@@ -127,8 +127,10 @@ print("uid", os.getuid(), "| torch", torch.__version__, "| CUDA available", torc
 
 if [ ! -f "$SMOKE_DIR/bids/dataset_description.json" ]; then
     step "simulating $N_CONTROLS controls and $N_PATIENTS patients (seed $SEED)"
+    started=$(date +%s.%N)
     run_image -v "$SMOKE_DIR/bids:/bids" --entrypoint bids_anomaly-simulate "$IMAGE" \
         /bids --n-controls "$N_CONTROLS" --n-patients "$N_PATIENTS" --seed "$SEED"
+    echo "simulation: $(elapsed "$started") s"
 fi
 n_subjects=$(count "$SMOKE_DIR/bids" -maxdepth 1 -name 'sub-*' -type d)
 [ "$n_subjects" = $((N_CONTROLS + N_PATIENTS)) ] || fail "simulated $n_subjects participants"

@@ -17,6 +17,7 @@ from bids_anomaly.models import (
     TrainParams,
     add_arrays,
     build_model,
+    list_arrays,
     load_arrays,
     load_bundle,
     read_card,
@@ -42,7 +43,7 @@ def bundle(tmp_path: Path) -> Path:
         training_participants=('01', '02', '03'),
         calibration_participants=('04',),
         description='toy model',
-        history=({'epoch': 1, 'train_loss': 0.5, 'val_loss': 0.6},),
+        history=({'epoch': 1, 'train_loss': 0.5, 'val_loss': float('nan')},),
         extra={'threshold_quantile': 0.98},
     )
     return save_bundle(tmp_path / 'models' / 'sae-patch', build_model(spec), card)
@@ -52,9 +53,11 @@ def test_round_trip_is_bit_identical(bundle: Path, tmp_path: Path) -> None:
     loaded = load_bundle(bundle, template='MNI152NLin2009cSym', resolution=2,
                          modalities=['FA', 'MD'], grid_shape=GRID)
     assert loaded.card == read_card(bundle) and loaded.card.description == 'toy model'
+    assert loaded.card.history == ({'epoch': 1, 'train_loss': 0.5, 'val_loss': None},)
     assert not loaded.model.training
     copy = save_bundle(tmp_path / 'copy', loaded.model, loaded.card)
-    assert (copy / 'weights.safetensors').read_bytes() == (bundle / 'weights.safetensors').read_bytes()
+    weights = 'weights.safetensors'
+    assert (copy / weights).read_bytes() == (bundle / weights).read_bytes()
     reloaded = load_bundle(copy).model.state_dict()
     for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(reloaded[name], tensor)
@@ -98,6 +101,7 @@ def test_added_arrays_are_verified(bundle: Path) -> None:
     rng = np.random.default_rng(0)
     arrays = {'threshold': np.float32([0.3]), 'support': rng.random((10, 64), dtype=np.float32)}
     add_arrays(bundle, 'ocsvm', arrays, {'nu': 0.03})
+    assert list_arrays(bundle) == ['ocsvm']
     loaded, metadata = load_arrays(bundle, 'ocsvm')
     assert metadata == {'nu': 0.03}
     assert all(np.array_equal(loaded[k], v) for k, v in arrays.items())

@@ -89,7 +89,8 @@ def test_variational_code_is_sampled_in_training_and_the_mean_in_eval() -> None:
 def test_spec_defaults_and_validation() -> None:
     patch, slice_ = ModelSpec('sae-patch'), ModelSpec('ae-slice')
     assert (patch.reconstruction_loss, slice_.reconstruction_loss) == ('l2', 'l1')
-    assert (patch.bottleneck_channels, slice_.bottleneck_channels) == (16, 256)
+    assert (patch.latent_channels, slice_.latent_channels) == (16, 256)
+    assert patch == ModelSpec('sae-patch', loss='l2', latent_channels=16)
     assert patch.siamese and not slice_.siamese and patch.alpha == 0.005
     assert TrainParams().resolved(patch) == TrainParams(epochs=30, batch_size=225)
     assert TrainParams(epochs=5).resolved(slice_).batch_size == 40

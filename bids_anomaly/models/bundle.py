@@ -251,6 +251,11 @@ def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
     return safetensors.numpy.load_file(_verified(path, entries[name])), entries[name]['metadata']
 
 
+def list_arrays(path: Path) -> list[str]:
+    """Names of the array sets stored in a bundle by :func:`add_arrays`."""
+    return list(_read_json(Path(path))['arrays'])
+
+
 def _verified(path: Path, entry: dict) -> Path:
     target = path / entry['file']
     if not target.is_file():
@@ -288,7 +293,19 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    write_text(path / MODEL_JSON, json.dumps(document, indent=2) + '\n')
+    text = json.dumps(_strict(document), indent=2, allow_nan=False)
+    write_text(path / MODEL_JSON, text + '\n')
+
+
+def _strict(value: ty.Any) -> ty.Any:
+    """Non-finite floats (a NaN validation loss) as ``null``: model.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
 
 
 def _software() -> dict:
@@ -303,6 +320,10 @@ def _software() -> dict:
 
 def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _number(value: float | None) -> str:
+    return '-' if value is None else f'{value:.4g}'
 
 
 def _show(value: ty.Any) -> str:
@@ -327,7 +348,8 @@ def format_card(path: Path) -> str:
     lines = [
         f'{document["name"]}: {spec.family} ({document["n_parameters"]:,} parameters)',
         f'  description     {card.description or "-"}',
-        f'  template        {card.template} at {card.resolution:g} mm, grid {_show(spec.grid_shape)}',
+        f'  template        {card.template} at {card.resolution:g} mm, '
+        f'grid {_show(spec.grid_shape)}',
         f'  modalities      {", ".join(card.modalities)}',
         f'  normalisation   {json.dumps(card.normalisation)}',
         f'  latent          {_show(tuple(document["latent_shape"]))}'
@@ -335,7 +357,8 @@ def format_card(path: Path) -> str:
         f'  architecture    {json.dumps(spec.to_dict())}',
         f'  training        {json.dumps(params.to_dict())}',
         f'  epochs run      {len(card.history)}'
-        + (f' (last train {last["train_loss"]:.4g}, val {last["val_loss"]:.4g})' if last else ''),
+        + (f' (last train {_number(last["train_loss"])}, val {_number(last["val_loss"])})'
+           if last else ''),
         f'  participants    {len(card.training_participants)} training: '
         f'{" ".join(card.training_participants)}',
         f'                  {len(card.calibration_participants)} calibration: '

@@ -48,7 +48,7 @@ class AutoEncoder(nn.Module):
     def __init__(self, spec: ModelSpec, latent_hw: tuple[int, int]) -> None:
         super().__init__()
         self.spec = spec
-        self.latent_shape = (spec.bottleneck_channels, *latent_hw)
+        self.latent_shape = (spec.latent_channels, *latent_hw)
 
     @property
     def latent_dim(self) -> int:
@@ -88,7 +88,7 @@ class PatchAutoEncoder(AutoEncoder):
     def __init__(self, spec: ModelSpec) -> None:
         pooled = (spec.patch_size - 2) // 2
         super().__init__(spec, (pooled - 4, pooled - 4))
-        channels, filters, latent = spec.in_channels, spec.filters, spec.bottleneck_channels
+        channels, filters, latent = spec.in_channels, spec.filters, spec.latent_channels
         last_kernel = spec.patch_size - 2 * pooled - 1
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, filters, 3),
@@ -124,7 +124,7 @@ class SliceAutoEncoder(AutoEncoder):
         for _ in range(5):
             sizes.append(tuple((s - 1) // 2 + 1 for s in sizes[-1]))
         super().__init__(spec, sizes[-1])
-        latent = spec.bottleneck_channels
+        latent = spec.latent_channels
         widths = (spec.in_channels, *SLICE_WIDTHS, latent)
         encoder: list[nn.Module] = []
         for stage, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):

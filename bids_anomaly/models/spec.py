@@ -2,7 +2,8 @@
 
 :class:`ModelSpec` fixes the network and its objective, :class:`TrainParams` the optimisation.
 Both are plain frozen dataclasses so that a model bundle can record them as JSON and rebuild
-exactly the same model; ``None`` means "the published default of the family".
+exactly the same model. ``None`` means "the published default of the family": ModelSpec fills
+it in on creation, TrainParams in :meth:`TrainParams.resolved`.
 """
 
 from __future__ import annotations
@@ -86,7 +87,14 @@ class ModelSpec:
             raise ValueError(
                 f'patch_size must be >= 12 to reach a 2D bottleneck, got {self.patch_size}.'
             )
-        object.__setattr__(self, 'grid_shape', tuple(int(s) for s in self.grid_shape))
+        defaults = _DEFAULTS[self.kind]
+        resolved = {
+            'grid_shape': tuple(int(s) for s in self.grid_shape),
+            'latent_channels': self.latent_channels or defaults['latent_channels'],
+            'loss': self.loss or defaults['loss'],
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)  # frozen: set once, on creation
 
     @property
     def kind(self) -> str:
@@ -102,12 +110,9 @@ class ModelSpec:
         return self.family.startswith('sae')
 
     @property
-    def bottleneck_channels(self) -> int:
-        return self.latent_channels or _DEFAULTS[self.kind]['latent_channels']
-
-    @property
     def reconstruction_loss(self) -> str:
-        return self.loss or _DEFAULTS[self.kind]['loss']
+        """The loss name, also what scoring uses for per-voxel errors."""
+        return ty.cast(str, self.loss)
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -178,7 +183,8 @@ class TrainParams:
 
 
 def _to_dict(obj: ty.Any) -> dict:
-    return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(obj).items()}
+    items = dataclasses.asdict(obj).items()
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in items}
 
 
 def _from_dict(cls: type, data: ty.Mapping) -> ty.Any:

@@ -4,8 +4,8 @@ Registration runs rigid -> affine -> SyN on brain-masked images, as an explicit 
 (see :data:`STAGES`) instead of one of ``ants.registration``'s named presets, so that every
 parameter is visible and the schedule can be tuned for speed:
 
-- the moving image is first resampled to the fixed image's spacing (the metric is computed on
-  the fixed grid anyway, and smoothing a 0.9 mm image at every level costs more than the metric);
+- the finer image is first resampled to the coarser one's voxel size (a 0.9 mm T1w to the
+  1.5 mm template: smoothing it at every level would cost more than the metric itself);
 - the fixed image is cropped to its brain's bounding box, which removes ~40 % of the voxels;
 - the linear stages only run on the coarse levels (8x, 4x): SyN corrects what they leave;
 - SyN uses a cross-correlation metric (same contrast on both sides) from coarse to fine.
@@ -98,7 +98,8 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     """Register ``moving_file`` to ``fixed_file``; write forward and inverse composite transforms.
 
     Both images are multiplied by their masks when given, so that only the brain drives the
-    metric, and the fixed image is cropped to its mask's bounding box.
+    metric; the fixed image is cropped to its mask's bounding box, and the finer image is
+    resampled to the coarser one's voxel size (the transforms live in physical space).
 
     Returns
     -------
@@ -118,8 +119,11 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     if moving_mask is not None:
         mask = ants.image_read(str(moving_mask)).numpy() > 0
         moving = moving * moving.new_image_like(mask.astype(np.float32))
-    if min(moving.spacing) < min(fixed.spacing):
-        moving = ants.resample_image(moving, fixed.spacing, use_voxels=False, interp_type=0)
+    spacing = (max(min(fixed.spacing), min(moving.spacing)),) * 3
+    if min(fixed.spacing) < spacing[0]:
+        fixed = ants.resample_image(fixed, spacing, use_voxels=False, interp_type=0)
+    if min(moving.spacing) < spacing[0]:
+        moving = ants.resample_image(moving, spacing, use_voxels=False, interp_type=0)
     fixed_str = ants.internal.get_pointer_string(fixed)
     moving_str = ants.internal.get_pointer_string(moving)
     prefix = str(out_dir / 'reg_')

@@ -38,8 +38,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 DEFAULT_CHUNK = {'cpu': 512, 'cuda': 16384}
-"""Voxels per chunk: on CPU small enough for the kernel blocks to stay in cache, on GPU large
-enough to fill the device."""
+"""Voxels per chunk: on CPU enough to amortise the per-step overhead of torch while the SMO
+kernel blocks (512 x 96 x 96 floats) stay near cache, on GPU enough to fill the device."""
 
 
 class VoxelArray(ty.Protocol):
@@ -119,6 +119,8 @@ class _VoxelEstimator(BaseEstimator):
     """
 
     _voxel_arrays: tuple[str, ...] = ()
+    _half_arrays: tuple[str, ...] = ()
+    """Fitted arrays stored as float16 by :meth:`to_arrays` (measured to cost no accuracy)."""
     chunk_size: int | None
     device: str
 
@@ -136,7 +138,7 @@ class _VoxelEstimator(BaseEstimator):
         -------
         self
         """
-        if len(X.shape) != 3:
+        if len(X.shape) != 3 or 0 in X.shape:
             raise ValueError(f'X must be (n_voxels, n_samples, n_features), got {X.shape}.')
         parts = [self._fit_chunk(chunk) for _, chunk in self._chunks(X)]
         for name in parts[0]:
@@ -162,8 +164,7 @@ class _VoxelEstimator(BaseEstimator):
                        f'training data, got {Z.shape}.')
             raise ValueError(message)
         out = np.empty(Z.shape[:2], dtype=np.float32)
-        for start, chunk in self._chunks(Z):
-            fitted = self._fitted_slice(start, start + len(chunk))
+        for (start, chunk), fitted in zip(self._chunks(Z), self._fitted_chunks(), strict=True):
             out[start:start + len(chunk)] = self._score_chunk(fitted, chunk).cpu().numpy()
         return out
 
@@ -212,18 +213,22 @@ class _VoxelEstimator(BaseEstimator):
                 setattr(estimator, name, value.astype(np.float32) if float_kind else value)
         return estimator
 
-    _half_arrays: tuple[str, ...] = ()
-
     def _fitted_names(self) -> list[str]:
         return [name for name in vars(self) if name.endswith('_') and name != 'n_features_in_'
                 and not name.startswith('_')]
 
-    def _fitted_slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
-        return {name: self._tensor(getattr(self, name)[start:stop])
-                for name in self._voxel_arrays}
+    def _fitted_chunks(self) -> ty.Iterator[dict[str, torch.Tensor]]:
+        """The per-voxel fitted arrays, chunk after chunk, as tensors on the device."""
+        size = self._chunk_size()
+        for start in range(0, len(self.offset_), size):
+            yield {name: self._tensor(getattr(self, name)[start:start + size])
+                   for name in self._voxel_arrays}
 
     def _torch_device(self) -> torch.device:
         return torch.device(self.device)
+
+    def _chunk_size(self) -> int:
+        return self.chunk_size or DEFAULT_CHUNK.get(self._torch_device().type, 512)
 
     def _tensor(self, array: ty.Any) -> torch.Tensor:
         tensor = torch.as_tensor(np.asarray(array))
@@ -236,7 +241,7 @@ class _VoxelEstimator(BaseEstimator):
         Chunks are copied into one float32 buffer on the device that the consumer may
         overwrite: reusing it spares a fresh allocation (and its page faults) per chunk.
         """
-        size = self.chunk_size or DEFAULT_CHUNK.get(self._torch_device().type, 512)
+        size = self._chunk_size()
         buffer = torch.empty((min(size, data.shape[0]), *data.shape[1:]),
                              device=self._torch_device())
         for start in range(0, data.shape[0], size):
@@ -248,7 +253,8 @@ class _VoxelEstimator(BaseEstimator):
 # One-class SVM
 
 
-def rbf_kernel(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+def rbf_kernel(A: torch.Tensor, B: torch.Tensor, half_a: torch.Tensor | None = None,
+               half_b: torch.Tensor | None = None) -> torch.Tensor:
     """Batched RBF kernel of points already scaled by ``sqrt(2 * gamma)``.
 
     ``exp(-gamma |a - b|^2) = exp(a.b - |a|^2 / 2 - |b|^2 / 2)``: one batched matrix product,
@@ -257,14 +263,17 @@ def rbf_kernel(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     A, B : Tensor of shape (n_voxels, n, d) and (n_voxels, m, d)
+    half_a, half_b : Tensor of shape (n_voxels, n) and (n_voxels, m), optional
+        ``-|a|^2 / 2`` and ``-|b|^2 / 2`` when already known.
 
     Returns
     -------
     Tensor of shape (n_voxels, n, m)
     """
-    half_a = _half_sq_norm(A)[:, :, None]
-    half_b = _half_sq_norm(B)[:, None, :]
-    return torch.baddbmm(half_b, A, B.transpose(1, 2)).add_(half_a).exp_()
+    half_a = _half_sq_norm(A) if half_a is None else half_a
+    half_b = _half_sq_norm(B) if half_b is None else half_b
+    K = torch.baddbmm(half_b[:, None, :], A, B.transpose(1, 2))
+    return K.add_(half_a[:, :, None]).exp_()
 
 
 def _half_sq_norm(A: torch.Tensor) -> torch.Tensor:
@@ -305,19 +314,20 @@ def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
     active = torch.arange(n_voxels, device=K.device)
     for step in range(max_iter):
         a, g, g_up, g_low, count = state
-        g_min, i = g_up.min(1)
-        violating = g_low.max(1).values - g_min >= tol
+        i = g_up.argmin(1)
+        g_min = g_up.gather(1, i[:, None])[:, 0]
+        violating = g_low.amax(1) - g_min >= tol
         if step % 4 == 0:
-            n_active = int(violating.sum())
-            if n_active == 0:
+            keep = violating.nonzero()[:, 0]
+            if len(keep) == 0:
                 break
-            if n_active < 0.8 * len(active):
+            if len(keep) < 0.8 * len(active):
                 for o, s in zip(out, state, strict=True):
-                    o[active] = s
-                active, i, g_min = active[violating], i[violating], g_min[violating]
-                state = [s[violating] for s in state]
+                    o.index_copy_(0, active, s)
+                active, i, g_min = (v.index_select(0, keep) for v in (active, i, g_min))
+                state = [s.index_select(0, keep) for s in state]
                 a, g, g_up, g_low, count = state
-                violating = violating[violating]
+                violating = violating.index_select(0, keep)
         count += violating
         base = active * n
         k_i = rows.index_select(0, base + i)
@@ -343,11 +353,11 @@ def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
         warnings.warn(f'SMO stopped after max_iter={max_iter} steps before reaching tol.',
                       ConvergenceWarning, stacklevel=3)
     for o, s in zip(out, state, strict=True):
-        o[active] = s
+        o.index_copy_(0, active, s)
     return out[0], out[4]
 
 
-def ocsvm_dual(Y: torch.Tensor, nu: float, tol: float, working_set: int,
+def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, working_set: int,
                max_iter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact RBF one-class SVM duals of many voxels by working-set decomposition.
 
@@ -362,11 +372,14 @@ def ocsvm_dual(Y: torch.Tensor, nu: float, tol: float, working_set: int,
     ----------
     Y : Tensor of shape (n_voxels, n, d)
         Centred samples scaled by ``sqrt(2 * gamma)``.
+    half : Tensor of shape (n_voxels, n)
+        ``-|y|^2 / 2`` per sample.
     nu : float
     tol : float
         Stopping tolerance on the KKT violation, in the units of this dual.
     working_set : int
-        Initial working-set size (grows by half of it per round).
+        Initial working-set size (grows by half of it per round); about five times the
+        expected number of support vectors keeps the rounds to two or three.
     max_iter : int
         Cap on SMO steps per round.
 
@@ -382,38 +395,39 @@ def ocsvm_dual(Y: torch.Tensor, nu: float, tol: float, working_set: int,
     bound = 1.0 / (nu * n)
     n_full = min(int(nu * n), n)  # libsvm's start: that many at the bound, the rest fractional
     size = max(min(working_set, n), n_full + 1)
-    order = _half_sq_norm(Y).argsort(1)  # farthest from the centroid first
+    order = half.argsort(1)  # farthest from the centroid first
     S = order[:, :size]
     start = torch.zeros(size, device=Y.device)
     start[:n_full] = bound
     if n_full < size:
         start[n_full] = 1 - n_full * bound
     alpha_S = start.expand(n_voxels, size).clone()
-    K_S = rbf_kernel(_take(Y, S), _take(Y, S))
+    Y_S, half_S = _take(Y, S), half.gather(1, S)
+    K_S = rbf_kernel(Y_S, Y_S, half_S, half_S)
     alpha = torch.zeros(n_voxels, n, device=Y.device)
     grad = torch.zeros(n_voxels, n, device=Y.device)
     n_iter = torch.zeros(n_voxels, dtype=torch.long, device=Y.device)
     active = torch.arange(n_voxels, device=Y.device)
     while True:
         alpha_S, steps = smo(K_S, alpha_S, bound, tol, max_iter)
-        n_iter[active] += steps
+        n_iter.index_add_(0, active, steps)
         full = torch.zeros(len(active), n, device=Y.device).scatter_(1, S, alpha_S)
-        g = _gradient(Y, full)
-        alpha[active], grad[active] = full, g
+        g = _gradient(Y, half, full)
+        alpha.index_copy_(0, active, full)
+        grad.index_copy_(0, active, g)
         outside = g.scatter(1, S, math.inf)
-        g_max = g.masked_fill(full <= 0, -math.inf).max(1).values
-        growing = outside.min(1).values < g_max - tol
-        if S.shape[1] == n or not growing.any():
+        g_max = g.masked_fill(full <= 0, -math.inf).amax(1)
+        growing = (outside.amin(1) < g_max - tol).nonzero()[:, 0]
+        if S.shape[1] == n or len(growing) == 0:
             break
-        active, S, K_S, alpha_S = active[growing], S[growing], K_S[growing], alpha_S[growing]
-        Y = Y[growing]
-        added = outside[growing].topk(min(max(size // 2, 1), n - S.shape[1]), 1,
-                                      largest=False).indices
+        active, S, K_S, alpha_S, Y, half, outside = (
+            v.index_select(0, growing) for v in (active, S, K_S, alpha_S, Y, half, outside))
+        added = outside.topk(min(max(size // 2, 1), n - S.shape[1]), 1, largest=False).indices
         S = torch.cat([S, added], 1)
-        Y_S = _take(Y, S)
-        K_new = rbf_kernel(Y_S[:, -added.shape[1]:], Y_S)  # (v, added, S + added)
-        K_S = torch.cat([torch.cat([K_S, K_new[:, :, :-added.shape[1]].transpose(1, 2)], 2),
-                         K_new], 1)
+        Y_S, half_S = _take(Y, S), half.gather(1, S)
+        k = added.shape[1]
+        K_new = rbf_kernel(Y_S[:, -k:], Y_S, half_S[:, -k:], half_S)  # (v, added, S + added)
+        K_S = torch.cat([torch.cat([K_S, K_new[:, :, :-k].transpose(1, 2)], 2), K_new], 1)
         alpha_S = torch.cat([alpha_S, torch.zeros_like(added, dtype=alpha_S.dtype)], 1)
     return alpha, _rho(alpha, grad, bound), n_iter
 
@@ -432,19 +446,20 @@ def _support(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, coef
 
 
-def _gradient(Y: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def _gradient(Y: torch.Tensor, half: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``K alpha`` for every point, from the support vectors only."""
     index, coef = _support(alpha)
-    return torch.bmm(rbf_kernel(Y, _take(Y, index)), coef[:, :, None])[:, :, 0]
+    K = rbf_kernel(Y, _take(Y, index), half, half.gather(1, index))
+    return torch.bmm(K, coef[:, :, None])[:, :, 0]
 
 
 def _rho(alpha: torch.Tensor, grad: torch.Tensor, bound: float) -> torch.Tensor:
     """libsvm's offset: mean gradient over free SVs, else the midpoint of the feasible range."""
     free = (alpha > 0) & (alpha < bound)
     n_free = free.sum(1)
-    mean_free = torch.where(free, grad, 0).sum(1) / n_free.clamp(min=1)
-    upper = grad.masked_fill(alpha > 0, math.inf).min(1).values
-    lower = grad.masked_fill(alpha < bound, -math.inf).max(1).values
+    mean_free = (grad * free).sum(1) / n_free.clamp(min=1)
+    upper = grad.masked_fill(alpha > 0, math.inf).amin(1)
+    lower = grad.masked_fill(alpha < bound, -math.inf).amax(1)
     return torch.where(n_free > 0, mean_free, (upper + lower) / 2)
 
 
@@ -468,8 +483,9 @@ class VoxelOneClassSVM(_VoxelEstimator):
         that voxel's samples), 'auto' is ``1 / n_features``.
     tol : float, default=1e-3
         Stopping tolerance on the KKT violation in libsvm's units (as scikit-learn's ``tol``).
-    working_set : int, default=64
-        Points per voxel in the first SMO working set; a solver setting, not a model one.
+    working_set : int or None, default=None
+        Points per voxel in the first SMO working set (None: ``max(96, 6 * nu * n_samples)``);
+        a solver setting that changes the time, not the solution.
     max_iter : int, default=100_000
         Cap on SMO steps per voxel and round.
     chunk_size : int or None, default=None
@@ -500,8 +516,8 @@ class VoxelOneClassSVM(_VoxelEstimator):
     _half_arrays = ('support_vectors_',)
 
     def __init__(self, *, nu: float = 0.03, gamma: str | float = 'scale', tol: float = 1e-3,
-                 working_set: int = 64, max_iter: int = 100_000, chunk_size: int | None = None,
-                 device: str = 'cpu') -> None:
+                 working_set: int | None = None, max_iter: int = 100_000,
+                 chunk_size: int | None = None, device: str = 'cpu') -> None:
         self.nu = nu
         self.gamma = gamma
         self.tol = tol
@@ -516,9 +532,10 @@ class VoxelOneClassSVM(_VoxelEstimator):
         n_voxels, n, d = X.shape
         location = X.mean(1)
         Y = X.sub_(location[:, None])  # the chunk buffer is ours: centre and scale in place
+        sq_norm = torch.linalg.vector_norm(Y, dim=2).square_()
         if self.gamma == 'scale':  # variance of all entries = within + between features
-            within = torch.linalg.vector_norm(Y, dim=(1, 2)).square_() / (n * d)
-            gamma = 1.0 / (d * (within + location.var(1, unbiased=False)))
+            variance = sq_norm.mean(1) / d + location.var(1, unbiased=False)
+            gamma = torch.where(variance > 0, 1 / (d * variance), 1.0)  # as scikit-learn
         elif self.gamma == 'auto':
             gamma = torch.full((n_voxels,), 1.0 / d, device=X.device)
         elif isinstance(self.gamma, (int, float)) and self.gamma > 0:
@@ -527,36 +544,44 @@ class VoxelOneClassSVM(_VoxelEstimator):
             raise ValueError(f"gamma must be 'scale', 'auto' or a positive float, got "
                              f'{self.gamma!r}.')
         scale = (2 * gamma).sqrt()
-        alpha, rho, n_iter = ocsvm_dual(Y.mul_(scale[:, None, None]), self.nu,
-                                        self.tol / (self.nu * n), self.working_set, self.max_iter)
-        support = alpha > 0
-        voxel = support.nonzero()[:, 0]
+        working_set = self.working_set or max(96, math.ceil(6 * self.nu * n))
+        alpha, rho, n_iter = ocsvm_dual(Y.mul_(scale[:, None, None]), -gamma[:, None] * sq_norm,
+                                        self.nu, self.tol / (self.nu * n), working_set,
+                                        self.max_iter)
+        voxel, sample = (alpha > 0).nonzero().unbind(1)
+        flat = voxel * n + sample
         return {
             'location_': location.cpu().numpy(),
             'gamma_': gamma.cpu().numpy(),
-            'n_support_': support.sum(1).cpu().numpy(),
-            'support_vectors_': (Y[support] / scale[voxel, None]).cpu().numpy(),
-            'dual_coef_': alpha[support].cpu().numpy(),
+            'n_support_': (alpha > 0).sum(1).int().cpu().numpy(),
+            'support_vectors_': (Y.reshape(-1, d).index_select(0, flat)
+                                 / scale[voxel, None]).cpu().numpy(),
+            'dual_coef_': alpha.flatten().index_select(0, flat).cpu().numpy(),
             'offset_': rho.cpu().numpy(),
-            'n_iter_': n_iter.cpu().numpy(),
+            'n_iter_': n_iter.int().cpu().numpy(),
         }
 
-    def _fitted_slice(self, start: int, stop: int) -> dict[str, torch.Tensor]:
-        fitted = super()._fitted_slice(start, stop)
-        ends = np.cumsum(self.n_support_)
-        first, last = (ends[start - 1] if start else 0), ends[stop - 1]
-        counts = fitted['n_support_']
-        width = max(int(counts.max()), 1)
-        voxel = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-        rank = torch.arange(len(voxel), device=counts.device) - (counts.cumsum(0) - counts)[voxel]
-        vectors = torch.zeros(len(counts), width, self.n_features_in_, device=counts.device)
-        coef = torch.zeros(len(counts), width, device=counts.device)
-        vectors[voxel, rank] = self._tensor(self.support_vectors_[first:last])
-        coef[voxel, rank] = self._tensor(self.dual_coef_[first:last])
-        return fitted | {'support_vectors_': vectors, 'dual_coef_': coef}
+    def _fitted_chunks(self) -> ty.Iterator[dict[str, torch.Tensor]]:
+        """Adds each chunk's support vectors and coefficients, zero-padded per voxel."""
+        first = 0
+        for fitted in super()._fitted_chunks():
+            counts = fitted['n_support_'].long()
+            last = first + int(counts.sum())
+            voxel = torch.repeat_interleave(torch.arange(len(counts), device=counts.device),
+                                            counts)
+            rank = torch.arange(len(voxel), device=counts.device) - (counts.cumsum(0)
+                                                                     - counts)[voxel]
+            width = max(int(counts.max()), 1)
+            slots = voxel * width + rank
+            vectors = torch.zeros(len(counts) * width, self.n_features_in_, device=counts.device)
+            vectors.index_copy_(0, slots, self._tensor(self.support_vectors_[first:last]))
+            coef = torch.zeros(len(counts) * width, device=counts.device)
+            coef.index_copy_(0, slots, self._tensor(self.dual_coef_[first:last]))
+            yield fitted | {'support_vectors_': vectors.view(len(counts), width, -1),
+                            'dual_coef_': coef.view(len(counts), width)}
+            first = last
 
-    @staticmethod
-    def _score_chunk(fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
+    def _score_chunk(self, fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
         scale = (2 * fitted['gamma_']).sqrt()[:, None, None]
         queries = (Z - fitted['location_'][:, None, :]) * scale
         K = rbf_kernel(queries, fitted['support_vectors_'] * scale)
@@ -590,7 +615,7 @@ def shrunk_covariance(X: torch.Tensor, shrinkage: str | float | None) -> torch.T
     if shrinkage == 'ledoit_wolf':
         # sklearn.covariance.ledoit_wolf_shrinkage, with sum(X2^T X2) = sum_i |x_i|^4
         delta_ = cov.square().sum((1, 2))
-        beta_ = X.square().sum(2).square().sum(1)
+        beta_ = torch.linalg.vector_norm(X, dim=2).pow_(4).sum(1)
         delta = (delta_ - d * mu * mu) / d
         beta = torch.minimum((beta_ / n - delta_) / (d * n), delta)
         coef = torch.where(beta == 0, 0, beta / delta)
@@ -606,6 +631,14 @@ def shrunk_covariance(X: torch.Tensor, shrinkage: str | float | None) -> torch.T
                          f'got {shrinkage!r}.')
     eye = torch.eye(d, device=X.device)
     return (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
+
+
+def _floor(variances: torch.Tensor) -> torch.Tensor:
+    """Variances (n_voxels, k) floored at float32 precision of the largest, so that directions
+    without spread (fewer samples than features, constant codes) do not give infinite
+    distances."""
+    floor = variances.amax(1, keepdim=True) * torch.finfo(torch.float32).eps
+    return torch.maximum(variances, floor.clamp(min=torch.finfo(torch.float32).tiny))
 
 
 class VoxelGaussian(_VoxelEstimator):
@@ -669,16 +702,15 @@ class VoxelGaussian(_VoxelEstimator):
                              f'{self.covariance_type!r}.')
         location = X.mean(1)
         cov = shrunk_covariance(X - location[:, None], self.shrinkage)
-        tiny = torch.finfo(cov.dtype).tiny
         if self.covariance_type == 'diag':
-            fitted = {'location_': location,
-                      'variance_': cov.diagonal(dim1=1, dim2=2).clamp(min=tiny)}
+            variance = cov.diagonal(dim1=1, dim2=2)
+            fitted = {'location_': location, 'variance_': _floor(variance)}
         else:
             values, vectors = torch.linalg.eigh(cov.double())  # ascending
             k = self.n_components if self.covariance_type == 'lowrank' else X.shape[2]
             if not 0 < k <= X.shape[2]:
                 raise ValueError(f'n_components must be in [1, {X.shape[2]}], got {k}.')
-            values = values.float().clamp(min=tiny).flip(1)
+            values = _floor(values.float().flip(1))
             rest = values[:, k:]
             fitted = {
                 'location_': location,

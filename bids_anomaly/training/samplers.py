@@ -2,9 +2,10 @@ r"""Patches, slices and co-located pairs drawn from in-memory template-space vol
 
 Volumes are one array shaped :math:`(n, C, X, Y, Z)` (subjects, modalities, RAS template grid),
 float32 or float16, copied once to the training device in an axial layout (:func:`to_axial`);
-every batch is gathered from it with a single vectorised index, never a file read. Each sample carries its location: the template
-voxel ``(i, j, k)`` at the centre of a patch, or the axial index ``k`` of a slice. Pair
-samplers put the same location of two *different* subjects side by side (siamese training).
+every batch is gathered from it with a single vectorised index, never a file read. Each
+sample carries its location: the template voxel ``(i, j, k)`` at the centre of a patch, or the
+axial index ``k`` of a slice. Pair samplers put the same location of two *different* subjects
+side by side (siamese training).
 An epoch is reproducible from ``(random_state, epoch)`` alone, which makes resumed training
 identical to an uninterrupted one.
 """

@@ -36,7 +36,8 @@ LOSS_PNG = 'loss.png'
 
 @dataclasses.dataclass(frozen=True)
 class EpochLog:
-    """One row of ``log.tsv``; samples are pairs for siamese models."""
+    """One row of ``log.tsv``: ``seconds`` include validation, ``samples_per_s`` (pairs for
+    siamese models) is the training throughput."""
 
     epoch: int
     train_loss: float
@@ -172,12 +173,13 @@ def train_model(
             break
         start = time.perf_counter()
         with _seeded(params.seed, epoch, device):
-            train_loss, n_samples = _train_epoch(
+            train_loss = _train_epoch(
                 spec, model, optimizer, scaler, sampler, epoch, params.epochs, progress
             )
+        rate = sampler.n_samples / (time.perf_counter() - start)
         val_loss = _evaluate(spec, model, validation) if validation is not None else math.nan
         seconds = time.perf_counter() - start
-        state.history.append(EpochLog(epoch, train_loss, val_loss, seconds, n_samples / seconds))
+        state.history.append(EpochLog(epoch, train_loss, val_loss, seconds, rate))
         state.epoch = epoch
         if validation is None or val_loss < state.best_loss:
             state.best_epoch, state.best_loss = epoch, val_loss
@@ -228,8 +230,8 @@ def _train_epoch(
     epoch: int,
     epochs: int,
     progress: bool,
-) -> tuple[float, int]:
-    """Mean training loss over the epoch and the number of samples seen."""
+) -> float:
+    """Mean training loss over the epoch."""
     model.train()
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
@@ -256,7 +258,7 @@ def _train_epoch(
             bar.update(size)
             if step % 20 == 0:
                 bar.set_postfix(loss=f'{loss.item():.4g}')
-    return total.item() / sampler.n_samples, sampler.n_samples
+    return total.item() / sampler.n_samples
 
 
 @torch.no_grad()
@@ -291,11 +293,12 @@ def _fingerprint(
 ) -> dict:
     """What must not change between a checkpoint and the run that resumes it."""
     settings = {k: v for k, v in params.to_dict().items() if k not in ('epochs', 'patience')}
+    calibration = None if calibration_volumes is None else list(calibration_volumes.shape)
     return {
         'spec': spec.to_dict(),
         'params': settings,
         'train_shape': list(train_volumes.shape),
-        'calibration_shape': None if calibration_volumes is None else list(calibration_volumes.shape),
+        'calibration_shape': calibration,
     }
 
 
