@@ -1,7 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written output, even after a crash."""
+"""Atomic file writes (a reader never sees a half-written output, even after a crash) and digests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -52,3 +53,12 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     raise TypeError(f'cannot serialise {type(value).__name__} to JSON')
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (bundles record it for every file they hold)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

@@ -6,12 +6,16 @@ import json
 import os
 from pathlib import Path
 
+os.environ.setdefault('OMP_NUM_THREADS', '1')  # pytest-xdist runs one worker per core
+
 import matplotlib
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 matplotlib.use('Agg')
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
 requires_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(),

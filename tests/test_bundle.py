@@ -24,7 +24,7 @@ from bids_anomaly.models import (
     save_bundle,
 )
 from bids_anomaly.models.bundle import main
-from bids_anomaly.models.io import sha256
+from bids_anomaly.io import sha256
 
 GRID = (97, 115, 97)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from bids_anomaly import __version__
 from bids_anomaly.bids.derivatives import DerivativesWriter
-from bids_anomaly.bids.layout import Participant, discover, load_filters, load_layout
+from bids_anomaly.bids.layout import (
+    Participant, discover, load_filters, load_layout, validate_dataset,
+)
 from bids_anomaly.config import RunConfig
 from bids_anomaly.errors import AppError, CannotCreateError, MissingInputError, UsageError
 
@@ -50,7 +52,10 @@ def run(config: RunConfig) -> None:
 
 
 def prepare(config: RunConfig) -> RunContext:
-    """Check paths, create the output dataset, start logging, save the configuration, discover."""
+    """Check the inputs, create the output dataset, start logging, save the configuration, discover.
+
+    Usage errors and an invalid dataset are reported before anything is created in OUTPUT_DIR.
+    """
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
     if not bids_dir.is_dir():
@@ -62,6 +67,9 @@ def prepare(config: RunConfig) -> RunContext:
     if work_dir == bids_dir or bids_dir in work_dir.parents:
         raise UsageError(f'work dir {work_dir} is inside BIDS_DIR {config.bids_dir}; '
                          'pass -w with a folder outside it')
+    queries = load_filters(config.execution.bids_filter_file)
+    if not config.execution.skip_bids_validation:
+        validate_dataset(bids_dir)
     log_dir = output_dir / 'logs'
     for folder in (output_dir, log_dir, work_dir):
         try:
@@ -81,15 +89,11 @@ def prepare(config: RunConfig) -> RunContext:
                 config.analysis_level, bids_dir, output_dir)
     set_threads(config)
 
-    if not config.execution.skip_bids_validation:
-        from bids_anomaly.bids.layout import validate_dataset
-
-        validate_dataset(bids_dir)
     layout = load_layout(bids_dir, work_dir / 'pybids_db')
     participants = discover(
         layout, bids_dir=bids_dir, participant_label=config.execution.participant_label,
         session_label=config.execution.session_label,
-        queries=load_filters(config.execution.bids_filter_file),
+        queries=queries,
         group_column=config.cohort.group_column, control_labels=config.cohort.control_label)
     LOGGER.info('selected %d participant(s): %s', len(participants),
                 ', '.join(p.name for p in participants))

@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from bids_anomaly.models.io import atomic_path, sha256, write_text
+from bids_anomaly.io import atomic_path, sha256, write_text
 from bids_anomaly.models.networks import AutoEncoder, build_model, count_parameters
 from bids_anomaly.models.spec import ModelSpec, TrainParams
 

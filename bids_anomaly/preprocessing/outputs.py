@@ -17,6 +17,7 @@ import networkx as nx
 import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import isdefined
+from nipype.pipeline import engine as pe
 
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.preprocessing.precomputed import Precomputed
@@ -77,14 +78,28 @@ def expected_outputs(writer: DerivativesWriter, participant: Participant, templa
             for d in derivatives(template, res) if d.template_space and d.workflow in workflows]
 
 
-def collect_results(graph: nx.DiGraph) -> dict[str, dict[str, Any]]:
-    """Outputs of each sub-workflow's ``outputnode`` in an executed graph, by workflow name."""
-    results = {}
-    for node in graph.nodes:
-        if node.name == 'outputnode':
-            outputs = node.result.outputs.get()
-            results[node.fullname.split('.')[-2]] = {k: v for k, v in outputs.items()
-                                                     if isdefined(v)}
+def collect_results(workflow: pe.Workflow, graph: nx.DiGraph) -> dict[str, dict[str, Any]]:
+    """What reached each sub-workflow's ``outputnode`` in an executed participant workflow.
+
+    nipype drops identity nodes from the graph it runs, so each ``outputnode`` field is read
+    from the node that feeds it (its cached result), or from the ``inputnode`` for fields that
+    are passed through.
+    """
+    executed = {node.fullname: node for node in graph.nodes}
+    results: dict[str, dict[str, Any]] = {}
+    for name in ('anat_wf', 'dwi_wf'):
+        sub_wf = workflow.get_node(name)
+        if sub_wf is None:
+            continue
+        outputnode = sub_wf.get_node('outputnode')
+        values = {}
+        for source, _, data in sub_wf._graph.in_edges(outputnode, data=True):
+            node = executed.get(f'{workflow.name}.{name}.{source.name}')
+            outputs = node.result.outputs.get() if node is not None else source.inputs.get()
+            for port, field_name in data['connect']:
+                if isdefined(outputs.get(port)):
+                    values[field_name] = outputs[port]
+        results[name] = values
     return results
 
 

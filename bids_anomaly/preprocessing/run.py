@@ -25,6 +25,7 @@ from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.io import atomic_path
 from bids_anomaly.preprocessing.precomputed import Precomputed, find_precomputed
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, res_label
+from bids_anomaly.preprocessing.validation import load_dwi, load_t1w
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
@@ -56,8 +57,8 @@ def run_preprocessing(participants: Sequence[Participant], *, preprocessing: Pre
     Returns
     -------
     pandas.DataFrame
-        One row per participant: participant (``sub-<label>``), session, stage (the failed
-        step, or ``all``), status (``ok``, ``failed`` or ``skipped``), seconds, message,
+        One row per participant: participant (``sub-<label>``), session, stage (``validate``
+        for unusable inputs, the failed workflow node, ``outputs``, or ``all``), status (``ok``, ``failed`` or ``skipped``), seconds, message,
         finished (UTC time).
     """
     nprocs = execution.nprocs or os.cpu_count() or 1
@@ -93,8 +94,10 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
         LOGGER.info('%s: outputs exist, skipped (force to recompute)', name)
         return _row(participant, 'all', 'skipped', 0.0, 'outputs exist')
     failed_nodes: list[str] = []
-    stage = 'workflow'
+    stage = 'validate'
     try:
+        check_inputs(participant)
+        stage = 'workflow'
         precomputed = _precomputed(participant, preprocessing.derivatives)
         workflow = init_participant_wf(
             participant, resolution=preprocessing.resolution,
@@ -113,7 +116,7 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
             plugin_args['memory_gb'] = execution.mem_gb
         graph = workflow.run(plugin='MultiProc', plugin_args=plugin_args)
         stage = 'outputs'
-        results = collect_results(graph)
+        results = collect_results(workflow, graph)
         write_outputs(results, participant, writer, template=TEMPLATE_NAME,
                       resolution=preprocessing.resolution, res=res,
                       registration=preprocessing.registration, precomputed=precomputed)
@@ -128,6 +131,17 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
     quality = ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
     LOGGER.info('%s: done in %.1f s (%s)', name, seconds, quality)
     return _row(participant, 'all', 'ok', seconds, quality)
+
+
+def check_inputs(participant: Participant) -> None:
+    """Read and check the participant's T1w (and DWI) before building anything.
+
+    The workflows check them again (their ``validate`` nodes), but failing here costs a second
+    and no worker, and the error names the file.
+    """
+    load_t1w(participant.t1w)
+    if participant.dwi is not None:
+        load_dwi(participant.dwi.dwi, participant.dwi.bval, participant.dwi.bvec)
 
 
 def _precomputed(participant: Participant, derivatives: Sequence[Path]) -> Precomputed | None:

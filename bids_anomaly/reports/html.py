@@ -1,4 +1,4 @@
-"""Self-contained HTML reports: figures embedded as base64 PNG, readable offline.
+"""Self-contained HTML reports: figures embedded as base64 PNG or SVG, readable offline.
 
 A report is a list of :class:`Section`; each holds text, figures and tables. The page layout is
 a jinja2 template shipped with the package (``templates/report.html``).
@@ -16,6 +16,9 @@ import pandas as pd
 from bids_anomaly import __version__
 from bids_anomaly.io import write_text
 
+#: Image files a report can embed, by suffix, with their MIME type.
+IMAGE_TYPES = {'.png': 'image/png', '.svg': 'image/svg+xml'}
+
 
 @dataclass
 class Section:
@@ -23,7 +26,7 @@ class Section:
 
     title: str
     text: str = ''
-    figures: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[tuple[str, str, str]] = field(default_factory=list)  # caption, MIME, base64
     tables: list[tuple[str, str]] = field(default_factory=list)
 
     def add_figure(self, fig, caption: str) -> None:
@@ -33,7 +36,15 @@ class Section:
         buffer = io.BytesIO()
         fig.savefig(buffer, format='png', dpi=90, bbox_inches='tight')
         plt.close(fig)
-        self.figures.append((caption, base64.b64encode(buffer.getvalue()).decode('ascii')))
+        self.figures.append((caption, 'image/png', _base64(buffer.getvalue())))
+
+    def add_image_file(self, path: Path, caption: str) -> None:
+        """Embed an existing PNG or SVG file (e.g. a preprocessing QC figure) by value."""
+        path = Path(path)
+        mime = IMAGE_TYPES.get(path.suffix.lower())
+        if mime is None:
+            raise ValueError(f'{path}: only {", ".join(IMAGE_TYPES)} images can be embedded')
+        self.figures.append((caption, mime, _base64(path.read_bytes())))
 
     def add_table(self, table: pd.DataFrame, caption: str, max_rows: int = 30) -> None:
         shown = table.head(max_rows)
@@ -42,6 +53,10 @@ class Section:
         if len(table) > max_rows:
             caption += f' (first {max_rows} of {len(table)} rows; full table in the TSV)'
         self.tables.append((caption, html))
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode('ascii')
 
 
 def render_report(path: Path, title: str, sections: list[Section], subtitle: str = '') -> Path:

@@ -37,9 +37,12 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-DEFAULT_CHUNK = {'cpu': 512, 'cuda': 16384}
-"""Voxels per chunk: on CPU enough to amortise the per-step overhead of torch while the SMO
-kernel blocks (512 x 96 x 96 floats) stay near cache, on GPU enough to fill the device."""
+CHUNK_CODES = {'cpu': 2**17, 'cuda': 2**22}
+"""Samples per chunk of voxels (voxels x max(samples per voxel, 256)): 512 voxels of 243 codes
+on CPU, enough to amortise the per-step overhead of torch while the SMO kernel blocks stay near
+cache; 16384 on GPU, enough to fill the device. More samples per voxel, fewer voxels."""
+GRAIN_SIZE = 32768
+"""torch's CPU grain: element-wise ops on fewer elements run on one thread."""
 
 
 class VoxelArray(ty.Protocol):
@@ -106,8 +109,7 @@ def _neighbour_table(mask: np.ndarray, radius: int) -> np.ndarray:
     inside = np.all((coords >= 0) & (coords < mask.shape), axis=-1)
     clipped = np.clip(coords, 0, np.array(mask.shape) - 1)
     table = index[clipped[..., 0], clipped[..., 1], clipped[..., 2]]
-    table = np.where(inside & (table >= 0), table, index[mask][:, None])
-    return table
+    return np.where(inside & (table >= 0), table, index[mask][:, None]).astype(np.int32)
 
 
 class _VoxelEstimator(BaseEstimator):
@@ -140,7 +142,7 @@ class _VoxelEstimator(BaseEstimator):
         """
         if len(X.shape) != 3 or 0 in X.shape:
             raise ValueError(f'X must be (n_voxels, n_samples, n_features), got {X.shape}.')
-        parts = [self._fit_chunk(chunk) for _, chunk in self._chunks(X)]
+        parts = [self._fit_chunk(chunk) for _, chunk in self._chunks(X, self._chunk_size(X))]
         for name in parts[0]:
             setattr(self, name, np.concatenate([part[name] for part in parts]))
         self.n_features_in_ = X.shape[2]
@@ -164,7 +166,9 @@ class _VoxelEstimator(BaseEstimator):
                        f'training data, got {Z.shape}.')
             raise ValueError(message)
         out = np.empty(Z.shape[:2], dtype=np.float32)
-        for (start, chunk), fitted in zip(self._chunks(Z), self._fitted_chunks(), strict=True):
+        size = self._chunk_size(Z)
+        for (start, chunk), fitted in zip(self._chunks(Z, size), self._fitted_chunks(size),
+                                          strict=True):
             out[start:start + len(chunk)] = self._score_chunk(fitted, chunk).cpu().numpy()
         return out
 
@@ -217,9 +221,8 @@ class _VoxelEstimator(BaseEstimator):
         return [name for name in vars(self) if name.endswith('_') and name != 'n_features_in_'
                 and not name.startswith('_')]
 
-    def _fitted_chunks(self) -> ty.Iterator[dict[str, torch.Tensor]]:
-        """The per-voxel fitted arrays, chunk after chunk, as tensors on the device."""
-        size = self._chunk_size()
+    def _fitted_chunks(self, size: int) -> ty.Iterator[dict[str, torch.Tensor]]:
+        """The per-voxel fitted arrays, ``size`` voxels at a time, as tensors on the device."""
         for start in range(0, len(self.offset_), size):
             yield {name: self._tensor(getattr(self, name)[start:start + size])
                    for name in self._voxel_arrays}
@@ -227,25 +230,25 @@ class _VoxelEstimator(BaseEstimator):
     def _torch_device(self) -> torch.device:
         return torch.device(self.device)
 
-    def _chunk_size(self) -> int:
-        return self.chunk_size or DEFAULT_CHUNK.get(self._torch_device().type, 512)
+    def _chunk_size(self, data: VoxelArray) -> int:
+        budget = CHUNK_CODES.get(self._torch_device().type, CHUNK_CODES['cpu'])
+        return self.chunk_size or max(1, budget // max(data.shape[1], 256))
 
     def _tensor(self, array: ty.Any) -> torch.Tensor:
         tensor = torch.as_tensor(np.asarray(array))
         tensor = tensor.float() if tensor.is_floating_point() else tensor
         return tensor.to(self._torch_device())
 
-    def _chunks(self, data: VoxelArray) -> ty.Iterator[tuple[int, torch.Tensor]]:
+    def _chunks(self, data: VoxelArray, size: int) -> ty.Iterator[tuple[int, torch.Tensor]]:
         """``(start, chunk)`` for consecutive chunks of voxels, read one at a time.
 
         Chunks are copied into one float32 buffer on the device that the consumer may
         overwrite: reusing it spares a fresh allocation (and its page faults) per chunk.
         """
-        size = self._chunk_size()
         buffer = torch.empty((min(size, data.shape[0]), *data.shape[1:]),
                              device=self._torch_device())
         for start in range(0, data.shape[0], size):
-            chunk = torch.as_tensor(np.asarray(data[start:start + size]))
+            chunk = torch.as_tensor(np.ascontiguousarray(data[start:start + size]))
             yield start, buffer[:len(chunk)].copy_(chunk)
 
 
@@ -394,9 +397,8 @@ def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, worki
     n_voxels, n, d = Y.shape
     bound = 1.0 / (nu * n)
     n_full = min(int(nu * n), n)  # libsvm's start: that many at the bound, the rest fractional
-    size = max(min(working_set, n), n_full + 1)
-    order = half.argsort(1)  # farthest from the centroid first
-    S = order[:, :size]
+    size = min(max(working_set, n_full + 1), n)
+    S = half.topk(size, 1, largest=False).indices  # farthest from the centroid first
     start = torch.zeros(size, device=Y.device)
     start[:n_full] = bound
     if n_full < size:
@@ -409,7 +411,7 @@ def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, worki
     n_iter = torch.zeros(n_voxels, dtype=torch.long, device=Y.device)
     active = torch.arange(n_voxels, device=Y.device)
     while True:
-        alpha_S, steps = smo(K_S, alpha_S, bound, tol, max_iter)
+        alpha_S, steps = _sliced_smo(K_S, alpha_S, bound, tol, max_iter)
         n_iter.index_add_(0, active, steps)
         full = torch.zeros(len(active), n, device=Y.device).scatter_(1, S, alpha_S)
         g = _gradient(Y, half, full)
@@ -430,6 +432,19 @@ def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, worki
         K_S = torch.cat([torch.cat([K_S, K_new[:, :, :-k].transpose(1, 2)], 2), K_new], 1)
         alpha_S = torch.cat([alpha_S, torch.zeros_like(added, dtype=alpha_S.dtype)], 1)
     return alpha, _rho(alpha, grad, bound), n_iter
+
+
+def _sliced_smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
+                max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`smo` on slices of voxels small enough for torch to run each step on one CPU thread.
+
+    A parallel region per tiny step costs more than it gains on CPU, and stalls badly when other
+    processes share the cores; the GPU gets all voxels at once.
+    """
+    width = len(K) if K.device.type != 'cpu' else max(1, GRAIN_SIZE // K.shape[1] - 1)
+    parts = [smo(K[s:s + width], alpha[s:s + width], bound, tol, max_iter)
+             for s in range(0, len(K), width)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _take(Y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -489,7 +504,8 @@ class VoxelOneClassSVM(_VoxelEstimator):
     max_iter : int, default=100_000
         Cap on SMO steps per voxel and round.
     chunk_size : int or None, default=None
-        Voxels solved together (None: 512 on CPU, 16384 on GPU).
+        Voxels solved together (None: from :data:`CHUNK_CODES`, 512 on CPU and 16384 on GPU
+        for 243 samples per voxel).
     device : str, default='cpu'
         Torch device for the computation; results come back as numpy arrays.
 
@@ -527,8 +543,8 @@ class VoxelOneClassSVM(_VoxelEstimator):
         self.device = device
 
     def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
-        if not 0 < self.nu <= 1:
-            raise ValueError(f'nu must be in (0, 1], got {self.nu}.')
+        if not 0 < self.nu < 1:
+            raise ValueError(f'nu must be in (0, 1), got {self.nu}.')
         n_voxels, n, d = X.shape
         location = X.mean(1)
         Y = X.sub_(location[:, None])  # the chunk buffer is ours: centre and scale in place
@@ -561,10 +577,10 @@ class VoxelOneClassSVM(_VoxelEstimator):
             'n_iter_': n_iter.int().cpu().numpy(),
         }
 
-    def _fitted_chunks(self) -> ty.Iterator[dict[str, torch.Tensor]]:
+    def _fitted_chunks(self, size: int) -> ty.Iterator[dict[str, torch.Tensor]]:
         """Adds each chunk's support vectors and coefficients, zero-padded per voxel."""
         first = 0
-        for fitted in super()._fitted_chunks():
+        for fitted in super()._fitted_chunks(size):
             counts = fitted['n_support_'].long()
             last = first + int(counts.sum())
             voxel = torch.repeat_interleave(torch.arange(len(counts), device=counts.device),

@@ -7,13 +7,12 @@ higher means more abnormal.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bids_anomaly.models.bundle import load_arrays, load_bundle
+from bids_anomaly.models.bundle import list_arrays, load_arrays, load_bundle
 from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.scoring.normative import VoxelGaussian, VoxelOneClassSVM, VoxelZScore
 from bids_anomaly.scoring.reconstruction import VolumeOutputs, score_patches, score_slices
@@ -49,7 +48,7 @@ class BundleScorer:
                              grid_shape=template.shape, device=self.device)
         self.path, self.model, self.card = loaded.path, loaded.model, loaded.card
         self.label = model_label(self.card.family)
-        stored = set(read_array_names(self.path))
+        stored = set(list_arrays(self.path))
         self.estimators = {name: self._estimator(name) for name in self.score_types
                            if name in ESTIMATORS and name in stored}
         self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
@@ -103,10 +102,3 @@ class BundleScorer:
 def brain_samples(volumes: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``(n, C, X, Y, Z)`` volumes as per-voxel samples ``(n_brain_voxels, n, C)``."""
     return np.ascontiguousarray(volumes[:, :, mask].transpose(2, 0, 1))
-
-
-def read_array_names(bundle: Path) -> list[str]:
-    """Names of the array sets stored in a bundle (normative models, thresholds)."""
-    return list(json.loads((Path(bundle) / 'model.json').read_text())['arrays'])
-
-

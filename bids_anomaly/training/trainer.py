@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bids_anomaly.models.io import atomic_path, write_text
+from bids_anomaly.io import atomic_path, write_text
 from bids_anomaly.models.losses import objective
 from bids_anomaly.models.networks import AutoEncoder, build_model
 from bids_anomaly.models.spec import ModelSpec, TrainParams
@@ -253,7 +253,7 @@ def _train_epoch(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            size = len(batch.subject if isinstance(batch, Batch) else batch.subject1)
+            size = len(batch.location)
             total += loss.detach() * size
             bar.update(size)
             if step % 20 == 0:
@@ -272,7 +272,7 @@ def _evaluate(
     for batch in sampler.epoch(0):
         x = _inputs(batch)
         with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
-            total += objective(spec, x, model(x)) * (len(x) // (2 if spec.siamese else 1))
+            total += objective(spec, x, model(x)) * len(batch.location)
     return total.item() / sampler.n_samples
 
 

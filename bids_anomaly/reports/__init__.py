@@ -1,0 +1,1 @@
+"""HTML reports (self-contained, readable offline): one per participant, one for the group."""

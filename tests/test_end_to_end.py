@@ -1,0 +1,98 @@
+"""The whole chain on a small simulated cohort: participant level, then group --train.
+
+One module-scoped run (the slowest test of the default suite), then assertions on its outputs:
+derivatives named and indexable, bundles that load back, maps on the template grid and zero
+outside the brain, regional and group tables, the report, and nothing written to BIDS_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_anomaly.cli import main
+from bids_anomaly.preprocessing.templates import load_template
+from tests.conftest import tree_snapshot
+
+FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--seed', '0']
+TRAIN = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '1',
+         '--patches-per-subject', '300', '--embedding-methods', 'pca,spectral',
+         '--embedding-max-points', '300']
+
+
+def _run(*args: str) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return exc.value.code
+
+
+@pytest.fixture(scope='module')
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from bids_anomaly.simulate import create_fake_bids_dataset
+
+    root = tmp_path_factory.mktemp('e2e')
+    bids = create_fake_bids_dataset(root / 'bids', n_controls=4, n_patients=1, random_state=3,
+                                    resolution=2.0)
+    before = tree_snapshot(bids)
+    out = root / 'out'
+    assert _run(str(bids), str(out), 'participant', *FAST) == 0
+    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN) == 0
+    assert tree_snapshot(bids) == before
+    return {'bids': bids, 'out': out}
+
+
+def test_preprocessed_images_on_template_grid(chain: dict[str, Path]) -> None:
+    template = load_template(2.0)
+    images = sorted(chain['out'].glob('sub-*/anat/*_space-*_res-2_desc-preproc_T1w.nii.gz'))
+    assert len(images) == 5
+    img = nib.load(images[0])
+    assert img.shape == template.shape and np.allclose(img.affine, template.affine)
+    data = np.asarray(img.dataobj)
+    assert 0 <= data.min() and data.max() <= 1 and data[template.mask_array()].std() > 0.05
+
+
+def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
+    from bids_anomaly.scoring.scorer import BundleScorer
+
+    template = load_template(2.0)
+    mask = template.mask_array()
+    for family in ('sae-patch', 'ae-slice'):
+        scorer = BundleScorer(chain['out'] / 'models' / family, template)
+        assert scorer.ready and len(scorer.card.calibration_participants) == 2
+    maps = sorted(chain['out'].glob('sub-*/anat/*_statmap.nii.gz'))
+    # 5 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
+    assert len(maps) == 5 * 5
+    for path in maps[:5]:
+        data = np.asarray(nib.load(path).dataobj)
+        assert data.shape == template.shape and np.all(data[~mask] == 0)
+        assert np.isfinite(data).all() and data[mask].std() > 0
+
+
+def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:
+    from bids import BIDSLayout
+
+    layout = BIDSLayout(str(chain['out']), validate=False, is_derivative=True)
+    stats = layout.get(suffix='statmap', extension='.nii.gz', model='saepatch')
+    assert {f.entities['stat'] for f in stats} == {'recon', 'ocsvm', 'gaussian'}
+    assert layout.get(suffix='regions', atlas='AAL3', extension='.tsv')
+    assert layout.get(suffix='latent', extension='.tsv')
+
+
+def test_group_tables_and_report(chain: dict[str, Path]) -> None:
+    out = chain['out']
+    regions = pd.read_csv(out / 'group_atlas-AAL3macro_model-saepatch_stat-ocsvm_regions.tsv',
+                          sep='\t')
+    assert len(regions) == 5 and {'cohort', 'held_out', 'whole_brain'} <= set(regions.columns)
+    assert regions['held_out'].sum() == 2  # 4 controls: 1 trained, 2 calibrated, 1 held out
+    assert (out / 'group_latent_metrics.tsv').is_file()
+    evaluation = pd.read_csv(out / 'group_evaluation.tsv', sep='\t')
+    assert set(evaluation['model']) == {'baseline', 'saepatch', 'aeslice'}
+    report = (out / 'group_report.html').read_text()
+    assert 'data:image/png;base64' in report and 'http' not in report.split('<body>')[1]
+    description = json.loads((out / 'dataset_description.json').read_text())
+    assert description['DatasetType'] == 'derivative'
