@@ -84,8 +84,8 @@ build_image() {
 # Run the image as in production; the arguments go to the entry point (or to --entrypoint).
 run_image() {
     # shellcheck disable=SC2086  # RUN_OPTS is a list of options
-    "$ENGINE" run --rm --read-only --tmpfs /tmp --network none --user "$user" $userns $RUN_OPTS \
-        "$@"
+    "$ENGINE" run --rm --init --read-only --tmpfs /tmp --network none --user "$user" $userns \
+        $RUN_OPTS "$@"
 }
 
 json_field() {  # json_field FILE PYTHON-EXPRESSION-ON-d

@@ -166,9 +166,9 @@ def test_top_regions_rank_by_abnormal_fraction() -> None:
 
 
 def test_flag_regions_rule() -> None:
-    table = pd.DataFrame({'region': ['big', 'tiny', 'mild', 'empty'],
-                          'n_voxels': [50, 5, 50, 0],
-                          'pct_abnormal': [7.0, 80.0, 5.9, np.nan]})
+    table = pd.DataFrame({'region': ['big', 'tiny', 'mild', 'empty', WHOLE_BRAIN],
+                          'n_voxels': [50, 5, 50, 0, 105],
+                          'pct_abnormal': [7.0, 80.0, 5.9, np.nan, 7.0]})
     flags = flag_regions({('atlas', 'model', 'recon'): table,
                           ('atlas', 'model', 'ocsvm'): table.assign(pct_abnormal=1.0)},
                          expected_pct=2.0)

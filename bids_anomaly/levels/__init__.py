@@ -123,6 +123,9 @@ def set_threads(config: RunConfig) -> None:
     execution.omp_nthreads = execution.omp_nthreads or min(8, execution.nprocs)
     for variable in ('OMP_NUM_THREADS', 'ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'):
         os.environ.setdefault(variable, str(execution.omp_nthreads))
+    import torch
+
+    torch.set_num_threads(execution.omp_nthreads)
 
 
 def require_controls(participants: list[Participant], config: RunConfig,

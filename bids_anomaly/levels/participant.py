@@ -22,12 +22,16 @@ def run_participant_level(context: RunContext) -> None:
     status = run_preprocessing(
         context.participants, preprocessing=config.preprocessing, execution=config.execution,
         writer=context.writer, work_dir=context.work_dir, log_dir=context.log_dir)
-    failed = set(status.loc[status['status'] == 'failed', 'participant'])
-    succeeded = [p for p in context.participants if p.name not in failed]
+    rows = status.loc[status['status'] == 'failed']
+    failed = {(row.participant, row.session if isinstance(row.session, str) else None)
+              for row in rows.itertuples()}
+    succeeded = [p for p in context.participants
+                 if (f'sub-{p.label}', p.session) not in failed]
     score_with_bundles(context, succeeded)
     if failed:
+        names = ', '.join(sorted(s + (f'_ses-{ses}' if ses else '') for s, ses in failed))
         raise AppError(f'{len(failed)} of {len(context.participants)} participant(s) failed '
-                       f'({", ".join(sorted(failed))}); see {context.log_dir} for each error')
+                       f'({names}); see {context.log_dir} for each error')
 
 
 def score_with_bundles(context: RunContext, participants: list) -> None:

@@ -37,7 +37,8 @@ def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
     zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
     add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
     if scorer.card.spec.is_patch:
-        codes = np.stack([scorer.infer(volume).codes for volume in train_volumes])
+        codes = np.stack([scorer.infer(volume, with_error=False).codes
+                          for volume in train_volumes])
         samples = NeighbourhoodSamples(codes, mask, radius)
         LOGGER.info('%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
                     scorer.label, *samples.shape[1:])
@@ -120,6 +121,7 @@ def score_participants(context, participants: Sequence[Participant],
     """Score each participant with every bundle and write the outputs (resumable)."""
     from bids_anomaly.bids.preprocessed import load_volumes
     from bids_anomaly.levels.outputs import latent_sample, write_participant_scores
+    from bids_anomaly.reports.participant import write_participant_report
 
     config = context.config
     sample = latent_sample(template.mask_array(), config.execution.seed)
@@ -139,3 +141,5 @@ def score_participants(context, participants: Sequence[Participant],
                                      latent_sample=sample, write_baseline=index == 0)
             LOGGER.info('%s: scored with %s in %.1f s', participant.name, scorer.label,
                         time.monotonic() - started)
+        write_participant_report(config.output_dir, participant, template, scorers, atlases,
+                                 quantile=scorers[0].quantile or config.scoring.threshold_quantile)

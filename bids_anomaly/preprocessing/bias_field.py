@@ -10,32 +10,41 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 #: Grid spacing (mm) of the copy on which the field is fitted.
 N4_SPACING_MM = 4.0
 #: Iterations per fitting level, and the convergence tolerance.
 N4_ITERATIONS = (30, 30, 30)
 N4_TOLERANCE = 1e-3
+#: The field is scaled to a median of 1 in the mask and clipped to [1/MAX_BIAS, MAX_BIAS],
+#: so that its extrapolation outside the mask stays harmless.
+MAX_BIAS = 4.0
 #: More exact zeros than this share of the voxels marks zero padding (skull-stripped input).
 ZERO_BACKGROUND_FRACTION = 0.3
 
 
-def foreground_mask(data: np.ndarray) -> np.ndarray | None:
-    """Voxels N4 should fit: the non-zero ones when the background is zero-padded, else all.
+def foreground_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels N4 should fit: the non-zero ones of a zero-padded image, else the head.
 
-    Zero padding carries no bias information and would pull the fit towards zero.
+    Zero padding and air carry no bias information: fitting them lets the field run to zero
+    at the edges of the field of view, and dividing by it there blows intensities up. The head
+    is the Otsu foreground with its holes filled.
     """
     if np.mean(data == 0) > ZERO_BACKGROUND_FRACTION:
         return data != 0
-    return None
+    from dipy.segment.threshold import otsu
+
+    return ndimage.binary_fill_holes(data > otsu(data))
 
 
 def n4_bias_correct(in_file: str, *, newpath: str | None = None,
                     spacing_mm: float = N4_SPACING_MM) -> tuple[str, str]:
     """Correct the bias field of a 3D image; write the corrected image and the field.
 
-    The field is fitted on the image resampled to ``spacing_mm`` (never finer than the input)
-    and divided out at full resolution; zero-padded voxels stay zero.
+    The field is fitted inside :func:`foreground_mask` on the image resampled to
+    ``spacing_mm`` (never finer than the input) and divided out at full resolution; zero-padded
+    voxels stay zero.
 
     Returns
     -------
@@ -50,18 +59,17 @@ def n4_bias_correct(in_file: str, *, newpath: str | None = None,
     mask = foreground_mask(data)
     spacing = (max(spacing_mm, *image.spacing),) * 3
     small = ants.resample_image(image, spacing, use_voxels=False, interp_type=0)
-    small_mask = None
-    if mask is not None:
-        small_mask = ants.resample_image(image.new_image_like(mask.astype(np.float32)), spacing,
-                                         use_voxels=False, interp_type=1)
+    small_mask = ants.resample_image(image.new_image_like(mask.astype(np.float32)), spacing,
+                                     use_voxels=False, interp_type=1)
     field = ants.n4_bias_field_correction(
         small, mask=small_mask, shrink_factor=1, return_bias_field=True,
         convergence={'iters': list(N4_ITERATIONS), 'tol': N4_TOLERANCE},
     )
-    field = ants.resample_image_to_target(field, image, interp_type='linear')
-    bias = np.clip(field.numpy(), 1e-3, None).astype(np.float32)
+    bias = ants.resample_image_to_target(field, image, interp_type='linear').numpy()
+    median = float(np.median(bias[mask]))
+    bias = np.clip(bias / median, 1 / MAX_BIAS, MAX_BIAS).astype(np.float32)
     corrected = np.clip(data / bias, 0, None)
-    if mask is not None:
+    if np.mean(data == 0) > ZERO_BACKGROUND_FRACTION:
         corrected[~mask] = 0
     out_file, bias_file = out_dir / 'T1w_n4.nii.gz', out_dir / 'T1w_bias.nii.gz'
     ants.image_write(image.new_image_like(corrected.astype(np.float32)), str(out_file))

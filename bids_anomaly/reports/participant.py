@@ -116,6 +116,9 @@ def flag_regions(regional: Mapping[RegionKey, pd.DataFrame], expected_pct: float
                  ) -> pd.DataFrame:
     """Regions with more than ``factor * expected_pct`` % abnormal voxels and enough voxels.
 
+    The whole brain is left out: it is the same in every atlas, and the score-map table of the
+    report already gives its percentage.
+
     Returns
     -------
     DataFrame
@@ -124,7 +127,7 @@ def flag_regions(regional: Mapping[RegionKey, pd.DataFrame], expected_pct: float
     """
     pooled = pd.concat(regional, names=['atlas', 'model', 'stat']).reset_index(level=[0, 1, 2])
     flagged = pooled[(pooled['pct_abnormal'] > factor * expected_pct)
-                     & (pooled['n_voxels'] >= min_voxels)]
+                     & (pooled['n_voxels'] >= min_voxels) & (pooled['region'] != WHOLE_BRAIN)]
     flagged = flagged.assign(times_expected=flagged['pct_abnormal'] / expected_pct)
     columns = ['atlas', 'model', 'stat', 'region', 'n_voxels', 'pct_abnormal', 'times_expected']
     return flagged.sort_values('pct_abnormal', ascending=False)[columns]
@@ -189,7 +192,8 @@ def maps_section(output_dir: Path, space: Mapping[str, str],
             section.add_figure(
                 plot_score_overlay(shown, anat, threshold=max(threshold, 0.0),
                                    title=f'{model} / {stat}'),
-                f'{model} / {stat}: {int(abnormal.sum())} voxels above {threshold:.4g}.')
+                f'{model} / {stat}: {int(abnormal.sum())} voxels above the threshold '
+                f'({threshold:.4g}).')
     section.add_table(pd.DataFrame(rows), 'Score maps, thresholds and abnormal voxels '
                       '(% of the template brain mask).')
     return section
@@ -215,8 +219,9 @@ def flags_section(regional: Mapping[RegionKey, pd.DataFrame], quantile: float) -
         f'Rule: a region is flagged when more than {FLAG_FACTOR * expected:.3g} % of its '
         f'voxels are abnormal, {FLAG_FACTOR:g} times the {expected:.3g} % expected in a '
         f'control (thresholds are the {quantile:g} quantile of calibration controls\' '
-        f'scores), and it has at least {MIN_FLAG_VOXELS} voxels. Flags say where to look; '
-        'they are not a diagnosis.'))
+        f'scores), and it has at least {MIN_FLAG_VOXELS} voxels. The whole brain is not '
+        'flagged (see the score-map table). Flags say where to look; they are not a '
+        'diagnosis.'))
     if flags.empty:
         section.text += '\nNo region is flagged.'
     else:

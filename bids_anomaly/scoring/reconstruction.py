@@ -98,8 +98,8 @@ def _grid_centres(slice_mask: np.ndarray, half: int, stride: int) -> tuple[np.nd
 @torch.no_grad()
 def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
                   stride: int | None = None, batch_size: int = 4096,
-                  device: str | torch.device = 'cpu',
-                  codes_dtype: type = np.float16) -> VolumeOutputs:
+                  device: str | torch.device = 'cpu', codes_dtype: type = np.float16,
+                  with_error: bool = True) -> VolumeOutputs:
     """Per-voxel latent codes and reconstruction error of a patch model.
 
     Codes are exact for the patch centred on every brain voxel (:func:`dense_patch_codes`).
@@ -111,6 +111,8 @@ def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
     ----------
     volume : ndarray of shape (C, X, Y, Z)
     mask : ndarray of shape (X, Y, Z), bool
+    with_error : bool
+        False skips the decoder (codes only, e.g. to fit normative models); ``error`` is zero.
     """
     model.eval().to(device)
     size = model.spec.patch_size
@@ -128,6 +130,8 @@ def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
         dense = dense_patch_codes(model, image)
         xs, ys = np.nonzero(mask[:, :, z])
         codes[index[xs, ys, z]] = dense[xs, ys].float().cpu().numpy()
+        if not with_error:
+            continue
         recon = torch.zeros((image.shape[0], image.shape[1] + 2 * half,
                              image.shape[2] + 2 * half), device=device)
         weight = torch.zeros(recon.shape[1:], device=device)

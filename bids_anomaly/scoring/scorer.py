@@ -53,8 +53,10 @@ class BundleScorer:
                            if name in ESTIMATORS and name in stored}
         self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
         self.thresholds: dict[tuple[str, str], float] = {}
+        self.quantile: float | None = None
         if 'thresholds' in stored:
-            arrays, _ = load_arrays(self.path, 'thresholds')
+            arrays, metadata = load_arrays(self.path, 'thresholds')
+            self.quantile = float(metadata['quantile'])
             self.thresholds = {tuple(key.split('.')): float(value[0])  # type: ignore[misc]
                                for key, value in arrays.items()}
 
@@ -76,10 +78,11 @@ class BundleScorer:
         """Score maps of this model: reconstruction error, plus normative models for patches."""
         return ('recon', 'ocsvm', 'gaussian') if self.card.spec.is_patch else ('recon',)
 
-    def infer(self, volume: np.ndarray) -> VolumeOutputs:
+    def infer(self, volume: np.ndarray, with_error: bool = True) -> VolumeOutputs:
         """Reconstruction errors and latent codes of a ``(C, X, Y, Z)`` volume."""
         if self.card.spec.is_patch:
-            return score_patches(self.model, volume, self.mask, device=self.device)
+            return score_patches(self.model, volume, self.mask, device=self.device,
+                                 with_error=with_error)
         return score_slices(self.model, volume, self.mask, device=self.device)
 
     def score(self, volume: np.ndarray) -> ParticipantScores:
