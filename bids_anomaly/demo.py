@@ -1,8 +1,11 @@
 """The demo: simulate a small cohort, run both levels on it, print what came out.
 
 ``python -m bids_anomaly.demo DEMO_DIR`` (``make demo``) writes ``DEMO_DIR/bids`` and
-``DEMO_DIR/out``. Settings are tiny so that the whole chain runs in minutes on 2 cores; they are
-passed as ordinary command-line options, so the demo exercises exactly what users run.
+``DEMO_DIR/out``. It follows the evaluation protocol: preprocess everyone, train and calibrate on
+some controls (``group --train --participant-label ...``), then a second group run scores all
+participants and compares the held-out controls with the patients. Settings are tiny so that the
+chain runs in minutes on 2 cores; they are ordinary command-line options, so the demo exercises
+exactly what users run.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from pathlib import Path
 import click
 import pandas as pd
 
-#: Options of the two levels for a fast demo (published settings are the defaults otherwise).
-DEMO_OPTIONS = ['--resolution', '2', '--nprocs', '2', '--omp-nthreads', '2', '--seed', '0']
-DEMO_TRAINING = ['--train', '--epochs', '3', '--patches-per-subject', '2000',
-                 '--embedding-max-points', '2000']
+#: Options of the levels for a fast demo (published settings are the defaults otherwise).
+DEMO_OPTIONS = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2',
+                '--omp-nthreads', '1', '--seed', '0']
+DEMO_TRAINING = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '3',
+                 '--patches-per-subject', '2000']
+DEMO_GROUP = ['--embedding-methods', 'pca,umap,spectral', '--embedding-max-points', '3000']
+#: Controls kept out of training and calibration, so that the group comparison is fair.
+HELD_OUT_CONTROLS = 2
 
 
 def _bids_anomaly(*args: str) -> None:
@@ -36,8 +43,8 @@ def _bids_anomaly(*args: str) -> None:
 
 @click.command()
 @click.argument('demo_dir', type=click.Path(path_type=Path), default=Path('demo'))
-@click.option('--n-controls', default=8, show_default=True, help='Simulated controls.')
-@click.option('--n-patients', default=4, show_default=True, help='Simulated patients.')
+@click.option('--n-controls', default=7, show_default=True, help='Simulated controls.')
+@click.option('--n-patients', default=3, show_default=True, help='Simulated patients.')
 @click.option('--fresh', is_flag=True, help='Delete DEMO_DIR/out first.')
 def main(demo_dir: Path, n_controls: int, n_patients: int, fresh: bool) -> None:
     """Simulate a cohort in DEMO_DIR/bids, run participant and group levels into DEMO_DIR/out."""
@@ -51,10 +58,20 @@ def main(demo_dir: Path, n_controls: int, n_patients: int, fresh: bool) -> None:
         click.secho(f'Simulating {n_controls} controls and {n_patients} patients in {bids_dir}',
                     bold=True)
         create_fake_bids_dataset(bids_dir, n_controls=n_controls, n_patients=n_patients,
-                                 random_state=0)
+                                 random_state=0, resolution=2.0)
     _bids_anomaly(str(bids_dir), str(out_dir), 'participant', *DEMO_OPTIONS)
-    _bids_anomaly(str(bids_dir), str(out_dir), 'group', *DEMO_OPTIONS, *DEMO_TRAINING)
+    training = training_controls(bids_dir)
+    _bids_anomaly(str(bids_dir), str(out_dir), 'group', *DEMO_OPTIONS, *DEMO_TRAINING,
+                  '--participant-label', *training)
+    _bids_anomaly(str(bids_dir), str(out_dir), 'group', *DEMO_OPTIONS, *DEMO_GROUP)
     print_summary(out_dir, time.monotonic() - started)
+
+
+def training_controls(bids_dir: Path) -> list[str]:
+    """All simulated controls but the last :data:`HELD_OUT_CONTROLS` (train + calibrate)."""
+    table = pd.read_csv(bids_dir / 'participants.tsv', sep='\t')
+    controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
+    return controls[:-HELD_OUT_CONTROLS]
 
 
 def print_summary(out_dir: Path, seconds: float) -> None:

@@ -21,8 +21,8 @@ from tests.conftest import tree_snapshot
 
 FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--seed', '0']
 TRAIN = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '1',
-         '--patches-per-subject', '300', '--embedding-methods', 'pca,spectral',
-         '--embedding-max-points', '300']
+         '--patches-per-subject', '300']
+EMBED = ['--embedding-methods', 'pca,spectral', '--embedding-max-points', '300']
 
 
 def _run(*args: str) -> int:
@@ -41,7 +41,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     before = tree_snapshot(bids)
     out = root / 'out'
     assert _run(str(bids), str(out), 'participant', *FAST) == 0
-    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN) == 0
+    table = pd.read_csv(bids / 'participants.tsv', sep='\t')
+    controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
+    trained = controls[:3]  # 1 trains, 2 calibrate; the 4th control stays held out
+    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, '--participant-label',
+                *trained) == 0
+    assert _run(str(bids), str(out), 'group', *FAST, *EMBED) == 0
     assert tree_snapshot(bids) == before
     return {'bids': bids, 'out': out}
 
@@ -88,7 +93,7 @@ def test_group_tables_and_report(chain: dict[str, Path]) -> None:
     regions = pd.read_csv(out / 'group_atlas-AAL3macro_model-saepatch_stat-ocsvm_regions.tsv',
                           sep='\t')
     assert len(regions) == 5 and {'cohort', 'held_out', 'whole_brain'} <= set(regions.columns)
-    assert regions['held_out'].sum() == 2  # 4 controls: 1 trained, 2 calibrated, 1 held out
+    assert regions['held_out'].sum() == 2  # the 4th control and the patient
     assert (out / 'group_latent_metrics.tsv').is_file()
     evaluation = pd.read_csv(out / 'group_evaluation.tsv', sep='\t')
     assert set(evaluation['model']) == {'baseline', 'saepatch', 'aeslice'}

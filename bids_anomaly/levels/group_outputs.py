@@ -145,7 +145,8 @@ def latent_analysis(context: RunContext, participants: Sequence[Participant],
             codes.append(table[code_columns].to_numpy(np.float32))
             meta.append(pd.DataFrame({
                 'participant': participant.name, 'group': cohort[participant.name],
-                'region': table['region'] if 'region' in table else 'slice',
+                'region': table['region'].fillna('unlabelled') if 'region' in table
+                else 'slice',
                 'position': table['voxel'] if 'voxel' in table else table['slice'],
                 'score': table['score_recon']}))
         coords, metrics = analyse_latents(

@@ -76,7 +76,7 @@ def write_latents(writer: DerivativesWriter, space: dict[str, str], scores: Part
         table['x'], table['y'], table['z'] = xyz.T
         labels = atlas.labels[tuple(ijk.T)]
         names = dict(zip(atlas.table['index'], atlas.table['name']))
-        table['region'] = [names.get(int(v), 'n/a') for v in labels]
+        table['region'] = [names.get(int(v), 'unlabelled') for v in labels]
         for (model, stat), score_map in scores.maps.items():
             if model == scorer.label:
                 table[f'score_{stat}'] = score_map[tuple(ijk.T)]
@@ -105,7 +105,8 @@ LATENT_COLUMNS = {
     'i': 'Voxel index along x of the template grid.', 'j': 'Voxel index along y.',
     'k': 'Voxel index along z (axial slice).', 'x': 'Template x coordinate (mm, RAS).',
     'y': 'Template y coordinate (mm, RAS).', 'z': 'Template z coordinate (mm, RAS).',
-    'region': 'Default atlas region at the point.', 'slice': 'Axial slice index (k).',
+    'region': 'Default atlas region at the point ("unlabelled" outside every label).',
+    'slice': 'Axial slice index (k).',
 }
 LATENT_SAMPLING = {
     'voxels': 'Seeded sample of template brain voxels, identical for every participant, so '

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from nipype.interfaces import utility as niu
@@ -34,7 +35,8 @@ ANAT_INPUTS = ('t1w', 'std_t1w', 'std_mask', 't1w_preproc', 't1w_mask', 't1w2std
 def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 'syn',
                  intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
                  omp_nthreads: int = 1, precomputed: bool = False, quick: bool = False,
-                 seed: int = 0, name: str = 'anat_wf') -> pe.Workflow:
+                 seed: int = 0, template_dir: Path | None = None,
+                 name: str = 'anat_wf') -> pe.Workflow:
     """Bias-correct, skull-strip and register a T1w to the template; normalise intensities.
 
     Workflow Graph
@@ -59,6 +61,9 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
         Cap registration iterations at 10 per level (tests only).
     seed : int
         Random seed of the registration metric sampling.
+    template_dir : Path, optional
+        Folder where the template files are kept for every participant of a run (default: the
+        ``template`` node's own folder).
 
     Inputs
     ------
@@ -90,6 +95,8 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
     inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_INPUTS)), name='inputnode')
     outputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_OUTPUTS)), name='outputnode')
     template = pe.Node(TemplateFiles(resolution=resolution), name='template')
+    if template_dir is not None:
+        template.inputs.out_dir = str(template_dir)
     mask_std = pe.Node(ApplyTransforms(interpolation='genericLabel', out_name='mask_std.nii.gz',
                                        num_threads=omp_nthreads),
                        name='mask_std', n_procs=omp_nthreads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from nipype.pipeline import engine as pe
@@ -26,7 +27,8 @@ def init_participant_wf(participant: Participant, *, resolution: float,
                         registration: Literal['affine', 'syn'] = 'syn',
                         intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
                         omp_nthreads: int = 1, precomputed: Precomputed | None = None,
-                        quick: bool = False, seed: int = 0) -> pe.Workflow:
+                        quick: bool = False, seed: int = 0,
+                        template_dir: Path | None = None) -> pe.Workflow:
     """Build ``anat_wf`` (and ``dwi_wf`` when the participant has DWI) with inputs set.
 
     With ``precomputed`` derivatives the T1w registration is skipped; a DWI run then needs the
@@ -35,7 +37,8 @@ def init_participant_wf(participant: Participant, *, resolution: float,
     workflow = pe.Workflow(name=participant_wf_name(participant))
     anat_wf = init_anat_wf(resolution=resolution, registration=registration,
                            intensity_norm=intensity_norm, omp_nthreads=omp_nthreads,
-                           precomputed=precomputed is not None, quick=quick, seed=seed)
+                           precomputed=precomputed is not None, quick=quick, seed=seed,
+                           template_dir=template_dir)
     anat_wf.inputs.inputnode.t1w = str(participant.t1w)
     if precomputed is not None:
         for field in ('std_t1w', 'std_mask', 't1w_preproc', 't1w_mask', 't1w2std_xfm'):

@@ -39,8 +39,8 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
 
 
 def n4_bias_correct(in_file: str, *, newpath: str | None = None,
-                    spacing_mm: float = N4_SPACING_MM) -> tuple[str, str]:
-    """Correct the bias field of a 3D image; write the corrected image and the field.
+                    spacing_mm: float = N4_SPACING_MM) -> str:
+    """Correct the bias field of a 3D image; write the corrected image.
 
     The field is fitted inside :func:`foreground_mask` on the image resampled to
     ``spacing_mm`` (never finer than the input) and divided out at full resolution; zero-padded
@@ -48,8 +48,9 @@ def n4_bias_correct(in_file: str, *, newpath: str | None = None,
 
     Returns
     -------
-    out_file, bias_file : str
-        ``T1w_n4.nii.gz`` and ``T1w_bias.nii.gz`` in ``newpath`` (default: the current folder).
+    out_file : str
+        ``T1w_n4.nii`` in ``newpath`` (default: the current folder); uncompressed, because
+        several steps read this full-resolution image and gzip costs seconds each way.
     """
     import ants
 
@@ -71,7 +72,6 @@ def n4_bias_correct(in_file: str, *, newpath: str | None = None,
     corrected = np.clip(data / bias, 0, None)
     if np.mean(data == 0) > ZERO_BACKGROUND_FRACTION:
         corrected[~mask] = 0
-    out_file, bias_file = out_dir / 'T1w_n4.nii.gz', out_dir / 'T1w_bias.nii.gz'
+    out_file = out_dir / 'T1w_n4.nii'
     ants.image_write(image.new_image_like(corrected.astype(np.float32)), str(out_file))
-    ants.image_write(image.new_image_like(bias), str(bias_file))
-    return str(out_file), str(bias_file)
+    return str(out_file)

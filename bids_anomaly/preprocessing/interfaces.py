@@ -13,6 +13,7 @@ os.environ.setdefault('NIPYPE_NO_ET', '1')  # nipype must never query its versio
 
 from nipype.interfaces.base import (  # noqa: E402
     BaseInterfaceInputSpec,
+    Directory,
     File,
     InputMultiObject,
     SimpleInterface,
@@ -33,16 +34,22 @@ from bids_anomaly.preprocessing import (  # noqa: E402
 
 
 def write_template(resolution: float, *, newpath: str | None = None) -> tuple[str, str]:
-    """Write the template T1w and brain mask on the analysis grid; return both paths."""
+    """Template T1w and brain mask on the analysis grid as files in ``newpath``; return paths.
+
+    Files already there are reused: a shared folder spares every participant the resampling.
+    """
     import nibabel as nib
 
-    from bids_anomaly.preprocessing.templates import load_template
+    from bids_anomaly.io import atomic_path
+    from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, load_template, res_label
 
-    template = load_template(resolution)
-    prefix = os.path.join(newpath or os.getcwd(), f'tpl-{template.name}_res-{template.res_label}')
+    prefix = os.path.join(newpath or os.getcwd(), f'tpl-{TEMPLATE_NAME}_res-{res_label(resolution)}')
     t1w_file, mask_file = f'{prefix}_T1w.nii.gz', f'{prefix}_desc-brain_mask.nii.gz'
-    nib.save(template.t1w, t1w_file)
-    nib.save(template.mask, mask_file)
+    if not (os.path.isfile(t1w_file) and os.path.isfile(mask_file)):
+        template = load_template(resolution)
+        for img, path in ((template.t1w, t1w_file), (template.mask, mask_file)):
+            with atomic_path(path) as tmp:
+                nib.save(img, tmp)
     return t1w_file, mask_file
 
 
@@ -62,6 +69,8 @@ class _ThreadedInputSpec(BaseInterfaceInputSpec):
 
 class _TemplateFilesInputSpec(BaseInterfaceInputSpec):
     resolution = traits.Float(mandatory=True, desc='grid resolution in mm (1, 1.5 or 2)')
+    out_dir = Directory(nohash=True, desc='shared folder to keep the files in, across '
+                        "participants (default: the node's folder)")
 
 
 class _TemplateFilesOutputSpec(TraitedSpec):
@@ -76,7 +85,8 @@ class TemplateFiles(SimpleInterface):
     output_spec = _TemplateFilesOutputSpec
 
     def _run_interface(self, runtime):
-        t1w, mask = write_template(self.inputs.resolution, newpath=runtime.cwd)
+        out_dir = self.inputs.out_dir if isdefined(self.inputs.out_dir) else runtime.cwd
+        t1w, mask = write_template(self.inputs.resolution, newpath=out_dir)
         self._results.update(t1w=t1w, mask=mask)
         return runtime
 
@@ -132,7 +142,6 @@ class _N4InputSpec(_ThreadedInputSpec):
 
 class _N4OutputSpec(TraitedSpec):
     out_file = File(exists=True, desc='bias-corrected T1w')
-    bias_file = File(exists=True, desc='estimated bias field')
 
 
 class N4BiasCorrection(SimpleInterface):
@@ -143,9 +152,8 @@ class N4BiasCorrection(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_threads(self.inputs.num_threads)
-        out_file, bias_file = bias_field.n4_bias_correct(self.inputs.in_file,
-                                                         newpath=runtime.cwd)
-        self._results.update(out_file=out_file, bias_file=bias_file)
+        self._results['out_file'] = bias_field.n4_bias_correct(self.inputs.in_file,
+                                                               newpath=runtime.cwd)
         return runtime
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import isdefined
+from nipype.interfaces import utility as niu
+from nipype.interfaces.base import Undefined, isdefined
 from nipype.pipeline import engine as pe
 
 from bids_anomaly.bids.derivatives import DerivativesWriter
@@ -95,9 +96,14 @@ def collect_results(workflow: pe.Workflow, graph: nx.DiGraph) -> dict[str, dict[
         values = {}
         for source, _, data in sub_wf._graph.in_edges(outputnode, data=True):
             node = executed.get(f'{workflow.name}.{name}.{source.name}')
-            outputs = node.result.outputs.get() if node is not None else source.inputs.get()
+            if node is not None:
+                outputs = node.result.outputs.get()
+            elif isinstance(source.interface, niu.IdentityInterface):
+                outputs = source.inputs.get()
+            else:
+                continue
             for port, field_name in data['connect']:
-                if isdefined(outputs.get(port)):
+                if isdefined(outputs.get(port, Undefined)):
                     values[field_name] = outputs[port]
         results[name] = values
     return results

@@ -102,7 +102,8 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
         workflow = init_participant_wf(
             participant, resolution=preprocessing.resolution,
             registration=preprocessing.registration, intensity_norm=preprocessing.intensity_norm,
-            omp_nthreads=omp_nthreads, precomputed=precomputed, seed=execution.seed)
+            omp_nthreads=omp_nthreads, precomputed=precomputed, seed=execution.seed,
+            template_dir=work_dir / 'templates')
         workflow.base_dir = str(work_dir)
         workflow.config['execution'] = {
             'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',

@@ -159,8 +159,8 @@ def load_dwi(dwi_path: Path | str, bval_path: Path | str,
 
 
 def validate_t1w(in_file: str, *, newpath: str | None = None) -> str:
-    """Check a T1w file and write it as float32 RAS+ (``T1w_ras.nii.gz``)."""
-    out_file = Path(newpath or Path.cwd()) / 'T1w_ras.nii.gz'
+    """Check a T1w file and write it as float32 RAS+ (``T1w_ras.nii``, uncompressed for speed)."""
+    out_file = Path(newpath or Path.cwd()) / 'T1w_ras.nii'
     nib.save(load_t1w(in_file), out_file)
     return str(out_file)
 
