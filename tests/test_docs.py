@@ -7,6 +7,7 @@ setting in ``config.py`` fails the suite until ``docs/usage.md`` documents it.
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -63,8 +64,7 @@ def test_usage_documents_every_bids_app_option() -> None:
 @pytest.mark.parametrize('module', ['bids_anomaly.simulate', 'bids_anomaly.demo'])
 def test_helper_command_options_are_documented(module: str) -> None:
     """The helper commands' options appear in the docs (their own page or the usage page)."""
-    command = __import__(module, fromlist=['main']).main
-    result = CliRunner().invoke(command, ['--help'])
+    result = CliRunner().invoke(importlib.import_module(module).main, ['--help'])
     assert result.exit_code == 0, result.output
     options = help_options(result.output) - {'--help'}
     assert options

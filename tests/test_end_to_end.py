@@ -19,7 +19,8 @@ from bids_anomaly.cli import main
 from bids_anomaly.preprocessing.templates import load_template
 from tests.conftest import tree_snapshot
 
-FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--seed', '0']
+FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--omp-nthreads', '1',
+        '--seed', '0']
 TRAIN = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '1',
          '--patches-per-subject', '300']
 EMBED = ['--embedding-methods', 'pca,spectral', '--embedding-max-points', '300']
@@ -36,14 +37,14 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from bids_anomaly.simulate import create_fake_bids_dataset
 
     root = tmp_path_factory.mktemp('e2e')
-    bids = create_fake_bids_dataset(root / 'bids', n_controls=4, n_patients=1, random_state=3,
+    bids = create_fake_bids_dataset(root / 'bids', n_controls=5, n_patients=1, random_state=3,
                                     resolution=2.0)
     before = tree_snapshot(bids)
     out = root / 'out'
     assert _run(str(bids), str(out), 'participant', *FAST) == 0
     table = pd.read_csv(bids / 'participants.tsv', sep='\t')
     controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
-    trained = controls[:3]  # 1 trains, 2 calibrate; the 4th control stays held out
+    trained = controls[:4]  # 2 train (siamese pairs), 2 calibrate; the 5th is held out
     assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, '--participant-label',
                 *trained) == 0
     assert _run(str(bids), str(out), 'group', *FAST, *EMBED) == 0
@@ -54,7 +55,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_preprocessed_images_on_template_grid(chain: dict[str, Path]) -> None:
     template = load_template(2.0)
     images = sorted(chain['out'].glob('sub-*/anat/*_space-*_res-2_desc-preproc_T1w.nii.gz'))
-    assert len(images) == 5
+    assert len(images) == 6
     img = nib.load(images[0])
     assert img.shape == template.shape and np.allclose(img.affine, template.affine)
     data = np.asarray(img.dataobj)
@@ -70,8 +71,8 @@ def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
         scorer = BundleScorer(chain['out'] / 'models' / family, template)
         assert scorer.ready and len(scorer.card.calibration_participants) == 2
     maps = sorted(chain['out'].glob('sub-*/anat/*_statmap.nii.gz'))
-    # 5 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
-    assert len(maps) == 5 * 5
+    # 6 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
+    assert len(maps) == 6 * 5
     for path in maps[:5]:
         data = np.asarray(nib.load(path).dataobj)
         assert data.shape == template.shape and np.all(data[~mask] == 0)
@@ -92,8 +93,8 @@ def test_group_tables_and_report(chain: dict[str, Path]) -> None:
     out = chain['out']
     regions = pd.read_csv(out / 'group_atlas-AAL3macro_model-saepatch_stat-ocsvm_regions.tsv',
                           sep='\t')
-    assert len(regions) == 5 and {'cohort', 'held_out', 'whole_brain'} <= set(regions.columns)
-    assert regions['held_out'].sum() == 2  # the 4th control and the patient
+    assert len(regions) == 6 and {'cohort', 'held_out', 'whole_brain'} <= set(regions.columns)
+    assert regions['held_out'].sum() == 2  # the 5th control and the patient
     assert (out / 'group_latent_metrics.tsv').is_file()
     evaluation = pd.read_csv(out / 'group_evaluation.tsv', sep='\t')
     assert set(evaluation['model']) == {'baseline', 'saepatch', 'aeslice'}

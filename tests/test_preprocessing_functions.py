@@ -208,8 +208,9 @@ def test_brain_mask_of_a_skull_stripped_image(tmp_path):
 
 def test_stage_arguments():
     args = registration.SYN.arguments('F', 'M')
-    assert args[args.index('--metric') + 1] == 'CC[F,M,1,2]'
+    assert args[args.index('--metric') + 1] == 'MI[F,M,1,32]'
     assert args[args.index('--shrink-factors') + 1] == '4x2x1'
+    assert args[args.index('--convergence') + 1] == '[60x40x8,1e-6,10]'
     rigid = registration.RIGID.arguments('F', 'M')
     assert rigid[rigid.index('--metric') + 1] == 'MI[F,M,1,32,Regular,0.25]'
     assert rigid[rigid.index('--smoothing-sigmas') + 1] == '3x2vox'
@@ -221,6 +222,7 @@ def test_registration_stages():
     assert len(registration.registration_stages('affine')) == 2
     quick = registration.registration_stages('syn', quick=True)
     assert max(max(s.iterations) for s in quick) == 10
+    assert quick[2].shrink_factors == (4, 2) and quick[1].shrink_factors == (8, 4)
     with pytest.raises(ValueError, match='unknown registration'):
         registration.registration_stages('bspline')
 

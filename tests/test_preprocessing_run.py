@@ -133,7 +133,7 @@ def test_good_participant_is_written(first_run):
     for param in ('FA', 'MD'):
         fa = nib.load(dwi / f'sub-01_{STD}_model-tensor_param-{param}_dwimap.nii.gz')
         assert fa.shape == template.shape and np.asarray(fa.dataobj).max() == 1
-    figures = sorted(p.name for p in (first_run.out / 'sub-01' / 'figures').iterdir())
+    figures = sorted(p.name for p in (first_run.out / 'sub-01' / 'figures').glob('*.svg'))
     assert figures == [f'sub-01_{STD}_desc-registration_T1w.svg',
                        f'sub-01_{STD}_model-tensor_param-FA_desc-registration_dwimap.svg']
     assert any(m.startswith('sub-01: done in') for m in first_run.messages)
@@ -227,9 +227,9 @@ def test_update_status_table_merges_rows(tmp_path):
     path = tmp_path / 'status.tsv'
     row = {'participant': 'sub-01', 'session': None, 'stage': 'validate', 'status': 'failed',
            'seconds': 1.0, 'message': 'x', 'finished': 't0'}
-    update_status_table(path, pd.DataFrame([row, {**row, 'session': 'A'}]))
-    update_status_table(path, pd.DataFrame([{**row, 'status': 'ok', 'stage': 'all'},
-                                            {**row, 'participant': 'sub-02'}]))
+    update_status_table(path, pd.DataFrame([{**row, 'participant': 'sub-02'}, row,
+                                            {**row, 'session': 'A'}]))
+    update_status_table(path, pd.DataFrame([{**row, 'status': 'ok', 'stage': 'all'}]))
     table = pd.read_csv(path, sep='\t', keep_default_na=False)
     assert list(zip(table['participant'], table['session'], table['status'])) == [
-        ('sub-01', 'A', 'failed'), ('sub-01', 'n/a', 'ok'), ('sub-02', 'n/a', 'failed')]
+        ('sub-01', 'n/a', 'ok'), ('sub-01', 'A', 'failed'), ('sub-02', 'n/a', 'failed')]

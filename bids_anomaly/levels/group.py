@@ -24,9 +24,10 @@ def run_group_level(context: RunContext) -> None:
     config = context.config
     template = load_template(config.preprocessing.resolution)
     if config.training.train:
-        from bids_anomaly.levels.train import train_bundles
+        from bids_anomaly.levels.train import MIN_CALIBRATION, min_training, train_bundles
 
-        controls = require_controls(context.participants, config, minimum=3)
+        controls = require_controls(context.participants, config,
+                                    MIN_CALIBRATION + min_training(config.training.models))
         train_bundles(context, controls)
     paths = bundle_paths(config)
     if not paths:

@@ -25,15 +25,20 @@ LOGGER = logging.getLogger('bids_anomaly')
 MIN_CALIBRATION = 2
 
 
-def split_controls(controls: list[Participant], fraction: float,
-                   seed: int) -> tuple[list[Participant], list[Participant]]:
-    """Seeded split into (training, calibration); at least 2 calibration and 1 training."""
+def min_training(families: tuple[str, ...]) -> int:
+    """Training controls needed: siamese models pair two different participants."""
+    return 2 if any(f.startswith('sae') for f in families) else 1
+
+
+def split_controls(controls: list[Participant], fraction: float, seed: int,
+                   n_training: int = 1) -> tuple[list[Participant], list[Participant]]:
+    """Seeded split into (training, calibration); at least 2 calibration controls."""
     n_calibration = max(MIN_CALIBRATION, int(round(fraction * len(controls))))
-    if len(controls) - n_calibration < 1:
+    if len(controls) - n_calibration < n_training:
         raise MissingInputError(
             f'{len(controls)} control(s) with preprocessed data: training needs at least '
-            f'{MIN_CALIBRATION + 1} ({MIN_CALIBRATION} are held out for calibration); run the '
-            'participant level on more controls')
+            f'{MIN_CALIBRATION + n_training} ({MIN_CALIBRATION} held out for calibration, '
+            f'{n_training} to train on); run the participant level on more controls')
     order = np.random.default_rng(seed).permutation(len(controls))
     calibration = sorted((controls[i] for i in order[:n_calibration]), key=lambda p: p.name)
     training = sorted((controls[i] for i in order[n_calibration:]), key=lambda p: p.name)
@@ -63,7 +68,8 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     template = load_template(config.preprocessing.resolution)
     ready = preprocessed_controls(context, controls, template)
     training, calibration = split_controls(ready, training_cfg.calibration_fraction,
-                                           config.execution.seed)
+                                           config.execution.seed,
+                                           min_training(training_cfg.models))
     modalities = training_cfg.modalities or default_modalities(config.output_dir, ready,
                                                                template)
     LOGGER.info('training on %d control(s) (%s), calibrating on %d (%s), modalities %s',

@@ -43,7 +43,8 @@ def write_template(resolution: float, *, newpath: str | None = None) -> tuple[st
     from bids_anomaly.io import atomic_path
     from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, load_template, res_label
 
-    prefix = os.path.join(newpath or os.getcwd(), f'tpl-{TEMPLATE_NAME}_res-{res_label(resolution)}')
+    name = f'tpl-{TEMPLATE_NAME}_res-{res_label(resolution)}'
+    prefix = os.path.join(newpath or os.getcwd(), name)
     t1w_file, mask_file = f'{prefix}_T1w.nii.gz', f'{prefix}_desc-brain_mask.nii.gz'
     if not (os.path.isfile(t1w_file) and os.path.isfile(mask_file)):
         template = load_template(resolution)

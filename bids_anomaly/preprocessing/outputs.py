@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 XFM_DESCRIPTION = ('ANTs composite transform (HDF5); apply with antsApplyTransforms -t or '
                    'ants.apply_transforms, with the target space image as reference.')
 
+FIGURE_DESCRIPTION = ('Registration check: the template brain mask outline (red) over the '
+                      "participant's normalised {} in template space, three orthogonal views.")
+
 
 @dataclass(frozen=True)
 class Derivative:
@@ -136,8 +139,11 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Partici
                                'Parameter': 'fractional anisotropy',
                                'IntensityNormalisation': dwi.get('fa_parameters')},
         ('dwi_wf', 'std_md'): {**grid, 'Model': 'DTI, weighted least squares (dipy)',
-                               'Parameter': 'mean diffusivity', 'Units': 'mm^2/s before '
-                               'normalisation', 'IntensityNormalisation': dwi.get('md_parameters')},
+                               'Parameter': 'mean diffusivity',
+                               'Units': 'mm^2/s before normalisation',
+                               'IntensityNormalisation': dwi.get('md_parameters')},
+        ('anat_wf', 'qc_figure'): {'Description': FIGURE_DESCRIPTION.format('T1w')},
+        ('dwi_wf', 'qc_figure'): {'Description': FIGURE_DESCRIPTION.format('FA map')},
         ('dwi_wf', 'dwi2t1w_xfm'): {'Description': XFM_DESCRIPTION, 'FromSpace': 'dwi (b=0)',
                                     'ToSpace': 'T1w'},
     }

@@ -58,8 +58,8 @@ def run_preprocessing(participants: Sequence[Participant], *, preprocessing: Pre
     -------
     pandas.DataFrame
         One row per participant: participant (``sub-<label>``), session, stage (``validate``
-        for unusable inputs, the failed workflow node, ``outputs``, or ``all``), status (``ok``, ``failed`` or ``skipped``), seconds, message,
-        finished (UTC time).
+        for unusable inputs, the failed workflow node, ``outputs``, or ``all``), status
+        (``ok``, ``failed`` or ``skipped``), seconds, message, finished (UTC time).
     """
     nprocs = execution.nprocs or os.cpu_count() or 1
     omp_nthreads = min(execution.omp_nthreads or min(8, nprocs), nprocs)
@@ -200,14 +200,18 @@ def error_summary(error: BaseException) -> str:
 
 
 def update_status_table(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Merge ``rows`` into the status TSV (a participant/session's newest row wins); atomic."""
+    """Merge ``rows`` into the status TSV (a participant/session's newest row wins); atomic.
+
+    Rows are sorted by participant and session, so the file reads the same whatever the order
+    of the runs.
+    """
     table = rows
     if path.is_file():
         old = pd.read_csv(path, sep='\t', dtype={'participant': str, 'session': str})
         table = pd.concat([old, rows], ignore_index=True)
-    key = table['session'].fillna('n/a').astype(str)
-    table = table.assign(_key=table['participant'].astype(str) + '|' + key)
-    table = table.drop_duplicates('_key', keep='last').drop(columns='_key')
+    table = table.assign(_session=table['session'].fillna('').astype(str))
+    table = table.drop_duplicates(['participant', '_session'], keep='last')
+    table = table.sort_values(['participant', '_session']).drop(columns='_session')
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep='\t', index=False, na_rep='n/a')
     return table

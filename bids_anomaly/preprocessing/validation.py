@@ -65,7 +65,8 @@ def check_signal(path: Path | str, data: np.ndarray, zooms: tuple[float, ...]) -
         raise _fail(path, f'{n_bad} voxels are NaN or infinite')
     volume_ml = np.count_nonzero(data) * float(np.prod(zooms[:3])) / 1000.0
     if volume_ml < MIN_SIGNAL_ML or float(data.max()) <= float(data.min()):
-        raise _fail(path, f'the image is empty or constant ({volume_ml:.0f} ml of non-zero signal)')
+        raise _fail(path, f'the image is empty or constant ({volume_ml:.0f} ml of non-zero '
+                    'signal)')
 
 
 def load_t1w(path: Path | str) -> nib.Nifti1Image:
