@@ -23,7 +23,10 @@ from bids_anomaly.errors import AppError, UsageError
 
 #: Settings accepted and documented whose work is not in this version yet: using one is an
 #: error that says so, never a silent no-op.
-PENDING: dict[str, str] = {}
+PENDING: dict[str, str] = {
+    'native_space': 'resampling score maps to native T1w space is planned',
+    'latent_maps': 'voxel-level 4D latent maps are planned; the sampled codes are written',
+}
 
 #: Settings given as one comma-separated value on the command line.
 COMMA_LISTS = {'models', 'modalities', 'embedding_methods'}

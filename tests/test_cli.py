@@ -201,3 +201,12 @@ def test_bids_filter_file_errors_exit_64(tiny_bids: Path, tmp_path: Path,
     assert code == 64
     assert_one_line(err, 'bold')
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('flag', ['--native-space', '--latent-maps'])
+def test_pending_options_are_errors_not_no_ops(tiny_bids: Path, tmp_path: Path, flag: str,
+                                               capsys: pytest.CaptureFixture) -> None:
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', flag], capsys)
+    assert code == 64
+    assert_one_line(err, flag, 'not implemented')
+    assert not (tmp_path / 'out').exists()
