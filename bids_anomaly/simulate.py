@@ -354,3 +354,7 @@ def main(out_dir: Path, n_controls: int, n_patients: int, seed: int, resolution:
         raise failure from None
     click.echo(f'wrote {n_controls} controls and {n_patients} patients to {out_dir} '
                f'in {time.perf_counter() - start:.1f} s')
+
+
+if __name__ == '__main__':
+    main()

@@ -67,6 +67,7 @@ def prepare(config: RunConfig) -> RunContext:
     if work_dir == bids_dir or bids_dir in work_dir.parents:
         raise UsageError(f'work dir {work_dir} is inside BIDS_DIR {config.bids_dir}; '
                          'pass -w with a folder outside it')
+    check_device(config.execution.device)
     queries = load_filters(config.execution.bids_filter_file)
     if not config.execution.skip_bids_validation:
         validate_dataset(bids_dir)
@@ -84,10 +85,10 @@ def prepare(config: RunConfig) -> RunContext:
     stamp = datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')
     setup_logging(log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log',
                   config.execution.verbose)
+    set_threads(config)
     config.to_toml(log_dir / f'config_{config.analysis_level}_{stamp}.toml')
     LOGGER.info('bids_anomaly %s, %s level, BIDS_DIR=%s, OUTPUT_DIR=%s', __version__,
                 config.analysis_level, bids_dir, output_dir)
-    set_threads(config)
 
     layout = load_layout(bids_dir, work_dir / 'pybids_db')
     participants = discover(
@@ -114,6 +115,18 @@ def setup_logging(log_file: Path, verbose: int) -> None:
         handler.setFormatter(formatter)
         handler.setLevel(level)
         LOGGER.addHandler(handler)
+
+
+def check_device(device: str) -> None:
+    """A CUDA device that is not there is a usage error, found before any work starts."""
+    if not device.startswith('cuda'):
+        return
+    import torch
+
+    index = int(device.split(':')[1]) if ':' in device else 0
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise UsageError(f'--device {device}: no such CUDA device is visible (in a container, '
+                         'run it with --gpus all / --nv); use --device auto or cpu')
 
 
 def set_threads(config: RunConfig) -> None:

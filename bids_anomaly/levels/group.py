@@ -41,14 +41,21 @@ def run_group_level(context: RunContext) -> None:
                                 f'at {template.resolution:g} mm: run the participant level first')
     atlases = load_atlases(config, template)
     score_participants(context, ready, scorers, atlases, template, skip_existing=True)
-    used = used_for_fitting(scorers)
+    used = used_for_fitting(scorers, config.output_dir)
     write_group_outputs(context, ready, scorers, atlases, template, used)
 
 
-def used_for_fitting(scorers) -> set[str]:
-    """Participants that trained or calibrated any bundle: left out of group statistics."""
+def used_for_fitting(scorers, output_dir) -> set[str]:
+    """Participants that trained or calibrated a bundle of this dataset: left out of statistics.
+
+    Bundles from elsewhere (``--model`` outside OUTPUT_DIR/models) were fitted on another
+    dataset, whose participant labels say nothing about this one.
+    """
     names: set[str] = set()
+    local = (output_dir / 'models').resolve()
     for scorer in scorers:
+        if local not in scorer.path.resolve().parents:
+            continue
         names |= set(scorer.card.training_participants)
         names |= set(scorer.card.calibration_participants)
     return names

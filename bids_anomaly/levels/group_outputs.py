@@ -24,7 +24,8 @@ LOGGER = logging.getLogger('bids_anomaly')
 GROUP_COLUMNS = {
     'participant_id': 'Participant (and session) label.',
     'group': 'Group in participants.tsv.',
-    'cohort': 'control or patient (controls recognised by --control-label).',
+    'cohort': 'control or patient (controls recognised by --control-label); n/a without a '
+              'group, and then left out of the statistics.',
     'held_out': 'True when no model was trained or calibrated on this participant; only these '
                 'enter the group statistics.',
 }
@@ -40,7 +41,8 @@ def participants_table(participants: Sequence[Participant], used: set[str]) -> p
     return pd.DataFrame({
         'participant_id': [p.name for p in participants],
         'group': [p.group if p.group is not None else 'n/a' for p in participants],
-        'cohort': ['control' if p.is_control else 'patient' for p in participants],
+        'cohort': ['control' if p.is_control else 'patient' if p.group is not None else 'n/a'
+                   for p in participants],
         'held_out': [p.name not in used for p in participants],
     })
 

@@ -127,10 +127,12 @@ def score_participants(context, participants: Sequence[Participant],
     sample = latent_sample(template.mask_array(), config.execution.seed)
     for participant in participants:
         for index, scorer in enumerate(scorers):
-            done = context.writer.path(
-                {**participant.entities, 'space': template.name, 'res': template.res_label,
-                 'model': scorer.label, 'stat': 'recon'}, 'statmap', '.nii.gz')
-            if skip_existing and done.is_file():
+            space = {**participant.entities, 'space': template.name,
+                     'res': template.res_label, 'model': scorer.label}
+            expected = [context.writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
+            expected += [context.writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv')
+                         for atlas in atlases]  # a new --atlas rescores
+            if skip_existing and all(path.is_file() for path in expected):
                 LOGGER.info('%s: %s scores exist, skipping', participant.name, scorer.label)
                 continue
             started = time.monotonic()

@@ -16,7 +16,7 @@ import numpy as np
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import default_modalities, load_volumes, preprocessed_path
 from bids_anomaly.config import RunConfig
-from bids_anomaly.errors import MissingInputError
+from bids_anomaly.errors import MissingInputError, UsageError
 from bids_anomaly.levels import RunContext
 from bids_anomaly.levels.score import fit_normative
 from bids_anomaly.preprocessing.templates import Template, load_template
@@ -94,9 +94,12 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             seed=config.execution.seed).resolved(spec)
         started = time.monotonic()
         work_dir = context.work_dir / 'training' / family
-        result = train_model(spec, params, train_volumes, mask, calibration_volumes,
-                             work_dir=work_dir, device=config.execution.device,
-                             progress=True)
+        try:
+            result = train_model(spec, params, train_volumes, mask, calibration_volumes,
+                                 work_dir=work_dir, device=config.execution.device,
+                                 progress=True)
+        except ValueError as err:  # e.g. a checkpoint left by other settings: say how to fix
+            raise UsageError(str(err)) from None
         card = ModelCard(
             spec=spec, params=params, modalities=tuple(modalities), template=template.name,
             resolution=template.resolution,
