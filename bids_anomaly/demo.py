@@ -62,7 +62,7 @@ def main(demo_dir: Path, n_controls: int, n_patients: int, fresh: bool) -> None:
     _bids_anomaly(str(bids_dir), str(out_dir), 'participant', *DEMO_OPTIONS)
     training = training_controls(bids_dir)
     _bids_anomaly(str(bids_dir), str(out_dir), 'group', *DEMO_OPTIONS, *DEMO_TRAINING,
-                  '--participant-label', *training)
+                  *DEMO_GROUP, '--participant-label', *training)
     _bids_anomaly(str(bids_dir), str(out_dir), 'group', *DEMO_OPTIONS, *DEMO_GROUP)
     print_summary(out_dir, time.monotonic() - started)
 

@@ -45,7 +45,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     table = pd.read_csv(bids / 'participants.tsv', sep='\t')
     controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
     trained = controls[:4]  # 2 train (siamese pairs), 2 calibrate; the 5th is held out
-    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, '--participant-label',
+    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, *EMBED, '--participant-label',
                 *trained) == 0
     assert _run(str(bids), str(out), 'group', *FAST, *EMBED) == 0
     assert tree_snapshot(bids) == before

@@ -210,7 +210,7 @@ def test_stage_arguments():
     args = registration.SYN.arguments('F', 'M')
     assert args[args.index('--metric') + 1] == 'MI[F,M,1,32]'
     assert args[args.index('--shrink-factors') + 1] == '4x2x1'
-    assert args[args.index('--convergence') + 1] == '[60x40x8,1e-6,10]'
+    assert args[args.index('--convergence') + 1] == '[60x40x20,1e-6,10]'
     rigid = registration.RIGID.arguments('F', 'M')
     assert rigid[rigid.index('--metric') + 1] == 'MI[F,M,1,32,Regular,0.25]'
     assert rigid[rigid.index('--smoothing-sigmas') + 1] == '3x2vox'
@@ -234,13 +234,14 @@ def test_brain_bounding_box():
     assert registration.brain_bounding_box(mask, margin=5) == ([0, 0, 0], [10, 10, 8])
 
 
-def test_rigid_registration_recovers_a_shift(tmp_path):
+@pytest.mark.parametrize('grid_mm', [0.0, 3.0])
+def test_rigid_registration_recovers_a_shift(tmp_path, grid_mm):
     fixed = ellipsoid()
     moving = ndimage.shift(fixed, (3, -2, 1), order=1)
     fixed_file = save(tmp_path / 'fixed.nii.gz', fixed)
     moving_file = save(tmp_path / 'moving.nii.gz', moving)
     forward, inverse = registration.register(moving_file, fixed_file, kind='rigid',
-                                             newpath=str(tmp_path))
+                                             grid_mm=grid_mm, newpath=str(tmp_path))
     warped = registration.apply_transforms(moving_file, fixed_file, [forward],
                                            newpath=str(tmp_path))
     aligned = np.asarray(nib.load(warped).dataobj)

@@ -16,8 +16,12 @@ import pytest
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import DwiRun, Participant
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
+from bids_anomaly.preprocessing import bias_field
 from bids_anomaly.preprocessing.anat import init_anat_wf
+from bids_anomaly.preprocessing.brain_mask import brain_mask
+from bids_anomaly.preprocessing.interfaces import write_template
 from bids_anomaly.preprocessing.outputs import collect_results
+from bids_anomaly.preprocessing.quality import dice
 from bids_anomaly.preprocessing.run import (
     STATUS_FILE,
     error_summary,
@@ -197,6 +201,22 @@ def test_syn_run_of_the_anatomical_workflow(dataset, tmp_path):
     assert metrics['PearsonR'] > 0.85 and metrics['MaskDice'] > 0.95
     register = next(n for n in graph.nodes if n.name == 'register')
     assert Path(register.result.outputs.inverse_transform).suffix == '.h5'
+
+
+def test_template_brain_extraction_of_a_full_head(tmp_path):
+    """A simulated head (skull, scalp) against the same participant simulated skull-stripped."""
+    kwargs = {'n_controls': 1, 'n_patients': 0, 'random_state': 3, 'resolution': 2.0,
+              'template_resolution': 2.0}
+    head = create_fake_bids_dataset(tmp_path / 'head', skull=True, **kwargs)
+    brain = create_fake_bids_dataset(tmp_path / 'brain', skull=False, **kwargs)
+    t1w = 'sub-01/anat/sub-01_T1w.nii.gz'
+    corrected = bias_field.n4_bias_correct(str(head / t1w), newpath=str(tmp_path))
+    template, template_mask = write_template(2.0, newpath=str(tmp_path))
+    mask_file, stripped = brain_mask(corrected, template, template_mask, quick=True,
+                                     newpath=str(tmp_path))
+    assert not stripped
+    truth = np.asarray(nib.load(brain / t1w).dataobj) > 0
+    assert dice(np.asarray(nib.load(mask_file).dataobj) > 0, truth) > 0.9
 
 
 def test_collect_results_reads_passed_through_inputs(tmp_path):

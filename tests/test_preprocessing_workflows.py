@@ -35,6 +35,7 @@ def test_anat_wf_graph(registration, intensity_norm):
         't1w_std', 'mask_std', 'normalise', 'qc_metrics', 'qc_figure'}
     register = wf.get_node('register')
     assert register.inputs.kind == registration and register.inputs.seed == 7
+    assert register.inputs.grid_mm == 2.0
     assert register.inputs.num_threads == 3 and register.n_procs == 3
     assert wf.get_node('normalise').inputs.method == intensity_norm
     assert wf.get_node('template').inputs.resolution == 1.5

@@ -19,6 +19,7 @@ from bids_anomaly.preprocessing.interfaces import (
     TemplateFiles,
     ValidateT1w,
 )
+from bids_anomaly.preprocessing.registration import GRID_MM
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, check_resolution
 
 #: Fields of the anatomical workflow's ``outputnode`` (native-space fields are undefined when
@@ -137,7 +138,7 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
     n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads), name='n4', n_procs=omp_nthreads)
     brain_mask = pe.Node(BrainMask(seed=seed, quick=quick, num_threads=omp_nthreads),
                          name='brain_mask', n_procs=omp_nthreads)
-    register = pe.Node(Register(kind=registration, quick=quick, seed=seed,
+    register = pe.Node(Register(kind=registration, grid_mm=GRID_MM, quick=quick, seed=seed,
                                 num_threads=omp_nthreads),
                        name='register', n_procs=omp_nthreads)
     workflow.connect([

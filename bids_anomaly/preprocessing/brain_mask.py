@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_anomaly.preprocessing.bias_field import ZERO_BACKGROUND_FRACTION
-from bids_anomaly.preprocessing.registration import apply_transforms, register
+from bids_anomaly.preprocessing.registration import GRID_MM, apply_transforms, register
 
 #: A non-zero object larger than this (ml) is a head, not a brain (the MNI152 brain mask,
 #: CSF included, is 1.9 l; an adult head with neck is over 3 l).
@@ -69,8 +69,8 @@ def brain_mask(in_file: str, template_file: str, template_mask_file: str, *, see
 def _template_mask(in_file: str, template_file: str, template_mask_file: str, *, seed: int,
                    quick: bool, out_dir: Path) -> np.ndarray:
     """Warp the template brain mask onto a full-head image and clean it up."""
-    _, inverse = register(in_file, template_file, kind='syn_coarse', seed=seed, quick=quick,
-                          newpath=str(out_dir))
+    _, inverse = register(in_file, template_file, kind='syn_coarse', grid_mm=GRID_MM, seed=seed,
+                          quick=quick, newpath=str(out_dir))
     warped = apply_transforms(template_mask_file, in_file, [inverse], interpolation='linear',
                               out_name='template_mask_native.nii.gz', newpath=str(out_dir))
     probability = np.asarray(nib.load(warped).dataobj, dtype=np.float32)

@@ -194,6 +194,8 @@ class _RegisterInputSpec(_ThreadedInputSpec):
                       'fixed image is cropped to its bounding box)')
     kind = traits.Enum('syn', 'affine', 'rigid', 'syn_coarse', usedefault=True,
                        desc='transform model: rigid; rigid -> affine; rigid -> affine -> SyN')
+    grid_mm = traits.Float(0.0, usedefault=True,
+                           desc='register on a grid at least this coarse (mm; 0: the images\')')
     quick = traits.Bool(False, usedefault=True, desc='cap iterations at 10 per level (tests)')
     seed = traits.Int(0, usedefault=True, desc='random seed of the metric sampling')
 
@@ -215,7 +217,8 @@ class Register(SimpleInterface):
                  if isdefined(getattr(self.inputs, name))}
         forward, inverse = registration.register(
             self.inputs.moving, self.inputs.fixed, kind=self.inputs.kind,
-            quick=self.inputs.quick, seed=self.inputs.seed, newpath=runtime.cwd, **masks)
+            grid_mm=self.inputs.grid_mm, quick=self.inputs.quick, seed=self.inputs.seed,
+            newpath=runtime.cwd, **masks)
         self._results.update(forward_transform=forward, inverse_transform=inverse)
         return runtime
 

@@ -4,15 +4,16 @@ Registration runs rigid -> affine -> SyN on brain-masked images, as an explicit 
 (see :data:`STAGES`) instead of one of ``ants.registration``'s named presets, so that every
 parameter is visible and the schedule can be tuned for speed:
 
-- the finer image is first resampled to the coarser one's voxel size (a 0.9 mm T1w to the
-  1.5 mm template: smoothing it at every level would cost more than the metric itself);
+- both images are resampled to a common registration grid, the coarser of their voxel sizes
+  and :data:`GRID_MM` for the template (a 0.9 mm T1w and the 1.5 mm template both go to 2 mm:
+  the levels are then 8, 4 and 2 mm); every SyN iteration at full resolution costs as much
+  as ~8 at the level above, and a 2 mm field is smooth enough for 1-2 mm outputs;
 - the fixed image is cropped to its brain's bounding box, which removes ~40 % of the voxels;
 - before SyN, the linear stages only run on the coarse levels (8x, 4x): SyN corrects what
   they leave; an affine-only registration adds the 2x level;
-- SyN uses Mattes mutual information with a large gradient step (0.2) from 4x to 1x with few
-  iterations at 1x: each full-resolution SyN iteration costs as much as ~8 at 2x, and a
-  cross-correlation metric costs ~5 times more than MI for the same correlation with the
-  template (see benchmarks/registration_quality.py).
+- SyN uses Mattes mutual information with a large gradient step (0.2) and few iterations at
+  the finest level: on ds002748 a cross-correlation metric cost ~5 times more than MI for the
+  same correlation with the template (see benchmarks/registration_quality.py).
 
 Transforms are saved as ANTs composite HDF5 files (``*.h5``: forward and inverse), which
 ``antsApplyTransforms``, ``ants.apply_transforms`` and fMRIPrep's tools read directly.
@@ -30,6 +31,8 @@ RegistrationKind = Literal['rigid', 'affine', 'syn', 'syn_coarse']
 Interpolation = Literal['linear', 'genericLabel', 'nearestNeighbor', 'bSpline']
 #: Voxels of margin kept around the fixed brain's bounding box.
 CROP_MARGIN = 4
+#: Voxel size (mm) of the grid on which participants are registered to the template.
+GRID_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class Stage:
 RIGID = Stage('Rigid[0.1]', 'MI', 32, (250, 100), (8, 4), (3, 2), sampling=0.25)
 AFFINE = Stage('Affine[0.1]', 'MI', 32, (250, 100), (8, 4), (3, 2), sampling=0.25)
 AFFINE_FINE = Stage('Affine[0.1]', 'MI', 32, (250, 100, 50), (8, 4, 2), (3, 2, 1), sampling=0.25)
-SYN = Stage('SyN[0.2,3,0]', 'MI', 32, (60, 40, 8), (4, 2, 1), (2, 1, 0))
+SYN = Stage('SyN[0.2,3,0]', 'MI', 32, (60, 40, 20), (4, 2, 1), (2, 1, 0))
 #: Coarse SyN (3 and 6 mm on a 1.5 mm template) is enough to carry a brain mask to a head.
 SYN_COARSE = Stage('SyN[0.1,3,0]', 'MI', 32, (50, 30), (4, 2), (2, 1))
 #: Rigid alignment of two images of the same participant (e.g. b=0 to T1w) needs finer levels.
@@ -101,13 +104,13 @@ def brain_bounding_box(mask: np.ndarray, margin: int = CROP_MARGIN) -> tuple[lis
 
 def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
              moving_mask: str | None = None, fixed_mask: str | None = None,
-             quick: bool = False, seed: int = 0,
+             grid_mm: float = 0.0, quick: bool = False, seed: int = 0,
              newpath: str | None = None) -> tuple[str, str]:
     """Register ``moving_file`` to ``fixed_file``; write forward and inverse composite transforms.
 
     Both images are multiplied by their masks when given, so that only the brain drives the
-    metric; the fixed image is cropped to its mask's bounding box, and the finer image is
-    resampled to the coarser one's voxel size (the transforms live in physical space).
+    metric; the fixed image is cropped to its mask's bounding box, and both are resampled to
+    the coarser of their voxel sizes and ``grid_mm`` (the transforms live in physical space).
 
     Returns
     -------
@@ -127,7 +130,7 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     if moving_mask is not None:
         mask = ants.image_read(str(moving_mask)).numpy() > 0
         moving = moving * moving.new_image_like(mask.astype(np.float32))
-    spacing = (max(min(fixed.spacing), min(moving.spacing)),) * 3
+    spacing = (max(min(fixed.spacing), min(moving.spacing), grid_mm),) * 3
     if min(fixed.spacing) < spacing[0]:
         fixed = ants.resample_image(fixed, spacing, use_voxels=False, interp_type=0)
     if min(moving.spacing) < spacing[0]:
