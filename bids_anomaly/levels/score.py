@@ -133,7 +133,9 @@ def score_participants(context, participants: Sequence[Participant],
             expected = [context.writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
             expected += [context.writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv')
                          for atlas in atlases]  # a new --atlas rescores
-            if skip_existing and all(path.is_file() for path in expected):
+            trained = (scorer.path / 'model.json').stat().st_mtime  # retrained: rescore
+            if skip_existing and all(p.is_file() and p.stat().st_mtime > trained
+                                     for p in expected):
                 LOGGER.info('%s: %s scores exist, skipping', participant.name, scorer.label)
                 continue
             started = time.monotonic()
