@@ -189,6 +189,9 @@ def ground_truth_evaluation(context: RunContext, participants: Sequence[Particip
     if not truth_dir.is_dir():
         return None
     held = [p for p in participants if p.name not in used]
+    if not held:
+        LOGGER.info('no held-out participant selected: no evaluation against the ground truth')
+        return None
     mask = template.mask_array()
     truths = [ground_truth(truth_dir, p, template)[mask] for p in held]
     rows = []
