@@ -116,7 +116,7 @@ def group_statistics_tables(context: RunContext,
         k: v['Description'] for k, v in COLUMN_DESCRIPTIONS.items()}
     for atlas, rows in statistics.groupby('atlas', sort=False):
         context.writer.write_group_table(
-            f'group_atlas-{atlas}_stats.tsv', rows, columns=columns,
+            f'group_stats_{atlas}.tsv', rows, columns=columns,
             sidecar={'Participants': f'held-out only: {n_controls} control(s), '
                                      f'{n_patients} patient(s); participants used for '
                                      'training or calibration are excluded.'})
@@ -157,7 +157,7 @@ def latent_analysis(context: RunContext, participants: Sequence[Participant],
             max_points=config.analysis.embedding_max_points, control_label='control',
             random_state=config.execution.seed)
         context.writer.write_group_table(
-            f'group_model-{scorer.label}_embedding.tsv', coords,
+            f'group_embedding_{scorer.label}.tsv', coords,
             columns={c: EMBEDDING_COLUMNS.get(c, 'See docs/outputs.md.') for c in coords.columns})
         all_metrics.append(metrics)
     metrics = pd.concat(all_metrics, ignore_index=True)

@@ -58,7 +58,7 @@ def write_group_report(context: RunContext, *, people: pd.DataFrame,
                       'Each model\'s codes embedded in 2-D (fitted on controls; patients '
                       'placed by transform where the method allows, else fitted jointly).')
     for scorer in scorers:
-        path = context.config.output_dir / f'group_model-{scorer.label}_embedding.tsv'
+        path = context.config.output_dir / f'group_embedding_{scorer.label}.tsv'
         coords = pd.read_csv(path, sep='\t', na_values='n/a')
         for colour in ('group', 'region', 'score'):
             if colour in coords and coords[colour].notna().any():
