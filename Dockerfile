@@ -4,11 +4,11 @@
 #   docker build -t bids_anomaly:0.1.0-cpu --build-arg TORCH_VARIANT=cpu .    # CPU-only torch
 #
 # Build arguments
-#   BASE_IMAGE       a Debian 12 (bookworm) image; Python 3.11 is installed with apt when it has none
+#   BASE_IMAGE       a Debian 12 (bookworm) image; gets Python 3.11 from apt when it has none
 #   TORCH_VERSION    the torch release (keep it equal to the Makefile's TORCH)
-#   TORCH_VARIANT    cuda (PyPI's CUDA build, runs on CPU too) or cpu (CPU-only wheel, much smaller)
+#   TORCH_VARIANT    cuda (PyPI's CUDA build, runs on CPU too) or cpu (CPU-only, much smaller)
 #   TORCH_INDEX_URL  where torch comes from (default: PyPI for cuda, the PyTorch CPU index for cpu)
-#   WHEELHOUSE       a folder of wheels mounted into the build (podman build -v), for offline builds
+#   WHEELHOUSE       a folder of wheels mounted into the build (podman build -v): offline builds
 #   VERSION          the package version; the build fails when it differs from pyproject.toml
 #   VCS_REF          the git commit, recorded as a label
 #   IMAGE_TAG        the tag recorded in the outputs' dataset_description.json (e.g. with -cpu)
@@ -24,7 +24,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG DEBIAN_FRONTEND=noninteractive
 RUN if ! command -v python3.11 > /dev/null; then \
         apt-get update \
-        && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
+        && apt-get install -y --no-install-recommends \
+            python3=3.11.2-1+b1 python3-venv=3.11.2-1+b1 \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && python3.11 -m venv /opt/venv
@@ -44,8 +45,10 @@ COPY requirements-container.txt /src/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && case "${TORCH_VARIANT}" in \
-        cuda) torch="torch==${TORCH_VERSION}" index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
-        cpu) torch="torch==${TORCH_VERSION}+cpu" index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
+        cuda) torch="torch==${TORCH_VERSION}" \
+            index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+        cpu) torch="torch==${TORCH_VERSION}+cpu" \
+            index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
         *) echo "TORCH_VARIANT must be cuda or cpu, not '${TORCH_VARIANT}'" >&2; exit 64 ;; \
     esac \
     && pip install --index-url "${index}" ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
@@ -84,7 +87,7 @@ ARG VERSION=0.1.0
 ARG VCS_REF=unknown
 ARG IMAGE_TAG=bids_anomaly:${VERSION}
 LABEL org.opencontainers.image.title="bids_anomaly" \
-      org.opencontainers.image.description="BIDS-App for unsupervised anomaly detection in brain MRI" \
+      org.opencontainers.image.description="BIDS-App for anomaly detection in brain MRI" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${VCS_REF}" \
       org.opencontainers.image.source="https://github.com/bids-anomaly/bids_anomaly" \

@@ -40,6 +40,14 @@ def t1w_participant(data: Path, label: str) -> Participant:
     return Participant(label, None, None, False, t1w, None)
 
 
+def quiet_nipype() -> None:
+    """Keep nipype's per-node messages out of the benchmark's output."""
+    from nipype import config, logging as nipype_logging
+
+    config.set('logging', 'workflow_level', 'WARNING')
+    nipype_logging.update_logging(config)
+
+
 def load_average() -> str:
     return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
@@ -73,7 +81,7 @@ def main() -> None:
                         help='work folder (default: a temporary one, removed at the end)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s')
-    logging.getLogger('nipype.workflow').setLevel(logging.WARNING)
+    quiet_nipype()
 
     with tempfile.TemporaryDirectory() as tmp:
         base = args.work or Path(tmp)

@@ -30,7 +30,9 @@ from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.preprocessing.outputs import derivatives
 from bids_anomaly.preprocessing.run import run_preprocessing
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, res_label
-from preprocessing_speed import DATA, children_usage, load_average, t1w_participant  # beside us
+from preprocessing_speed import (  # beside this script
+    DATA, children_usage, load_average, quiet_nipype, t1w_participant,
+)
 
 
 def all_labels(data: Path) -> list[str]:
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument('--out', type=Path, default=None, help='save the table (TSV)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(message)s')
-    logging.getLogger('nipype.workflow').setLevel(logging.WARNING)
+    quiet_nipype()
     labels = args.participants or all_labels(args.data)
     execution = ExecutionConfig(nprocs=args.nprocs, omp_nthreads=args.omp_nthreads)
 

@@ -9,8 +9,8 @@
 # Settings (environment variables; the defaults suit the project's Debian 12 machines, which
 # have podman but no Docker engine or registry, see docs/containers.md):
 #   ENGINE         podman or docker                                   [podman]
-#   BASE_IMAGE     base of both stages; localhost/debian-minbase:bookworm is made with mmdebstrap
-#                  when missing; elsewhere use python:3.11-slim-bookworm [localhost/debian-minbase:bookworm]
+#   BASE_IMAGE     base of both stages; the default is made with mmdebstrap when missing;
+#                  elsewhere use python:3.11-slim-bookworm    [localhost/debian-minbase:bookworm]
 #   TORCH_VARIANT  cpu or cuda                                        [cpu]
 #   IMAGE          tag to build and run                [bids_anomaly:<version>, plus -cpu for cpu]
 #   CA_BUNDLE      CA file handed to pip as a build secret            [$PIP_CERT]
@@ -20,7 +20,7 @@
 #   SMOKE_DIR      scratch folder for the dataset and outputs         [a new folder in /tmp]
 #   N_CONTROLS, N_PATIENTS, SEED   simulated cohort                   [8, 4, 0]
 #   LEVEL_OPTS     options of both levels  [--resolution 2 --registration affine --nprocs 2 ...]
-#   GROUP_OPTS     extra options of the group level   [--train --epochs 2 --patches-per-subject 1000 ...]
+#   GROUP_OPTS     extra options of the group level   [--train --models ae-patch --epochs 2 ...]
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,17 +41,20 @@ N_CONTROLS=${N_CONTROLS:-8}
 N_PATIENTS=${N_PATIENTS:-4}
 SEED=${SEED:-0}
 LEVEL_OPTS=${LEVEL_OPTS:---resolution 2 --registration affine --nprocs 2 --omp-nthreads 2 --seed 0}
-GROUP_OPTS=${GROUP_OPTS:---train --models ae-patch --epochs 2 --patches-per-subject 1000 --embedding-max-points 1000}
+GROUP_OPTS=${GROUP_OPTS:---train --models ae-patch --epochs 2 --patches-per-subject 1000
+    --embedding-max-points 1000}
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'container-smoke: FAILED: %s\n' "$*" >&2; exit 1; }
 elapsed() { awk -v start="$1" -v now="$(date +%s.%N)" 'BEGIN { printf "%.1f", now - start }'; }
 
 build_image() {
+    local vcs_ref
+    vcs_ref=$(git -C "$repo" rev-parse HEAD 2> /dev/null || echo unknown)
     local args=(--file "$repo/Dockerfile" --tag "$IMAGE"
                 --build-arg "TORCH_VARIANT=$TORCH_VARIANT" --build-arg "VERSION=$version"
                 --build-arg "IMAGE_TAG=$IMAGE" --build-arg "BASE_IMAGE=$BASE_IMAGE"
-                --build-arg "VCS_REF=$(git -C "$repo" rev-parse HEAD 2> /dev/null || echo unknown)")
+                --build-arg "VCS_REF=$vcs_ref")
     if [ "$BASE_IMAGE" = localhost/debian-minbase:bookworm ] \
             && ! "$ENGINE" image inspect "$BASE_IMAGE" > /dev/null 2>&1; then
         step "making $BASE_IMAGE with mmdebstrap (Debian's archive, no registry)"
@@ -122,7 +125,8 @@ echo "$got (run time $(elapsed "$started") s)"
 step 'environment inside the image'
 run_image --entrypoint python "$IMAGE" -c '
 import os, torch
-print("uid", os.getuid(), "| torch", torch.__version__, "| CUDA available", torch.cuda.is_available(),
+print("uid", os.getuid(), "| torch", torch.__version__,
+      "| CUDA available", torch.cuda.is_available(),
       "| BIDS_ANOMALY_CONTAINER", os.environ["BIDS_ANOMALY_CONTAINER"])'
 
 if [ ! -f "$SMOKE_DIR/bids/dataset_description.json" ]; then
@@ -145,9 +149,10 @@ description="$SMOKE_DIR/out/dataset_description.json"
 [ -f "$description" ] || fail 'no dataset_description.json'
 tag=$(json_field "$description" 'd["GeneratedBy"][0].get("Container", {}).get("Tag")')
 [ "$tag" = "$IMAGE" ] || fail "GeneratedBy Container Tag is '$tag', expected '$IMAGE'"
-n_preproc=$(count "$SMOKE_DIR/out" -path '*/anat/*_desc-preproc_T1w.nii.gz')
-[ "$n_preproc" -ge "$n_subjects" ] || fail "$n_preproc preprocessed T1w for $n_subjects participants"
-echo "ok: $n_preproc preprocessed T1w images, Container.Tag $tag"
+n_preproc=$(count "$SMOKE_DIR/out" -path '*/anat/*_space-*_desc-preproc_T1w.nii.gz')
+[ "$n_preproc" = "$n_subjects" ] \
+    || fail "$n_preproc template-space T1w for $n_subjects participants"
+echo "ok: $n_preproc template-space T1w images, Container.Tag $tag"
 
 step 'group level (input read-only)'
 started=$(date +%s.%N)
@@ -160,6 +165,7 @@ n_maps=$(count "$SMOKE_DIR/out" -path '*/anat/*_statmap.nii.gz')
 [ "$n_models" -ge 1 ] || fail 'no model bundle in OUTPUT_DIR/models'
 [ "$n_tables" -ge 1 ] || fail 'no group_*.tsv table'
 [ "$n_maps" -ge "$n_subjects" ] || fail "$n_maps anomaly maps for $n_subjects participants"
-echo "ok: $n_models model bundle(s), $n_tables group table(s), $n_maps anomaly maps"
+[ -s "$SMOKE_DIR/out/group_report.html" ] || fail 'no group_report.html'
+echo "ok: $n_models model bundle(s), $n_tables group table(s), $n_maps anomaly maps, report"
 
 printf '\ncontainer-smoke: all checks passed (%s, outputs in %s)\n' "$IMAGE" "$SMOKE_DIR/out"

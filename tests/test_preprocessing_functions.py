@@ -317,8 +317,10 @@ def test_pearson_and_dice():
 
 def test_registration_metrics_and_figure(tmp_path):
     data = ellipsoid()
-    image = save(tmp_path / 'image.nii.gz', data)
-    mask = save(tmp_path / 'mask.nii.gz', (data > 0).astype(np.float32))
+    centred = np.diag([2.0, 2.0, 2.0, 1.0])
+    centred[:3, 3] = -np.array(data.shape) + 1  # world origin at the centre, as in MNI space
+    image = save(tmp_path / 'image.nii.gz', data, centred)
+    mask = save(tmp_path / 'mask.nii.gz', (data > 0).astype(np.float32), centred)
     metrics = quality.registration_metrics(image, mask, image, mask)
     assert metrics == {'PearsonR': pytest.approx(1.0), 'MaskDice': 1.0}
     figure = quality.plot_registration(image, mask, title='test', newpath=str(tmp_path))

@@ -16,12 +16,12 @@ import pytest
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import DwiRun, Participant
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
-from bids_anomaly.preprocessing import bias_field
 from bids_anomaly.preprocessing.anat import init_anat_wf
 from bids_anomaly.preprocessing.brain_mask import brain_mask
 from bids_anomaly.preprocessing.interfaces import write_template
 from bids_anomaly.preprocessing.outputs import collect_results
-from bids_anomaly.preprocessing.quality import dice
+from bids_anomaly.preprocessing.quality import dice, registration_metrics
+from bids_anomaly.preprocessing.registration import GRID_MM, apply_transforms, register
 from bids_anomaly.preprocessing.run import (
     STATUS_FILE,
     error_summary,
@@ -184,6 +184,32 @@ def test_rerun_skips_done_participants_and_reuses_the_cache(first_run):
     assert len(saved) == 6 and saved.set_index('participant').loc['sub-01', 'status'] == 'ok'
 
 
+def test_precomputed_derivatives_are_reused(first_run, tmp_path):
+    """A participant with fMRIPrep-like template-space outputs is resampled, not registered."""
+    anat = first_run.out / 'sub-01' / 'anat'
+    fmriprep = tmp_path / 'fmriprep' / 'sub-07' / 'anat'
+    fmriprep.mkdir(parents=True)
+    space = 'space-MNI152NLin2009cAsym'
+    for desc, suffix in (('preproc', 'T1w'), ('brain', 'mask')):
+        (fmriprep / f'sub-07_{space}_desc-{desc}_{suffix}.nii.gz').write_bytes(
+            (anat / f'sub-01_{STD}_desc-{desc}_{suffix}.nii.gz').read_bytes())
+    participant = Participant('07', None, 'control', True, good_participant(first_run.root).t1w,
+                              None)
+    writer = DerivativesWriter(tmp_path / 'out', configuration={})
+    table = run_preprocessing(
+        [participant], writer=writer, work_dir=tmp_path / 'work', log_dir=tmp_path / 'logs',
+        preprocessing=PreprocessingConfig(resolution=2.0, derivatives=(tmp_path / 'fmriprep',)),
+        execution=ExecutionConfig(nprocs=2, omp_nthreads=1))
+    assert list(table['status']) == ['ok']
+    out = tmp_path / 'out' / 'sub-07' / 'anat'
+    sidecar = json.loads((out / f'sub-07_{STD}_desc-preproc_T1w.json').read_text())
+    assert sidecar['Registration'] == 'precomputed'
+    assert sidecar['Precomputed']['Space'] == 'MNI152NLin2009cAsym'
+    assert sidecar['RegistrationQuality']['MaskDice'] > 0.9
+    assert not list(out.glob('*_xfm.h5')) and not list(out.glob('sub-07_desc-*'))
+    assert not (tmp_path / 'work' / 'sub_07_wf' / 'anat_wf' / 'register').exists()
+
+
 def test_stop_on_first_crash(first_run, tmp_path):
     broken = first_run.bad['03'][0]
     table = run([broken, good_participant(first_run.root)], tmp_path / 'out', first_run.root,
@@ -191,16 +217,26 @@ def test_stop_on_first_crash(first_run, tmp_path):
     assert list(table['participant']) == ['sub-03']
 
 
-def test_syn_run_of_the_anatomical_workflow(dataset, tmp_path):
-    """rigid -> affine -> SyN (few iterations) on the simulated T1w."""
-    wf = init_anat_wf(resolution=2.0, registration='syn', quick=True)
-    wf.inputs.inputnode.t1w = str(good_participant(dataset).t1w)
-    wf.base_dir = str(tmp_path)
-    graph = wf.run(plugin='MultiProc', plugin_args={'n_procs': 2})
-    metrics = next(n for n in graph.nodes if n.name == 'qc_metrics').result.outputs.metrics
-    assert metrics['PearsonR'] > 0.85 and metrics['MaskDice'] > 0.95
-    register = next(n for n in graph.nodes if n.name == 'register')
-    assert Path(register.result.outputs.inverse_transform).suffix == '.h5'
+def test_syn_registration_of_the_simulated_t1w(first_run, tmp_path):
+    """rigid -> affine -> SyN (few iterations) beats the affine run on the same participant."""
+    t1w = str(good_participant(first_run.root).t1w)
+    img = nib.load(t1w)
+    t1w_mask = str(tmp_path / 'brain_mask.nii.gz')
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine),
+             t1w_mask)
+    template, template_mask = write_template(2.0, newpath=str(tmp_path))
+    forward, inverse = register(t1w, template, kind='syn', moving_mask=t1w_mask,
+                                fixed_mask=template_mask, grid_mm=GRID_MM, quick=True,
+                                newpath=str(tmp_path))
+    assert Path(forward).suffix == Path(inverse).suffix == '.h5'
+    std = apply_transforms(t1w, template, [forward], newpath=str(tmp_path))
+    mask = apply_transforms(t1w_mask, template, [forward], interpolation='genericLabel',
+                            out_name='mask.nii.gz', newpath=str(tmp_path))
+    syn = registration_metrics(std, mask, template, template_mask)
+    sidecar = first_run.out / 'sub-01' / 'anat' / f'sub-01_{STD}_desc-preproc_T1w.json'
+    affine = json.loads(sidecar.read_text())['RegistrationQuality']
+    assert syn['PearsonR'] > affine['PearsonR'] + 0.1 and syn['PearsonR'] > 0.8
+    assert syn['MaskDice'] > affine['MaskDice'] and syn['MaskDice'] > 0.95
 
 
 def test_template_brain_extraction_of_a_full_head(tmp_path):
@@ -210,9 +246,8 @@ def test_template_brain_extraction_of_a_full_head(tmp_path):
     head = create_fake_bids_dataset(tmp_path / 'head', skull=True, **kwargs)
     brain = create_fake_bids_dataset(tmp_path / 'brain', skull=False, **kwargs)
     t1w = 'sub-01/anat/sub-01_T1w.nii.gz'
-    corrected = bias_field.n4_bias_correct(str(head / t1w), newpath=str(tmp_path))
     template, template_mask = write_template(2.0, newpath=str(tmp_path))
-    mask_file, stripped = brain_mask(corrected, template, template_mask, quick=True,
+    mask_file, stripped = brain_mask(str(head / t1w), template, template_mask, quick=True,
                                      newpath=str(tmp_path))
     assert not stripped
     truth = np.asarray(nib.load(brain / t1w).dataobj) > 0

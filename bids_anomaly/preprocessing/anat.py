@@ -135,7 +135,7 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
         return workflow
 
     validate = pe.Node(ValidateT1w(), name='validate')
-    n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads), name='n4', n_procs=omp_nthreads)
+    n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads), name='n4')  # N4 is serial
     brain_mask = pe.Node(BrainMask(seed=seed, quick=quick, num_threads=omp_nthreads),
                          name='brain_mask', n_procs=omp_nthreads)
     register = pe.Node(Register(kind=registration, grid_mm=GRID_MM, quick=quick, seed=seed,

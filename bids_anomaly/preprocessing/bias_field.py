@@ -61,8 +61,8 @@ def n4_bias_correct(in_file: str, *, newpath: str | None = None,
     mask = foreground_mask(data)
     spacing = (max(spacing_mm, *image.spacing),) * 3
     small = ants.resample_image(image, spacing, use_voxels=False, interp_type=0)
-    small_mask = ants.resample_image(image.new_image_like(mask.astype(np.float32)), spacing,
-                                     use_voxels=False, interp_type=1)
+    small_mask = ants.resample_image_to_target(image.new_image_like(mask.astype(np.float32)),
+                                               small, interp_type='nearestNeighbor')
     field = ants.n4_bias_field_correction(
         small, mask=small_mask, shrink_factor=1, return_bias_field=True,
         convergence={'iters': list(N4_ITERATIONS), 'tol': N4_TOLERANCE},

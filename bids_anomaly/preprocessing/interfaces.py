@@ -226,8 +226,8 @@ class Register(SimpleInterface):
 class _ApplyTransformsInputSpec(_ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True, desc='image to resample')
     reference = File(exists=True, mandatory=True, desc='image that defines the output grid')
-    transforms = InputMultiObject(File(exists=True), value=[], usedefault=True,
-                                  desc='ANTs transforms, last applied first (empty: identity)')
+    transforms = InputMultiObject(File(exists=True),
+                                  desc='ANTs transforms, last applied first (none: identity)')
     interpolation = traits.Enum('linear', 'genericLabel', 'nearestNeighbor', 'bSpline',
                                 usedefault=True, desc='interpolator (genericLabel for masks)')
     out_name = traits.Str('warped.nii.gz', usedefault=True, desc='output file name')
@@ -245,8 +245,9 @@ class ApplyTransforms(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_threads(self.inputs.num_threads)
+        transforms = self.inputs.transforms if isdefined(self.inputs.transforms) else []
         self._results['out_file'] = registration.apply_transforms(
-            self.inputs.in_file, self.inputs.reference, list(self.inputs.transforms),
+            self.inputs.in_file, self.inputs.reference, list(transforms),
             interpolation=self.inputs.interpolation, out_name=self.inputs.out_name,
             newpath=runtime.cwd)
         return runtime

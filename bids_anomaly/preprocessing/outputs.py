@@ -9,7 +9,7 @@ failure never leaves a half-written participant in the output dataset.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ class Derivative:
     suffix: str
     datatype: str
     extension: str = '.nii.gz'
-    template_space: bool = field(default=False)
+    template_space: bool = False
 
 
 def derivatives(template: str, res: str) -> tuple[Derivative, ...]:
@@ -115,11 +115,16 @@ def collect_results(workflow: pe.Workflow, graph: nx.DiGraph) -> dict[str, dict[
 def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Participant,
                   writer: DerivativesWriter, *, template: str, resolution: float, res: str,
                   registration: str, precomputed: Precomputed | None = None) -> list[Path]:
-    """Write every available result with its sidecar; return the written paths."""
+    """Write every available result with its sidecar; return the written paths.
+
+    With ``precomputed`` derivatives, their native-space files (passed through for DWI) are
+    not copied: they are the other pipeline's outputs, not ours.
+    """
     anat = results.get('anat_wf', {})
     dwi = results.get('dwi_wf', {})
     sources = [_source(writer, participant.t1w)]
-    grid = {'Template': template, 'Resolution': resolution, 'Sources': sources}
+    grid = {'Template': template, 'Resolution': f'{resolution:g} mm isotropic',
+            'Sources': sources}
     sidecars = {
         ('anat_wf', 't1w_preproc'): {
             'Description': 'T1w reoriented to RAS+ and corrected for intensity non-uniformity '
@@ -155,10 +160,11 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Partici
                     'the identity transform'}}
         sidecars[('anat_wf', 'std_t1w')].update(reused, Registration='precomputed')
         sidecars[('anat_wf', 'std_mask')].update(reused)
+    skipped = {'t1w_preproc', 't1w_mask', 't1w2std_xfm'} if precomputed is not None else set()
     written = []
     for d in derivatives(template, res):
         value = results.get(d.workflow, {}).get(d.field)
-        if value is None:
+        if value is None or (d.workflow == 'anat_wf' and d.field in skipped):
             continue
         entities = {**participant.entities, **d.entities}
         sidecar = sidecars.get((d.workflow, d.field))

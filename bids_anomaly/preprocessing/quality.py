@@ -43,19 +43,18 @@ def registration_metrics(in_file: str, mask_file: str, template_file: str,
 
 def plot_registration(in_file: str, template_mask_file: str, *, title: str,
                       out_name: str = 'registration.svg', newpath: str | None = None) -> str:
-    """Draw the template brain outline over a template-space image (three views, SVG)."""
-    import matplotlib
+    """Draw the template brain outline over a template-space image (three views, SVG).
 
-    matplotlib.use('Agg')
-    from matplotlib import pyplot as plt
+    The figure is a bare matplotlib ``Figure`` (no pyplot), so that no GUI backend is needed or
+    changed in the calling process.
+    """
+    from matplotlib.figure import Figure
     from nilearn import plotting
 
     out_file = Path(newpath or Path.cwd()) / out_name
-    figure = plt.figure(figsize=(9, 3.2))
     display = plotting.plot_anat(in_file, display_mode='ortho', cut_coords=(0, -18, 10),
-                                 title=title, figure=figure, draw_cross=False, dim=-0.3)
+                                 title=title, figure=Figure(figsize=(9, 3.2)), draw_cross=False,
+                                 dim=-0.3)
     display.add_contours(template_mask_file, levels=[0.5], colors='r', linewidths=1.2)
     display.savefig(str(out_file))
-    display.close()
-    plt.close(figure)
     return str(out_file)

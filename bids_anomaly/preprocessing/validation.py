@@ -105,11 +105,11 @@ def read_gradients(bval_path: Path | str, bvec_path: Path | str,
     """
     bvals = _read_table(bval_path).ravel()
     bvecs = _read_table(bvec_path)
-    if bvecs.ndim == 2 and bvecs.shape[0] != 3 and bvecs.shape[1] == 3:
+    if bvecs.shape[0] != 3 and bvecs.shape[1] == 3:
         bvecs = bvecs.T
     if bvals.size != n_volumes:
         raise _fail(bval_path, f'{bvals.size} b-values for {n_volumes} DWI volumes')
-    if bvecs.ndim != 2 or bvecs.shape != (3, n_volumes):
+    if bvecs.shape != (3, n_volumes):
         raise _fail(bvec_path, f'b-vectors of shape {bvecs.shape}, expected (3, {n_volumes}) '
                     f'for {n_volumes} DWI volumes')
     if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
