@@ -21,13 +21,6 @@ from bids_anomaly import __version__
 from bids_anomaly.config import SECTIONS, RunConfig, read_config_file
 from bids_anomaly.errors import AppError, UsageError
 
-#: Settings accepted and documented whose work is not in this version yet: using one is an
-#: error that says so, never a silent no-op.
-PENDING: dict[str, str] = {
-    'native_space': 'resampling score maps to native T1w space is planned',
-    'latent_maps': 'voxel-level 4D latent maps are planned; the sampled codes are written',
-}
-
 #: Settings given as one comma-separated value on the command line.
 COMMA_LISTS = {'models', 'modalities', 'embedding_methods'}
 
@@ -138,12 +131,6 @@ def build_config(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_
                 if spec.name in COMMA_LISTS:
                     value = tuple(v.strip() for v in value.split(',') if v.strip())
                 settings.setdefault(section_name, {})[spec.name] = value
-    for section_values in settings.values():
-        for name in section_values:
-            if name in PENDING:
-                flag = '--' + name.replace('_', '-')
-                raise UsageError(f'{flag} is not implemented in bids_anomaly {__version__} yet '
-                                 f'({PENDING[name]}); remove it from the command or config')
     try:
         config = RunConfig.build(bids_dir, output_dir, analysis_level, settings)
         config.validate()

@@ -149,15 +149,19 @@ class ScoringConfig:
     threshold_quantile: float = setting(
         0.98, 'Quantile of the calibration controls\' voxel scores above which a voxel is '
         'abnormal.', '--threshold-quantile', metavar='Q')
-    native_space: bool = setting(False, 'Also resample score maps to native T1w space.',
-                                 '--native-space', is_flag=True)
+    native_space: bool = setting(
+        False, 'Also write score maps and abnormal masks on each participant\'s native T1w '
+        'grid (through the inverse of its registration to the template).', '--native-space',
+        is_flag=True)
     atlas: tuple[Path, ...] = setting((), 'Extra atlas (BIDS dseg NIfTI) for regional tables; '
                                       'repeat with --atlas-labels.', '--atlas', multiple=True,
                                       metavar='PATH')
     atlas_labels: tuple[Path, ...] = setting((), 'TSV (index, name) for each --atlas.',
                                              '--atlas-labels', multiple=True, metavar='PATH')
-    latent_maps: bool = setting(False, 'Write voxel-level latent maps as 4D NIfTI.',
-                                '--latent-maps', is_flag=True)
+    latent_maps: bool = setting(
+        False, 'Also write the latent code of every brain voxel as a 4D NIfTI on the template '
+        'grid (patch models; about 0.55 GB in memory at 1.5 mm).', '--latent-maps',
+        is_flag=True)
 
 
 @dataclass

@@ -63,6 +63,9 @@ def test_written_dataset_indexes_with_pybids(tmp_path: Path) -> None:
     path = writer.write_table(table, entities=entities, suffix='regions',
                               columns={'region': 'atlas region', 'pct_abnormal': '% voxels'})
     written[path] = (entities, 'regions')
+    group = pd.DataFrame({'atlas': ['AAL3'], 'model': ['saepatch'], 'score_type': ['ocsvm']})
+    writer.write_group_table('group_stats_AAL3.tsv', group,
+                             columns={c: f'{c}.' for c in group.columns})
     xfm = tmp_path / 'xfm.h5'
     xfm.write_bytes(b'\x89HDF')
     entities = {'sub': '01', 'from': 'T1w', 'to': 'MNI152NLin2009aSym', 'mode': 'image'}
@@ -91,4 +94,12 @@ def test_table_columns_must_be_described(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match='pct_abnormal'):
         writer.write_table(pd.DataFrame({'pct_abnormal': [1.0]}), entities={'sub': '01'},
                            suffix='regions', columns={})
+    assert not list(tmp_path.rglob('*.tsv'))
+
+
+def test_table_columns_may_not_be_named_like_our_entities(tmp_path: Path) -> None:
+    writer = DerivativesWriter(tmp_path, configuration={})
+    with pytest.raises(ValueError, match=r"\['stat'\].*pybids"):
+        writer.write_group_table('group_x.tsv', pd.DataFrame({'stat': ['ocsvm']}),
+                                 columns={'stat': 'Score type.'})
     assert not list(tmp_path.rglob('*.tsv'))

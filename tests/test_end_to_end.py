@@ -79,8 +79,6 @@ def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
         assert np.isfinite(data).all() and data[mask].std() > 0
 
 
-@pytest.mark.xfail(strict=False, reason='known bug: pybids indexes the group_* tables and their '
-                   'column sidecars clash with its metadata database; see the closing note')
 def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:
     from bids import BIDSLayout
 

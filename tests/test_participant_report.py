@@ -83,7 +83,7 @@ def write_derivatives(root: Path, participant: Participant, template: Template,
         writer.write_image(nib.Nifti1Image(abnormal.astype(np.uint8), AFFINE),
                            entities={**entities, 'desc': 'abnormal'}, suffix='mask')
         for atlas in atlases:
-            table = regional_table(scores, abnormal, atlas, brain).assign(stat=stat)
+            table = regional_table(scores, abnormal, atlas, brain).assign(score_type=stat)
             path = writer.path({**space, 'atlas': atlas.name, 'model': model}, 'regions',
                                '.tsv')
             if path.is_file():

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 COLUMN_DESCRIPTIONS = {
     'model': 'Model label (baseline = voxel-wise z-score of intensities).',
-    'stat': 'Score type.',
+    'score_type': 'Score type.',
     'n_participants': 'Held-out participants evaluated (never used for training or calibration).',
     'voxel_ap': 'Average precision (area under the precision-recall curve) of the voxel scores '
                 'against the ground-truth anomaly masks, pooled over participants.',

@@ -40,6 +40,7 @@ PYBIDS_CONFIG = {
         {'name': 'stat', 'pattern': '[_/\\\\]stat-([a-zA-Z0-9]+)'},
     ],
 }
+PYBIDS_ENTITIES = frozenset(e['name'] for e in PYBIDS_CONFIG['entities'])
 
 
 def check_label(entity: str, label: str) -> str:
@@ -176,6 +177,10 @@ class DerivativesWriter:
         missing = [c for c in table.columns if c not in columns]
         if missing:
             raise ValueError(f'columns {missing} of {path.name} have no description')
+        clashing = [c for c in table.columns if c in PYBIDS_ENTITIES]
+        if clashing:  # pybids would index the column descriptions as a second entity
+            raise ValueError(f'columns {clashing} of {path.name} are named like entities of '
+                             f'layout_config.json; pybids cannot index such a sidecar')
         content = {c: {'Description': columns[c]} for c in table.columns}
         content.update(sidecar or {})
         self.write_sidecar(path, content)

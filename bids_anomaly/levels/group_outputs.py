@@ -78,7 +78,7 @@ def group_regional_tables(context: RunContext, participants: Sequence[Participan
                 table = pd.read_csv(path, sep='\t', na_values='n/a')
                 frames.append(table.assign(participant_id=participant.name))
             long = pd.concat(frames, ignore_index=True)
-            for stat, rows in long.groupby('stat', sort=False):
+            for stat, rows in long.groupby('score_type', sort=False):
                 wide = rows.pivot(index='participant_id', columns='region',
                                   values='pct_abnormal')
                 wide = wide[list(dict.fromkeys(rows['region']))]
@@ -105,14 +105,15 @@ def group_statistics_tables(context: RunContext,
                                                           'held_out'])
         stats = group_statistics(held, group_column='cohort', control_label='control',
                                  patient_label='patient')
-        frames.append(stats.assign(atlas=atlas, model=model, stat=stat))
+        frames.append(stats.assign(atlas=atlas, model=model, score_type=stat))
     statistics = pd.concat(frames, ignore_index=True)
-    statistics = statistics[['atlas', 'model', 'stat',
+    statistics = statistics[['atlas', 'model', 'score_type',
                              *[c for c in statistics.columns
-                               if c not in ('atlas', 'model', 'stat')]]]
+                               if c not in ('atlas', 'model', 'score_type')]]]
     n_controls = int((people['held_out'] & (people['cohort'] == 'control')).sum())
     n_patients = int((people['held_out'] & (people['cohort'] == 'patient')).sum())
-    columns = {'atlas': 'Atlas.', 'model': 'Model label.', 'stat': 'Score type.'} | {
+    columns = {'atlas': 'Atlas.', 'model': 'Model label.',
+               'score_type': 'Score type.'} | {
         k: v['Description'] for k, v in COLUMN_DESCRIPTIONS.items()}
     for atlas, rows in statistics.groupby('atlas', sort=False):
         context.writer.write_group_table(
@@ -203,7 +204,7 @@ def ground_truth_evaluation(context: RunContext, participants: Sequence[Particip
                 {**participant.entities, 'space': template.name, 'res': template.res_label,
                  'model': model, 'stat': stat}, 'statmap', '.nii.gz')
             scores.append(np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask])
-        rows.append({'model': model, 'stat': stat,
+        rows.append({'model': model, 'score_type': stat,
                      **detection_metrics(scores, truths, thresholds[(model, stat)])})
     table = pd.DataFrame(rows)
     context.writer.write_group_table('group_evaluation.tsv', table,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_anomaly.analysis.regions import Atlas
+from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.models.bundle import BundleError, add_arrays
 from bids_anomaly.preprocessing.templates import Template
@@ -121,18 +122,26 @@ def score_participants(context, participants: Sequence[Participant],
                        template: Template, *, skip_existing: bool) -> None:
     """Score each participant with every bundle and write the outputs (resumable)."""
     from bids_anomaly.bids.preprocessed import load_volumes
-    from bids_anomaly.levels.outputs import latent_sample, write_participant_scores
+    from bids_anomaly.levels.outputs import (
+        find_native_space, latent_sample, write_participant_scores,
+    )
     from bids_anomaly.reports.participant import write_participant_report
 
     config = context.config
+    writer = context.writer
+    latent_maps = config.scoring.latent_maps
+    if latent_maps:
+        for scorer in scorers:
+            if not scorer.card.spec.is_patch:
+                LOGGER.info('%s: no --latent-maps for a slice model (one code per slice, not '
+                            'per voxel: see its desc-slices_latent.tsv)', scorer.label)
     sample = latent_sample(template.mask_array(), config.execution.seed)
     for participant in participants:
+        native = (find_native_space(writer, participant, template.name)
+                  if config.scoring.native_space else None)
         for index, scorer in enumerate(scorers):
-            space = {**participant.entities, 'space': template.name,
-                     'res': template.res_label, 'model': scorer.label}
-            expected = [context.writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
-            expected += [context.writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv')
-                         for atlas in atlases]  # a new --atlas rescores
+            expected = expected_scores(writer, participant, scorer, atlases, template,
+                                       latent_maps=latent_maps, native=native is not None)
             trained = (scorer.path / 'model.json').stat().st_mtime  # retrained: rescore
             if skip_existing and all(p.is_file() and p.stat().st_mtime > trained
                                      for p in expected):
@@ -142,9 +151,34 @@ def score_participants(context, participants: Sequence[Participant],
             volume = load_volumes(config.output_dir, [participant], scorer.modalities,
                                   template)[0]
             scores = scorer.score(volume)
-            write_participant_scores(context.writer, participant, scores, scorer, atlases,
-                                     latent_sample=sample, write_baseline=index == 0)
+            write_participant_scores(writer, participant, scores, scorer, atlases,
+                                     latent_sample=sample, write_baseline=index == 0,
+                                     native=native, latent_maps=latent_maps)
             LOGGER.info('%s: scored with %s in %.1f s', participant.name, scorer.label,
                         time.monotonic() - started)
         write_participant_report(config.output_dir, participant, template, scorers, atlases,
                                  quantile=scorers[0].quantile or config.scoring.threshold_quantile)
+
+
+def expected_scores(writer: DerivativesWriter, participant: Participant, scorer: BundleScorer,
+                    atlases: Sequence[Atlas], template: Template, *, latent_maps: bool,
+                    native: bool) -> list[Path]:
+    """Files that show ``participant`` is scored with ``scorer`` (the resume check).
+
+    A new ``--atlas``, ``--latent-maps`` or ``--native-space`` asks for files that are not
+    there yet, so the participant is scored again.
+    """
+    space = {**participant.entities, 'space': template.name, 'res': template.res_label,
+             'model': scorer.label}
+    expected = [writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
+    expected += [writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv')
+                 for atlas in atlases]
+    if scorer.card.spec.is_patch:
+        expected += [writer.path({**space, 'atlas': atlas.name, 'desc': 'regions'}, 'latent',
+                                 '.tsv') for atlas in atlases]
+        if latent_maps:
+            expected.append(writer.path({**space, 'desc': 'codes'}, 'latent', '.nii.gz'))
+    if native:
+        expected.append(writer.path({**participant.entities, 'model': scorer.label,
+                                     'stat': 'recon'}, 'statmap', '.nii.gz'))
+    return expected

@@ -48,7 +48,7 @@ def write_group_report(context: RunContext, *, people: pd.DataFrame,
                       'Per region: Mann-Whitney U, ROC AUC and best g-mean on held-out '
                       'participants only, with Benjamini-Hochberg FDR.')
     shown = statistics.loc[statistics['atlas'] == atlas]
-    for (model, stat), rows in shown.groupby(['model', 'stat'], sort=False):
+    for (model, stat), rows in shown.groupby(['model', 'score_type'], sort=False):
         section.add_figure(plot_group_statistics(rows.assign(model=f'{model}/{stat}')),
                            f'AUC and g-mean per region, {model}, {stat}.')
     section.add_table(statistics.sort_values('auc', ascending=False),

@@ -100,7 +100,7 @@ def read_regional(output_dir: Path, space: Mapping[str, str], atlases: Sequence[
             path = output_dir / build_path({**space, 'atlas': atlas, 'model': model},
                                            'regions', '.tsv')
             table = pd.read_csv(path, sep='\t', na_values='n/a')  # one file holds every stat
-            regional[atlas, model, stat] = table.loc[table['stat'] == stat, REGION_COLUMNS]
+            regional[atlas, model, stat] = table.loc[table['score_type'] == stat, REGION_COLUMNS]
     return regional
 
 

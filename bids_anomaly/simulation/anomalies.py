@@ -9,6 +9,7 @@ soft 1 mm edge so that no aliasing staircase betrays the anomaly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -237,27 +238,93 @@ def sample_lesions(random_state: np.random.Generator, depth_mm: np.ndarray, affi
     lesions: list[Anomaly] = []
     for index in range(1, n_lesions + 1):
         radius = random_state.uniform(*radius_mm)
-        candidates = np.flatnonzero(depth_mm.ravel() > radius + 1)
-        if not candidates.size:
-            raise ValueError(f'no brain voxel is deeper than {radius + 1:.1f} mm')
-        for _ in range(max_tries):
-            voxel = np.unravel_index(random_state.choice(candidates), depth_mm.shape)
-            center = affine[:3, :3] @ np.asarray(voxel, dtype=float) + affine[:3, 3]
-            if all(np.linalg.norm(center - np.asarray(a.center_mm)) > radius + max(a.radii_mm) + 2
-                   for a in placed):
-                break
-        else:
-            raise ValueError(f'could not place lesion {index} after {max_tries} tries')
+        center = _free_centre(random_state, depth_mm, affine, radius, placed, gap_mm=2.0,
+                              max_tries=max_tries, what=f'lesion {index}')
         contrast = {
             'T1w': random_state.choice([-1.0, 1.0]) * random_state.uniform(0.2, 0.4),
             'FA': -random_state.uniform(0.2, 0.4),
             'MD': random_state.uniform(0.1, 0.3),
         }
-        lesion = Anomaly(f'lesion{index}', 'sphere', tuple(np.round(center, 3)),
-                         (radius, radius, radius), contrast)
+        lesion = Anomaly(f'lesion{index}', 'sphere', center, (radius, radius, radius), contrast)
         lesions.append(lesion)
         placed.append(lesion)
     return lesions
+
+
+def place_spheres(random_state: np.random.Generator, depth_mm: np.ndarray, affine: np.ndarray,
+                  spheres: Sequence[tuple[float, float]], *, modality: str = 'T1w',
+                  centres: np.ndarray | None = None, avoid: Sequence[Anomaly] = (),
+                  gap_mm: float = 2.0, max_tries: int = 1000) -> list[Anomaly]:
+    """Spheres of given radii and contrasts at random places inside the brain, none touching.
+
+    The benchmarks' generator: unlike :func:`sample_lesions`, every radius and contrast is
+    chosen by the caller, so that detection can be reported per size and contrast.
+
+    Parameters
+    ----------
+    depth_mm : ndarray
+        Distance to the edge of the brain (:func:`brain_depth`): each sphere lies wholly inside,
+        at least 1 mm from the edge.
+    spheres : sequence of (radius_mm, contrast)
+        One sphere each, named ``sphere1``, ``sphere2``... in this order; ``contrast`` is the
+        signed relative change of ``modality`` (``-0.2``: 20 % hypo-intense).
+    centres : ndarray of bool, optional
+        Where centres may fall (e.g. tissue rather than ventricles); default: anywhere deep
+        enough.
+    avoid : sequence of Anomaly
+        Anomalies already there; every sphere keeps ``gap_mm`` from them and from each other,
+        so each ground-truth voxel has one label.
+
+    Larger spheres are placed first, where there is most room; the result keeps the given
+    order.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f'unknown modality {modality!r}; expected one of {MODALITIES}')
+    allowed = depth_mm if centres is None else np.where(centres, depth_mm, 0)
+    placed = list(avoid)
+    found: dict[int, Anomaly] = {}
+    for index in sorted(range(len(spheres)), key=lambda i: -spheres[i][0]):
+        radius, contrast = spheres[index]
+        center = _free_centre(random_state, allowed, affine, radius, placed, gap_mm=gap_mm,
+                              max_tries=max_tries, what=f'sphere {index + 1}')
+        found[index] = Anomaly(f'sphere{index + 1}', 'sphere', center, (radius,) * 3,
+                               {modality: float(contrast)})
+        placed.append(found[index])
+    return [found[i] for i in range(len(spheres))]
+
+
+def region_ellipsoid(region: np.ndarray, affine: np.ndarray) -> tuple[tuple[float, ...],
+                                                                     tuple[float, ...]]:
+    """Centre and semi-axes (world mm) of the axis-aligned ellipsoid with a region's moments.
+
+    A solid ellipsoid's coordinates have variance ``r^2 / 5`` along each axis, so an atlas
+    structure (a boolean ``region`` on the grid of ``affine``) becomes an :class:`Anomaly`
+    ellipsoid of about its size, e.g. to shrink it with an ``atrophy``.
+    """
+    voxels = np.argwhere(region)
+    if len(voxels) < 2:
+        raise ValueError(f'a region of {len(voxels)} voxel(s) has no extent')
+    points = voxels @ affine[:3, :3].T + affine[:3, 3]
+    center = points.mean(axis=0)
+    radii = np.sqrt(5 * points.var(axis=0))
+    return (tuple(float(c) for c in np.round(center, 3)),
+            tuple(float(r) for r in np.round(radii, 3)))
+
+
+def _free_centre(random_state: np.random.Generator, depth_mm: np.ndarray, affine: np.ndarray,
+                 radius: float, placed: Sequence[Anomaly], *, gap_mm: float, max_tries: int,
+                 what: str) -> tuple[float, float, float]:
+    """A random centre deeper than ``radius + 1`` mm and ``gap_mm`` clear of ``placed``."""
+    candidates = np.flatnonzero(depth_mm.ravel() > radius + 1)
+    if not candidates.size:
+        raise ValueError(f'no brain voxel is deeper than {radius + 1:.1f} mm')
+    for _ in range(max_tries):
+        voxel = np.unravel_index(random_state.choice(candidates), depth_mm.shape)
+        center = affine[:3, :3] @ np.asarray(voxel, dtype=float) + affine[:3, 3]
+        if all(np.linalg.norm(center - np.asarray(a.center_mm)) > radius + max(a.radii_mm)
+               + gap_mm for a in placed):
+            return tuple(float(c) for c in np.round(center, 3))
+    raise ValueError(f'could not place {what} after {max_tries} tries')
 
 
 def _bump(rho: np.ndarray) -> np.ndarray:
