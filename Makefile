@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow container-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# Build the image with podman (or ENGINE=docker) and run both levels in it; not part of `test`.
+container-smoke:
+	scripts/container-smoke.sh
 
 clean:
 	rm -rf demo .pytest_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,7 +83,8 @@ def prepare(config: RunConfig) -> RunContext:
             raise CannotCreateError(f'{folder} is not writable; fix its permissions or choose '
                                     'another location')
     config.bids_dir, config.output_dir = bids_dir, output_dir
-    stamp = datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')
+    # A random suffix keeps the names of simultaneous runs (job arrays) apart.
+    stamp = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
     setup_logging(log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log',
                   config.execution.verbose)
     set_threads(config)
