@@ -8,6 +8,7 @@ import pytest
 from bids_anomaly.reports.figures import (
     plot_embedding,
     plot_group_statistics,
+    plot_latent_metrics,
     plot_regional_heatmap,
     plot_score_overlay,
     save_figure,
@@ -66,6 +67,21 @@ def test_plot_group_statistics_one_panel_per_model(tmp_path):
     fig = plot_group_statistics(stats, output_file=output)
     assert [ax.get_ylabel() for ax in fig.axes] == ['sae', 'ae']
     assert [bar.get_height() for bar in fig.axes[0].patches] == [0.9, 0.6, 0.8, 0.5]
+    assert _is_png(output)
+
+
+def test_plot_latent_metrics_puts_models_side_by_side(tmp_path):
+    metrics = pd.DataFrame({'model': ['sae'] * 4 + ['ae'] * 4,
+                            'method': ['latent', 'pca'] * 4,
+                            'metric': (['trustworthiness'] * 2 + ['co_location'] * 2) * 2,
+                            'value': [1.0, 0.9, 0.7, 0.6, 1.0, 0.8, 0.2, np.nan]})
+    output = tmp_path / 'metrics.png'
+    fig = plot_latent_metrics(metrics, output_file=output)
+    assert [ax.get_ylabel() for ax in fig.axes] == ['trustworthiness', 'co location']
+    sae, ae = fig.axes[1].containers
+    assert [bar.get_height() for bar in sae] == [0.7, 0.6]
+    assert ae[0].get_height() == 0.2 and np.isnan(ae[1].get_height())
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ['latent', 'pca']
     assert _is_png(output)
 
 

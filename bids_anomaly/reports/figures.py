@@ -1,4 +1,5 @@
-"""Figures of the group report: latent maps, regional heatmap, group statistics, score overlays.
+"""Figures of the reports: latent maps and their metrics, regional heatmap, group statistics,
+score overlays.
 
 Every function takes tables or images, builds a :class:`matplotlib.figure.Figure` without pyplot
 (no global figure registry, no backend switch, nothing to close) and returns it; given
@@ -176,6 +177,49 @@ def plot_group_statistics(stats: pd.DataFrame, *, title: str | None = None,
         ax.set(ylim=(0, 1), ylabel=model or None)
     axes[0].legend(loc='lower right', fontsize=8)
     axes[-1].set_xticks(positions, regions, rotation=60, ha='right')
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, output_file)
+
+
+def plot_latent_metrics(metrics: pd.DataFrame, *, title: str | None = None,
+                        output_file: Path | str | None = None) -> Figure:
+    """Every model side by side: one panel per metric, a group of bars per method.
+
+    So that SAE vs AE, patch vs slice or two losses compare at a glance.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        Columns ``model``, ``method``, ``metric``, ``value`` (the group level's
+        ``group_latent_metrics.tsv``); NaN values leave a gap.
+    title : str, optional
+        Figure title.
+    output_file : path, optional
+        Where to save the figure.
+    """
+    from matplotlib.figure import Figure
+
+    names = list(dict.fromkeys(metrics['metric']))
+    methods = list(dict.fromkeys(metrics['method']))
+    models = list(dict.fromkeys(metrics['model']))
+    table = metrics.pivot_table(index=['metric', 'method'], columns='model', values='value',
+                                dropna=False)
+    fig = Figure(figsize=(2 + 1.1 * len(methods) * max(1, len(models) / 3), 2.4 * len(names)),
+                 layout='constrained')
+    axes = fig.subplots(len(names), 1, squeeze=False, sharex=True).ravel()
+    width = 0.8 / len(models)
+    positions = np.arange(len(methods))
+    for ax, name in zip(axes, names, strict=True):
+        for index, model in enumerate(models):
+            heights = [table[model].get((name, method), np.nan) for method in methods]
+            ax.bar(positions + (index - (len(models) - 1) / 2) * width, heights, width=width,
+                   label=model, color=f'C{index}')
+        ax.axhline(0, color='grey', linewidth=0.8)
+        ax.set(ylabel=name.replace('_', ' '))
+    axes[0].legend(fontsize=8, ncols=min(len(models), 4), loc='lower left',
+                   bbox_to_anchor=(0, 1.02))
+    axes[-1].set_xticks(positions, methods)
     if title:
         fig.suptitle(title)
     return _finish(fig, output_file)

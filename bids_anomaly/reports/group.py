@@ -21,7 +21,7 @@ def write_group_report(context: RunContext, *, people: pd.DataFrame,
                        scorers: Sequence[BundleScorer]) -> None:
     """Write ``OUTPUT_DIR/group_report.html``."""
     from bids_anomaly.reports.figures import (
-        plot_embedding, plot_group_statistics, plot_regional_heatmap,
+        plot_embedding, plot_group_statistics, plot_latent_metrics, plot_regional_heatmap,
     )
 
     sections = [cohort_section(people), models_section(scorers)]
@@ -65,6 +65,9 @@ def write_group_report(context: RunContext, *, people: pd.DataFrame,
                 section.add_figure(plot_embedding(coords, colour=colour,
                                                   title=f'{scorer.label} by {colour}'),
                                    f'{scorer.label}: embeddings coloured by {colour}.')
+    section.add_figure(plot_latent_metrics(latent_metrics),
+                       'Latent metrics of every model side by side (method latent = the codes '
+                       'themselves).')
     section.add_table(latent_metrics.pivot_table(index=['model', 'method'], columns='metric',
                                                  values='value').reset_index(),
                       'Trustworthiness, silhouettes and co-location consistency per model.')
