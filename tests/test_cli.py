@@ -170,7 +170,7 @@ def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path
         result = CliRunner().invoke(cli_module.cli, [
             str(tiny_bids), str(tmp_path / 'out'), 'participant', '--config-file', str(config),
             '--registration', 'syn', '--participant-label', '01', '02', '--models',
-            'sae-patch,ae-slice'])
+            'sae-patch,ae-slice', '--native-space', '--latent-maps'])
     finally:
         cli_module.build_config = original
     assert result.exit_code == 0, result.output
@@ -180,6 +180,7 @@ def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path
     assert cfg.execution.seed == 7
     assert cfg.execution.participant_label == ('01', '02')
     assert cfg.training.models == ('sae-patch', 'ae-slice')
+    assert cfg.scoring.native_space and cfg.scoring.latent_maps
 
 
 def test_bad_config_file_exits_64(tiny_bids: Path, tmp_path: Path,
@@ -200,13 +201,4 @@ def test_bids_filter_file_errors_exit_64(tiny_bids: Path, tmp_path: Path,
                          filters], capsys)
     assert code == 64
     assert_one_line(err, 'bold')
-    assert not (tmp_path / 'out').exists()
-
-
-@pytest.mark.parametrize('flag', ['--native-space', '--latent-maps'])
-def test_pending_options_are_errors_not_no_ops(tiny_bids: Path, tmp_path: Path, flag: str,
-                                               capsys: pytest.CaptureFixture) -> None:
-    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', flag], capsys)
-    assert code == 64
-    assert_one_line(err, flag, 'not implemented')
     assert not (tmp_path / 'out').exists()

@@ -23,6 +23,7 @@ FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--omp
         '--seed', '0']
 TRAIN = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '1',
          '--patches-per-subject', '300']
+EXTRA = ['--native-space', '--latent-maps']  # the training run only: its 4 participants
 EMBED = ['--embedding-methods', 'pca,spectral', '--embedding-max-points', '300']
 
 
@@ -45,8 +46,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     table = pd.read_csv(bids / 'participants.tsv', sep='\t')
     controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
     trained = controls[:4]  # 2 train (siamese pairs), 2 calibrate; the 5th is held out
-    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, *EMBED, '--participant-label',
-                *trained) == 0
+    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, *EMBED, *EXTRA,
+                '--participant-label', *trained) == 0
     assert _run(str(bids), str(out), 'group', *FAST, *EMBED) == 0
     assert tree_snapshot(bids) == before
     return {'bids': bids, 'out': out}
@@ -70,13 +71,50 @@ def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
     for family in ('sae-patch', 'ae-slice'):
         scorer = BundleScorer(chain['out'] / 'models' / family, template)
         assert scorer.ready and len(scorer.card.calibration_participants) == 2
-    maps = sorted(chain['out'].glob('sub-*/anat/*_statmap.nii.gz'))
+    maps = sorted(chain['out'].glob('sub-*/anat/*_space-*_statmap.nii.gz'))
     # 6 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
     assert len(maps) == 6 * 5
     for path in maps[:5]:
         data = np.asarray(nib.load(path).dataobj)
         assert data.shape == template.shape and np.all(data[~mask] == 0)
         assert np.isfinite(data).all() and data[mask].std() > 0
+
+
+def test_native_space_and_latent_maps(chain: dict[str, Path]) -> None:
+    out = chain['out']
+    template = load_template(2.0)
+    mask = template.mask_array()
+    native_maps = sorted(p for p in out.glob('sub-*/anat/*_statmap.nii.gz')
+                         if '_space-' not in p.name)
+    assert len(native_maps) == 4 * 5  # the participants scored with EXTRA
+    statmap = native_maps[0]
+    t1w = nib.load(statmap.parent / (statmap.name.split('_')[0] + '_desc-preproc_T1w.nii.gz'))
+    img = nib.load(statmap)
+    assert img.shape == t1w.shape and np.allclose(img.affine, t1w.affine, atol=1e-3)
+    assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0
+    assert len(list(out.glob('sub-*/anat/*_desc-abnormal_mask.nii.gz'))) == 6 * 5 + 4 * 5
+    assert not list(out.glob('sub-*/anat/*_model-aeslice_desc-codes_latent.nii.gz'))
+    latent_maps = sorted(out.glob('sub-*/anat/*_model-saepatch_desc-codes_latent.nii.gz'))
+    assert len(latent_maps) == 4
+    codes = np.asarray(nib.load(latent_maps[0]).dataobj)
+    assert codes.shape == (*template.shape, 64) and not codes[~mask].any()
+    folder, stem = latent_maps[0].parent, latent_maps[0].name.split('_model-')[0]
+    sample = pd.read_csv(folder / f'{stem}_model-saepatch_desc-voxels_latent.tsv', sep='\t')
+    z_columns = [f'z{d:03d}' for d in range(64)]
+    np.testing.assert_allclose(codes[sample['i'], sample['j'], sample['k']],
+                               sample[z_columns].to_numpy(np.float32), rtol=1e-6)
+    # region-averaged codes, for every participant, over the regional tables' voxels
+    assert len(list(out.glob('sub-*/anat/*_atlas-AAL3_model-saepatch_desc-regions_latent.tsv'))
+               ) == 6
+    averaged = pd.read_csv(folder / f'{stem}_atlas-AAL3_model-saepatch_desc-regions_latent.tsv',
+                           sep='\t', na_values='n/a')
+    regions = pd.read_csv(folder / f'{stem}_atlas-AAL3_model-saepatch_regions.tsv', sep='\t',
+                          na_values='n/a')
+    recon = regions[regions['score_type'] == 'recon']
+    assert averaged['n_voxels'].tolist() == recon['n_voxels'].tolist()
+    whole = averaged.loc[averaged['region'] == 'whole_brain', z_columns].to_numpy(float)[0]
+    np.testing.assert_allclose(whole, codes[mask].mean(axis=0, dtype=np.float64), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:

@@ -49,11 +49,12 @@ def test_native_space_maps_follow_the_template_to_t1w_transform(
     space = {'sub': '01', 'space': TEMPLATE, 'res': '2', 'model': 'm', 'stat': 'recon'}
     map_path = writer.write_image(nib.Nifti1Image(blob, tpl_affine), entities=space,
                                   suffix='statmap')
-    mask_path = writer.write_image(nib.Nifti1Image((blob > 0.5).astype(np.uint8), tpl_affine),
-                                   entities={**space, 'desc': 'abnormal'}, suffix='mask')
-    # native grid (1.5 mm) and a template -> T1w transform that is a pure translation: ANTs
-    # maps native points (LPS) to template points, so the blob lands at -t (LPS) = (4, -6, -3)
-    # RAS, the centre of native voxel (14, 16, 12)
+    abnormal = nib.Nifti1Image((blob > 0.5).astype(np.uint8), tpl_affine)
+    mask_path = writer.write_image(abnormal, entities={**space, 'desc': 'abnormal'},
+                                   suffix='mask')
+    # native grid (1.5 mm) and a template -> T1w transform that is a pure translation t: ANTs
+    # maps native points p to template points p + t (LPS), so the blob lands at p = -t =
+    # (-4, 6, -3) LPS = (4, -6, -3) RAS, the centre of native voxel (14, 16, 12)
     native_affine = _grid_affine(1.5, (-17.0, -30.0, -21.0))
     reference = writer.path({'sub': '01', 'desc': 'preproc'}, 'T1w', '.nii.gz')
     reference.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def test_native_space_maps_follow_the_template_to_t1w_transform(
     transform = writer.path({'sub': '01', 'from': TEMPLATE, 'to': 'T1w', 'mode': 'image'},
                             'xfm', '.h5')
     ants.write_transform(ants.create_ants_transform(
-        transform_type='AffineTransform', dimension=3, translation=(-4.0, 6.0, 3.0)),
+        transform_type='AffineTransform', dimension=3, translation=(4.0, -6.0, 3.0)),
         str(transform))
 
     native = find_native_space(writer, participant, TEMPLATE)
@@ -69,8 +70,9 @@ def test_native_space_maps_follow_the_template_to_t1w_transform(
     entities = {'sub': '01', 'model': 'm', 'stat': 'recon'}
     out = write_native(writer, map_path, native, entities=entities, suffix='statmap',
                        interpolation='linear', sidecar={'Model': 'm'})
-    mask_out = write_native(writer, mask_path, native, entities={**entities, 'desc': 'abnormal'},
-                            suffix='mask', interpolation='genericLabel', sidecar={'Model': 'm'})
+    mask_out = write_native(writer, mask_path, native,
+                            entities={**entities, 'desc': 'abnormal'}, suffix='mask',
+                            interpolation='genericLabel', sidecar={'Model': 'm'})
 
     assert out.name == 'sub-01_model-m_stat-recon_statmap.nii.gz'
     assert mask_out.name == 'sub-01_model-m_stat-recon_desc-abnormal_mask.nii.gz'
