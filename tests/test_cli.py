@@ -202,3 +202,21 @@ def test_bids_filter_file_errors_exit_64(tiny_bids: Path, tmp_path: Path,
     assert code == 64
     assert_one_line(err, 'bold')
     assert not (tmp_path / 'out').exists()
+
+
+def test_refused_bundle_stops_participant_level_before_preprocessing(
+        tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bids_anomaly.models import ModelCard, ModelSpec, TrainParams, build_model, save_bundle
+
+    spec = ModelSpec('ae-slice', in_channels=1, grid_shape=(91, 109, 91))
+    card = ModelCard(spec=spec, params=TrainParams(epochs=1).resolved(spec),
+                     modalities=('T1w',), template='MNI152NLin2009cAsym', resolution=2.0,
+                     normalisation={'method': 'quantile'}, training_participants=('01',),
+                     calibration_participants=('02',), description='another template')
+    bundle = save_bundle(tmp_path / 'ae-slice', build_model(spec), card)
+    out = tmp_path / 'out'
+    code, err = run_cli([tiny_bids, out, 'participant', '--resolution', '2', '--model', bundle],
+                        capsys)
+    assert code == 66
+    assert_one_line(err, 'MNI152NLin2009cAsym')
+    assert not list(out.rglob('*_T1w.nii.gz'))  # refused before any preprocessing
