@@ -52,6 +52,20 @@ def timed(function, *args, **kwargs) -> tuple[float, float, object]:
     return time.perf_counter() - start, time.process_time() - start_cpu, result
 
 
+def time_method(codes: np.ndarray, meta: pd.DataFrame, method: str, seed: int) -> dict:
+    """Seconds of one embedding (the second call for UMAP), its metrics and trustworthiness."""
+    first_s = np.nan
+    if method == 'umap':  # numba may compile again for a new data size
+        first_s, _, _ = timed(embed, codes, meta, method=method, random_state=seed)
+    seconds, cpu, coords = timed(embed, codes, meta, method=method, random_state=seed)
+    metrics_s, _, metrics = timed(embedding_metrics, codes, coords, random_state=seed)
+    trust = metrics.set_index(['method', 'metric']).loc[(method, 'trustworthiness'), 'value']
+    return {'method': method, 'placement': '+'.join(sorted(coords['placement'].unique())),
+            'first_call_s': round(first_s, 2), 'embed_s': round(seconds, 2),
+            'embed_cpu_s': round(cpu, 2), 'metrics_s': round(metrics_s, 2),
+            'trustworthiness': round(float(trust), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--sizes', type=int, nargs='+', default=[5000, 20000])
@@ -71,22 +85,7 @@ def main() -> None:
         for n_codes in args.sizes:
             codes, meta = make_codes(n_codes, args.seed)
             for method in args.methods:
-                first_s = np.nan
-                if method == 'umap':  # numba may compile again for a new data size
-                    first_s, _, _ = timed(embed, codes, meta, method=method,
-                                          random_state=args.seed)
-                seconds, cpu, coords = timed(embed, codes, meta, method=method,
-                                             random_state=args.seed)
-                metrics_s, _, metrics = timed(embedding_metrics, codes, coords,
-                                              random_state=args.seed)
-                trust = metrics.set_index(['method', 'metric']).loc[
-                    (method, 'trustworthiness'), 'value']
-                rows.append({'n_codes': n_codes, 'method': method,
-                             'placement': '+'.join(sorted(coords['placement'].unique())),
-                             'first_call_s': round(first_s, 2),
-                             'embed_s': round(seconds, 2), 'embed_cpu_s': round(cpu, 2),
-                             'metrics_s': round(metrics_s, 2),
-                             'trustworthiness': round(float(trust), 3)})
+                rows.append({'n_codes': n_codes, **time_method(codes, meta, method, args.seed)})
                 print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
     print(f'load average at end: {os.getloadavg()}')

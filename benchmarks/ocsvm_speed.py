@@ -17,6 +17,7 @@ import argparse
 import os
 import threading
 import time
+import typing as ty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,47 @@ def half_cost(model, Z: np.ndarray) -> tuple[float, float, int, int]:
     return flips, error, int(size[0]), int(size[1])
 
 
+class Comparison(ty.NamedTuple):
+    model: VoxelOneClassSVM
+    """The batched model, fitted on all the voxels."""
+    ours: np.ndarray
+    """Best wall-clock and CPU seconds per voxel of the batched fit + score."""
+    theirs: np.ndarray
+    """The same for the scikit-learn loop."""
+    agreement: float
+    """Percentage of decision signs that agree with scikit-learn."""
+    error: np.ndarray
+    """Per voxel, max |difference| / max |decision| against scikit-learn."""
+    rss_growth: int
+    """Peak resident memory above the start of the batched fit, in bytes."""
+
+
+def compare(X: np.ndarray, Z: np.ndarray, *, nu: float, device: str, chunk_size: int | None,
+            repeats: int, sklearn_voxels: int) -> Comparison:
+    """Fit + score of the batched model on all voxels and of scikit-learn on the first
+    ``sklearn_voxels``, timed in the same process."""
+    cuda = torch.device(device).type == 'cuda'
+    synchronise = torch.cuda.synchronize if cuda else (lambda: None)
+    model = VoxelOneClassSVM(nu=nu, chunk_size=chunk_size, device=device)
+    model.fit(X[:64]).decision_function(Z[:64])  # warm-up
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    decisions = {}
+
+    def batched() -> None:
+        decisions['ours'] = model.fit(X).decision_function(Z)
+
+    with PeakRSS() as rss:
+        ours = best_time(batched, repeats, synchronise) / len(X)
+    k = sklearn_voxels
+    theirs = best_time(lambda: decisions.__setitem__('sk', sklearn_loop(X[:k], Z[:k], nu)),
+                       repeats, lambda: None) / k
+    scaled = decisions['ours'][:k] * nu * X.shape[1]  # libsvm's scale
+    agreement = 100 * np.mean(np.sign(scaled) == np.sign(decisions['sk']))
+    error = np.abs(scaled - decisions['sk']).max(1) / np.abs(decisions['sk']).max(1)
+    return Comparison(model, ours, theirs, float(agreement), error, rss.peak - rss.start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--voxels', type=int, default=4096, help='voxels for the batched fit')
@@ -128,7 +170,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
-    synchronise = torch.cuda.synchronize if cuda else (lambda: None)
 
     X, Z = synthetic_codes(args.voxels, args.controls, args.neighbours, args.features,
                            args.queries, args.seed)
@@ -137,39 +178,26 @@ def main() -> None:
           f'{args.queries} queries, nu={args.nu}; device {args.device}'
           + ('' if cuda else f', {args.threads} torch threads'))
 
-    model = VoxelOneClassSVM(nu=args.nu, chunk_size=args.chunk_size, device=args.device)
-    model.fit(X[:64]).decision_function(Z[:64])  # warm-up
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    decisions = {}
-
-    def batched() -> None:
-        decisions['ours'] = model.fit(X).decision_function(Z)
-
-    with PeakRSS() as rss:
-        ours = best_time(batched, args.repeats, synchronise) / args.voxels
     k = min(args.sklearn_voxels, args.voxels)
-    theirs = best_time(lambda: decisions.__setitem__('sk', sklearn_loop(X[:k], Z[:k], args.nu)),
-                       args.repeats, lambda: None) / k
-
-    scaled = decisions['ours'][:k] * args.nu * n_samples  # libsvm's scale
-    agreement = 100 * np.mean(np.sign(scaled) == np.sign(decisions['sk']))
-    error = np.abs(scaled - decisions['sk']).max(1) / np.abs(decisions['sk']).max(1)
-    for name, (wall, cpu), n in (('batched', ours, args.voxels), ('sklearn loop', theirs, k)):
+    result = compare(X, Z, nu=args.nu, device=args.device, chunk_size=args.chunk_size,
+                     repeats=args.repeats, sklearn_voxels=k)
+    model, error = result.model, result.error
+    for name, (wall, cpu), n in (('batched', result.ours, args.voxels),
+                                 ('sklearn loop', result.theirs, k)):
         print(f'  {name:13s} {wall * 1e3:8.3f} ms/voxel wall, {cpu * 1e3:.3f} CPU, over {n} '
               f'voxels (best of {args.repeats}); {BRAIN_VOXELS:,} voxels: '
               f'{wall * BRAIN_VOXELS / 60:.1f} min')
-    wall, cpu = theirs / ours
+    wall, cpu = result.theirs / result.ours
     print(f'  speed-up      {wall:8.1f} x wall, {cpu:.1f} x CPU time (scikit-learn/libsvm runs '
           'on one core)')
-    print(f'  agreement     {agreement:8.2f} % of decision signs ({k} voxels x {args.queries} '
-          f'queries); |difference| / max |decision|: median {np.median(error):.1e}, '
-          f'max {error.max():.1e}')
+    print(f'  agreement     {result.agreement:8.2f} % of decision signs ({k} voxels x '
+          f'{args.queries} queries); |difference| / max |decision|: median '
+          f'{np.median(error):.1e}, max {error.max():.1e}')
     print(f'  support vectors per voxel: mean {model.n_support_.mean():.1f}, max '
           f'{model.n_support_.max()}; SMO steps per voxel: mean {model.n_iter_.mean():.1f}, '
           f'max {model.n_iter_.max()}')
     memory = (f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on the GPU' if cuda
-              else f'+{(rss.peak - rss.start) / 2**20:.0f} MiB RSS over the '
+              else f'+{result.rss_growth / 2**20:.0f} MiB RSS over the '
                    f'{(X.nbytes + Z.nbytes) / 2**20:.0f} MiB of input')
     print(f'  peak memory   {memory} (chunk_size {model.chunk_size or "default"})')
 

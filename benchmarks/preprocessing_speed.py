@@ -69,6 +69,30 @@ def children_usage() -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024 ** 2
 
 
+def time_participants(data: Path, labels: list[str], preprocessing: PreprocessingConfig,
+                      execution: ExecutionConfig, base: Path) -> pd.DataFrame:
+    """Preprocess each participant from an empty work folder under ``base``, one at a time:
+    seconds, CPU seconds of the workers, slowest steps and load average, one row each."""
+    writer = DerivativesWriter(base / 'out', configuration={'benchmark': 'speed'})
+    rows = []
+    for label in labels:
+        load_before = load_average()
+        cpu_before, _ = children_usage()
+        table = run_preprocessing([t1w_participant(data, label)], preprocessing=preprocessing,
+                                  execution=execution, writer=writer, work_dir=base / 'work',
+                                  log_dir=base / 'out' / 'logs', force=True)
+        cpu_after, _ = children_usage()
+        steps = step_durations(base / 'work', label)
+        row = table.iloc[0]
+        rows.append({'participant': f'sub-{label}', 'status': row['status'],
+                     'seconds': row['seconds'], 'worker_cpu_s': cpu_after - cpu_before,
+                     'load_before': load_before, 'load_after': load_average(),
+                     **{f'{k}_s': round(v, 1) for k, v in steps.head(4).items()}})
+        print(f"sub-{label}: {row['seconds']:.1f} s ({row['message']}); slowest steps:\n"
+              f"{steps.head(6).round(1).to_string()}", flush=True)
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', type=Path, default=DATA)
@@ -84,29 +108,12 @@ def main() -> None:
     quiet_nipype()
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = args.work or Path(tmp)
-        writer = DerivativesWriter(base / 'out', configuration={'benchmark': 'speed'})
         execution = ExecutionConfig(nprocs=args.nprocs, omp_nthreads=args.omp_nthreads)
         preprocessing = PreprocessingConfig(resolution=args.resolution,
                                             registration=args.registration)
-        rows = []
-        for label in args.participants:
-            load_before = load_average()
-            cpu_before, _ = children_usage()
-            table = run_preprocessing([t1w_participant(args.data, label)],
-                                      preprocessing=preprocessing, execution=execution,
-                                      writer=writer, work_dir=base / 'work',
-                                      log_dir=base / 'out' / 'logs', force=True)
-            cpu_after, peak_gib = children_usage()
-            steps = step_durations(base / 'work', label)
-            row = table.iloc[0]
-            rows.append({'participant': f'sub-{label}', 'status': row['status'],
-                         'seconds': row['seconds'], 'worker_cpu_s': cpu_after - cpu_before,
-                         'load_before': load_before, 'load_after': load_average(),
-                         **{f'{k}_s': round(v, 1) for k, v in steps.head(4).items()}})
-            print(f"sub-{label}: {row['seconds']:.1f} s ({row['message']}); slowest steps:\n"
-                  f"{steps.head(6).round(1).to_string()}", flush=True)
-    result = pd.DataFrame(rows)
+        result = time_participants(args.data, args.participants, preprocessing, execution,
+                                   args.work or Path(tmp))
+    _, peak_gib = children_usage()
     print(result.to_string(index=False))
     print(f'\nmedian {result["seconds"].median():.1f} s, max {result["seconds"].max():.1f} s per '
           f'participant (goal <= 60 s); worker CPU median {result["worker_cpu_s"].median():.1f} '
