@@ -132,17 +132,24 @@ def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
         codes[index[xs, ys, z]] = dense[xs, ys].float().cpu().numpy()
         if not with_error:
             continue
-        recon = torch.zeros((image.shape[0], image.shape[1] + 2 * half,
-                             image.shape[2] + 2 * half), device=device)
-        weight = torch.zeros(recon.shape[1:], device=device)
+        channels, width = image.shape[0], image.shape[2] + 2 * half
+        recon = torch.zeros((channels, (image.shape[1] + 2 * half) * width), device=device)
+        weight = torch.zeros(recon.shape[1], device=device)
+        # flat offsets of a patch's pixels in the padded slice: patches are added with one
+        # index_add per batch instead of a Python loop over patches
+        offsets = (torch.arange(size, device=device)[:, None] * width
+                   + torch.arange(size, device=device)).ravel()
         cx, cy = _grid_centres(mask[:, :, z], half, stride)
         for start in range(0, len(cx), batch_size):
             bx, by = cx[start:start + batch_size], cy[start:start + batch_size]
             patches = model.decode(dense[bx, by].float()) * window
-            for k, (x, y) in enumerate(zip(bx, by)):
-                recon[:, x:x + size, y:y + size] += patches[k]
-                weight[x:x + size, y:y + size] += window
-        recon = recon[:, half:-half, half:-half] / weight[half:-half, half:-half].clamp(min=1e-6)
+            corners = torch.as_tensor(bx * width + by, device=device)
+            targets = (corners[:, None] + offsets).ravel()
+            recon.index_add_(1, targets, patches.reshape(len(bx), channels, -1)
+                             .transpose(0, 1).reshape(channels, -1))
+            weight.index_add_(0, targets, window.ravel().repeat(len(bx)))
+        recon = recon.view(channels, -1, width)[:, half:-half, half:-half]
+        recon = recon / weight.view(-1, width)[half:-half, half:-half].clamp(min=1e-6)
         err = _pointwise_error(recon, image, loss).mean(0).cpu().numpy()
         error[xs, ys, z] = err[xs, ys]
     return VolumeOutputs(error, codes)
