@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import safetensors.numpy
 from sklearn.base import clone
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
@@ -15,6 +16,8 @@ from bids_anomaly.scoring.normative import (
     VoxelGaussian,
     VoxelOneClassSVM,
     VoxelZScore,
+    shrunk_covariance,
+    shrunk_variances,
 )
 
 ESTIMATORS = [VoxelOneClassSVM, VoxelGaussian, VoxelZScore]
@@ -228,3 +231,18 @@ def test_neighbourhood_samples():
     np.testing.assert_array_equal(queries[:], codes.transpose(1, 0, 2))
     with pytest.raises(ValueError, match='mask'):
         NeighbourhoodSamples(codes[:, :-1], mask)
+
+
+@pytest.mark.parametrize('n_samples', [6, 243])
+@pytest.mark.parametrize('shrinkage', ['ledoit_wolf', 'oas', 0.3, None])
+def test_shrunk_variances_are_the_diagonal_of_the_shrunk_covariance(n_samples, shrinkage):
+    from sklearn.covariance import LedoitWolf
+
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(5, n_samples, 64, generator=generator) * torch.linspace(0.1, 3, 64)
+    X -= X.mean(1, keepdim=True)
+    expected = shrunk_covariance(X, shrinkage).diagonal(dim1=1, dim2=2)
+    assert torch.allclose(shrunk_variances(X, shrinkage), expected, rtol=1e-4)
+    if shrinkage == 'ledoit_wolf':
+        reference = LedoitWolf(assume_centered=True).fit(X[0].numpy()).covariance_
+        assert np.allclose(expected[0].numpy(), np.diag(reference), rtol=1e-4)

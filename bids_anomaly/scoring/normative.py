@@ -625,18 +625,48 @@ def shrunk_covariance(X: torch.Tensor, shrinkage: str | float | None) -> torch.T
     """
     n, d = X.shape[1:]
     cov = torch.bmm(X.transpose(1, 2), X) / n
-    mu = cov.diagonal(dim1=1, dim2=2).mean(1)
+    variances = cov.diagonal(dim1=1, dim2=2)
+    coef, mu = _shrinkage(X, variances, cov.square().sum((1, 2)), shrinkage)
+    eye = torch.eye(d, device=X.device)
+    return (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
+
+
+def shrunk_variances(X: torch.Tensor, shrinkage: str | float | None) -> torch.Tensor:
+    """The diagonal of :func:`shrunk_covariance`, without forming the covariance matrices.
+
+    The shrinkage coefficient needs the squared Frobenius norm of the covariance, which equals
+    that of the samples' Gram matrix: the smaller of the two is formed (with 6 codes of 64
+    dimensions per voxel, a 6 x 6 instead of a 64 x 64 matrix).
+
+    Returns
+    -------
+    Tensor of shape (n_voxels, n_features)
+    """
+    n, d = X.shape[1:]
+    variances = X.square().sum(1) / n
+    small = torch.bmm(X, X.transpose(1, 2)) if n < d else torch.bmm(X.transpose(1, 2), X)
+    coef, mu = _shrinkage(X, variances, small.square().sum((1, 2)) / (n * n), shrinkage)
+    return (1 - coef)[:, None] * variances + (coef * mu)[:, None]
+
+
+def _shrinkage(X: torch.Tensor, variances: torch.Tensor, frobenius2: torch.Tensor,
+               shrinkage: str | float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-voxel shrinkage coefficient and target variance ``mu``.
+
+    ``frobenius2`` is the squared Frobenius norm of each empirical covariance.
+    """
+    n, d = X.shape[1:]
+    mu = variances.mean(1)
     if shrinkage is None:
-        return cov
-    if shrinkage == 'ledoit_wolf':
+        coef = torch.zeros_like(mu)
+    elif shrinkage == 'ledoit_wolf':
         # sklearn.covariance.ledoit_wolf_shrinkage, with sum(X2^T X2) = sum_i |x_i|^4
-        delta_ = cov.square().sum((1, 2))
         beta_ = torch.linalg.vector_norm(X, dim=2).pow_(4).sum(1)
-        delta = (delta_ - d * mu * mu) / d
-        beta = torch.minimum((beta_ / n - delta_) / (d * n), delta)
+        delta = (frobenius2 - d * mu * mu) / d
+        beta = torch.minimum((beta_ / n - frobenius2) / (d * n), delta)
         coef = torch.where(beta == 0, 0, beta / delta)
     elif shrinkage == 'oas':
-        alpha = cov.square().mean((1, 2))
+        alpha = frobenius2 / (d * d)
         num = alpha + mu * mu
         den = (n + 1) * (alpha - mu * mu / d)
         coef = torch.where(den == 0, 1.0, (num / den).clamp(max=1))
@@ -645,8 +675,7 @@ def shrunk_covariance(X: torch.Tensor, shrinkage: str | float | None) -> torch.T
     else:
         raise ValueError("shrinkage must be 'ledoit_wolf', 'oas', a float in [0, 1] or None, "
                          f'got {shrinkage!r}.')
-    eye = torch.eye(d, device=X.device)
-    return (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
+    return coef, mu
 
 
 def _floor(variances: torch.Tensor) -> torch.Tensor:
@@ -717,11 +746,11 @@ class VoxelGaussian(_VoxelEstimator):
             raise ValueError("covariance_type must be 'full', 'lowrank' or 'diag', got "
                              f'{self.covariance_type!r}.')
         location = X.mean(1)
-        cov = shrunk_covariance(X - location[:, None], self.shrinkage)
         if self.covariance_type == 'diag':
-            variance = cov.diagonal(dim1=1, dim2=2)
+            variance = shrunk_variances(X - location[:, None], self.shrinkage)
             fitted = {'location_': location, 'variance_': _floor(variance)}
         else:
+            cov = shrunk_covariance(X - location[:, None], self.shrinkage)
             values, vectors = torch.linalg.eigh(cov.double())  # ascending
             k = self.n_components if self.covariance_type == 'lowrank' else X.shape[2]
             if not 0 < k <= X.shape[2]:
