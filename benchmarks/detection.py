@@ -39,7 +39,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +63,7 @@ from bids_anomaly.preprocessing.templates import Template, load_template
 from bids_anomaly.simulation.anomalies import (
     Anomaly, brain_depth, insert_anomalies, place_spheres, rasterise, region_ellipsoid,
 )
+from provenance import cpu_model, git_commit, load_average  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
@@ -486,23 +486,7 @@ def group_table(chosen: pd.DataFrame, metric: str, name: str, variant: str) -> l
 
 def machine() -> str:
     """CPU model and cores, for the results."""
-    model = next((line.split(':', 1)[1].strip()
-                  for line in Path('/proc/cpuinfo').read_text().splitlines()
-                  if line.startswith('model name')), platform.processor() or 'unknown CPU')
-    return f'{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
-
-    return git('rev-parse', '--short', 'HEAD') + (' (modified tree)'
-                                                  if git('status', '--porcelain') else '')
-
-
-def load_average() -> str:
-    return ' '.join(f'{x:.2f}' for x in os.getloadavg())
+    return f'{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
 
 
 def cpu_seconds() -> float:

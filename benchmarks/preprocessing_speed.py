@@ -28,6 +28,7 @@ from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.preprocessing.run import run_preprocessing
+from provenance import load_average  # beside this script
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'ds002748'
 
@@ -46,10 +47,6 @@ def quiet_nipype() -> None:
 
     config.set('logging', 'workflow_level', 'WARNING')
     nipype_logging.update_logging(config)
-
-
-def load_average() -> str:
-    return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
 def step_durations(work_dir: Path, label: str) -> pd.Series:

@@ -31,8 +31,9 @@ from bids_anomaly.preprocessing.outputs import derivatives
 from bids_anomaly.preprocessing.run import run_preprocessing
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, res_label
 from preprocessing_speed import (  # beside this script
-    DATA, children_usage, load_average, quiet_nipype, t1w_participant,
+    DATA, children_usage, quiet_nipype, t1w_participant,
 )
+from provenance import load_average  # beside this script
 
 
 def all_labels(data: Path) -> list[str]:

@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,8 @@ import typing as ty
 from pathlib import Path
 
 import numpy as np
+
+from provenance import cpu_model, git_commit, load_average  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
@@ -366,30 +367,13 @@ def machine(device: str, threads: int) -> dict:
     """Where and on what the numbers were measured."""
     import torch
 
-    cpuinfo = Path('/proc/cpuinfo')
-    models = [line.split(':', 1)[1].strip() for line in
-              (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
-              if line.startswith('model name')]
     info = {'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'),
-            'commit': git_commit(), 'cpu': models[0] if models else platform.processor(),
-            'cores': os.cpu_count(), 'threads': threads, 'torch': torch.__version__,
+            'commit': git_commit(), 'cpu': cpu_model(), 'cores': os.cpu_count(),
+            'threads': threads, 'torch': torch.__version__,
             'python': platform.python_version(), 'device': device}
     if torch.device(device).type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(torch.device(device))
     return info
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
-
-    commit = git('rev-parse', '--short', 'HEAD') or 'unknown'
-    return commit + (' with uncommitted changes' if git('status', '--porcelain') else '')
-
-
-def load_average() -> str:
-    return ' '.join(f'{x:.2f}' for x in os.getloadavg())
 
 
 def format_value(value: float) -> str:

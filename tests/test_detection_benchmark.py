@@ -19,12 +19,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'detection.py'
 @pytest.fixture(scope='module')
 def detection():
     """benchmarks/detection.py as a module (benchmarks/ is not a package)."""
+    sys.path.insert(0, str(SCRIPT.parent))  # for the modules beside it, as when run
     spec = importlib.util.spec_from_file_location('detection_benchmark', SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     yield module
     del sys.modules[spec.name]
+    sys.path.remove(str(SCRIPT.parent))
 
 
 @pytest.mark.parametrize('seed', [0, 1])
