@@ -7,6 +7,9 @@ figures at the root of OUTPUT_DIR and the group HTML report.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import preprocessed_path
@@ -14,6 +17,9 @@ from bids_anomaly.errors import MissingInputError
 from bids_anomaly.levels import RunContext, require_controls
 from bids_anomaly.levels.score import bundle_paths, load_atlases, load_scorers, score_participants
 from bids_anomaly.preprocessing.templates import load_template
+
+if TYPE_CHECKING:
+    from bids_anomaly.scoring.scorer import BundleScorer
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -45,7 +51,7 @@ def run_group_level(context: RunContext) -> None:
     write_group_outputs(context, ready, scorers, atlases, template, used)
 
 
-def used_for_fitting(scorers, output_dir) -> set[str]:
+def used_for_fitting(scorers: Sequence[BundleScorer], output_dir: Path) -> set[str]:
     """Participants that trained or calibrated a bundle of this dataset: left out of statistics.
 
     Bundles from elsewhere (``--model`` outside OUTPUT_DIR/models) were fitted on another

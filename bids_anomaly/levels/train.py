@@ -61,7 +61,7 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>."""
     from bids_anomaly.models.bundle import ModelCard, save_bundle
     from bids_anomaly.models.spec import ModelSpec, TrainParams
-    from bids_anomaly.training.trainer import train_model
+    from bids_anomaly.training.trainer import StaleCheckpointError, train_model
 
     config = context.config
     training_cfg = config.training
@@ -98,7 +98,7 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             result = train_model(spec, params, train_volumes, mask, calibration_volumes,
                                  work_dir=work_dir, device=config.execution.device,
                                  progress=True)
-        except ValueError as err:  # e.g. a checkpoint left by other settings: say how to fix
+        except StaleCheckpointError as err:  # left by other settings: the message says the fix
             raise UsageError(str(err)) from None
         card = ModelCard(
             spec=spec, params=params, modalities=tuple(modalities), template=template.name,

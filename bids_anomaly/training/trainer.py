@@ -54,6 +54,11 @@ class TrainingResult(ty.NamedTuple):
     best_epoch: int
 
 
+class StaleCheckpointError(ValueError):
+    """A checkpoint in the work directory belongs to other settings or data (the user's fix:
+    delete it), as opposed to a programming error."""
+
+
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     """``'auto'`` is the first CUDA device when there is one, else the CPU."""
     if str(device) == 'auto':
@@ -339,7 +344,7 @@ def _load_checkpoint(
             f'{path} was written for other model settings or data; '
             'delete it (or use another work directory) to train from scratch.'
         )
-        raise ValueError(message)
+        raise StaleCheckpointError(message)
     model.load_state_dict(payload['model'])
     optimizer.load_state_dict(payload['optimizer'])
     scaler.load_state_dict(payload['scaler'])
