@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -251,6 +254,38 @@ def test_rigid_registration_recovers_a_shift(tmp_path, grid_mm):
     back = registration.apply_transforms(fixed_file, moving_file, [inverse],
                                          out_name='back.nii.gz', newpath=str(tmp_path))
     assert np.abs(np.asarray(nib.load(back).dataobj) - moving)[moving > 0].mean() < 0.3 * before
+
+
+REGISTER_TWICE = """
+import sys
+import ants
+import numpy as np
+from bids_anomaly.preprocessing import registration
+params = []
+for run in 'ab':
+    forward, _ = registration.register(sys.argv[1], sys.argv[2], kind='rigid', seed=0,
+                                       grid_mm=3.0, newpath=sys.argv[3] + run)
+    params.append(np.asarray(ants.read_transform(forward).parameters))
+print(np.abs(params[0] - params[1]).max())
+"""
+
+
+def test_registration_is_reproducible_with_seed_zero(tmp_path):
+    """ANTs seeds from the clock when given 0: the seed passed on must never be 0."""
+    assert registration.ants_seed(0) != 0
+    assert registration.ants_seed(0) != registration.ants_seed(1)
+    assert 0 < registration.ants_seed(2**40) < 2**31
+    fixed = ellipsoid()
+    fixed_file = save(tmp_path / 'fixed.nii.gz', fixed)
+    moving_file = save(tmp_path / 'moving.nii.gz', ndimage.shift(fixed, (3, -2, 1), order=1))
+    for run in 'ab':
+        (tmp_path / f'out{run}').mkdir()
+    # One ITK thread (read once per process, hence the subprocess): threads add their own noise.
+    env = {**os.environ, 'ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS': '1'}
+    result = subprocess.run([sys.executable, '-c', REGISTER_TWICE, moving_file, fixed_file,
+                             str(tmp_path / 'out')], env=env, capture_output=True, text=True,
+                            check=True)
+    assert float(result.stdout.split()[-1]) == 0.0
 
 
 def test_apply_transforms_without_transforms_resamples(tmp_path):

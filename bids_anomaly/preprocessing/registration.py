@@ -104,6 +104,11 @@ def brain_bounding_box(mask: np.ndarray, margin: int = CROP_MARGIN) -> tuple[lis
     return lower.tolist(), upper.tolist()
 
 
+def ants_seed(seed: int) -> int:
+    """``seed`` as a positive 32-bit ANTs seed: ``antsRegistration`` seeds from the clock on 0."""
+    return seed % (2**31 - 2) + 1
+
+
 def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
              moving_mask: str | None = None, fixed_mask: str | None = None,
              grid_mm: float = 0.0, quick: bool = False, seed: int = 0,
@@ -143,7 +148,7 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     arguments = [
         '--dimensionality', '3', '--float', '1', '--collapse-output-transforms', '1',
         '--write-composite-transform', '1', '--use-histogram-matching', '1',
-        '--winsorize-image-intensities', '[0.005,0.995]', '--random-seed', str(seed),
+        '--winsorize-image-intensities', '[0.005,0.995]', '--random-seed', str(ants_seed(seed)),
         '--initial-moving-transform', f'[{fixed_str},{moving_str},1]',
     ]
     for stage in registration_stages(kind, quick=quick):
