@@ -113,6 +113,32 @@ def test_added_arrays_are_verified(bundle: Path) -> None:
         load_arrays(bundle, 'ocsvm')
 
 
+def test_identical_arrays_are_stored_once(bundle: Path) -> None:
+    rng = np.random.default_rng(0)
+    mean = rng.random((4096, 64), dtype=np.float32)  # 1 MiB: shared
+    small = np.float32([0.3])  # under SHARED_MIN_BYTES: stored again
+    add_arrays(bundle, 'ocsvm', {'location_': mean, 'offset_': small})
+    alone = (bundle / 'ocsvm.safetensors').stat().st_size
+    add_arrays(bundle, 'gaussian', {'location_': mean.copy(), 'offset_': small,
+                                    'variance_': np.ones(3, np.float32)})
+    assert (bundle / 'gaussian.safetensors').stat().st_size < alone / 100
+    loaded, _ = load_arrays(bundle, 'gaussian')
+    assert sorted(loaded) == ['location_', 'offset_', 'variance_']
+    np.testing.assert_array_equal(loaded['location_'], mean)
+
+    # replacing the owner with other values would leave the reference dangling: refused
+    with pytest.raises(ValueError, match="add 'gaussian' again"):
+        add_arrays(bundle, 'ocsvm', {'location_': mean + 1, 'offset_': small})
+    add_arrays(bundle, 'ocsvm', {'location_': mean, 'offset_': small * 2})  # same shared values
+    np.testing.assert_array_equal(load_arrays(bundle, 'gaussian')[0]['location_'], mean)
+
+    document = json.loads((bundle / 'model.json').read_text())
+    document['arrays']['ocsvm']['digests']['location_'] = '0' * 64  # as if replaced by hand
+    (bundle / 'model.json').write_text(json.dumps(document))
+    with pytest.raises(BundleError, match="shares 'location_' with 'ocsvm'"):
+        load_arrays(bundle, 'gaussian')
+
+
 def test_overwriting_a_bundle_drops_arrays_of_the_old_weights(bundle: Path) -> None:
     add_arrays(bundle, 'gauss', {'mean': np.zeros(3, np.float32)})
     loaded = load_bundle(bundle)

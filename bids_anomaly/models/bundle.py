@@ -12,6 +12,7 @@ refused with a :class:`BundleError`, one line that names the file and the fix.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import platform
@@ -33,6 +34,8 @@ FORMAT = 'bids_anomaly-model'
 FORMAT_VERSION = 1
 MODEL_JSON = 'model.json'
 WEIGHTS = 'weights.safetensors'
+#: Arrays smaller than this are stored again rather than shared between array sets.
+SHARED_MIN_BYTES = 1 << 20
 _RETRAIN = 're-train it with `bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
 
 
@@ -219,19 +222,31 @@ def add_arrays(
     """Store named arrays (e.g. a normative model) as ``<name>.safetensors`` in a bundle.
 
     The file's SHA-256 and ``metadata`` (JSON) are recorded under ``arrays.<name>`` in
-    ``model.json``; adding the same name again replaces it.
+    ``model.json``; adding the same name again replaces it. An array identical to one that
+    another set stores (e.g. the per-voxel mean of the codes, which the one-class SVM and the
+    Gaussian both keep) is not written twice: the entry refers to it by set, key and digest.
     """
     path = Path(path)
     if not name.isidentifier():
         raise ValueError(f'Array set names must be identifiers, got {name!r}.')
     document = _read_json(path)
-    target = path / f'{name}.safetensors'
+    entries = document['arrays']
+    _check_not_shared(entries, name, arrays)
     tensors = {key: np.ascontiguousarray(_numpy(value)) for key, value in arrays.items()}
+    digests = {key: _array_digest(value) for key, value in tensors.items()}
+    stored = {digest: (other, key) for other, entry in entries.items() if other != name
+              for key, digest in entry.get('digests', {}).items()}
+    shared = {key: {'set': stored[digest][0], 'key': stored[digest][1], 'digest': digest}
+              for key, digest in digests.items()
+              if digest in stored and tensors[key].nbytes >= SHARED_MIN_BYTES}
+    target = path / f'{name}.safetensors'
     with atomic_path(target) as tmp:
-        safetensors.numpy.save_file(tensors, tmp)
-    document['arrays'][name] = {
+        safetensors.numpy.save_file({k: v for k, v in tensors.items() if k not in shared}, tmp)
+    entries[name] = {
         'file': target.name,
         'sha256': sha256(target),
+        'digests': {key: digest for key, digest in digests.items() if key not in shared},
+        'shared': shared,
         'metadata': dict(metadata or {}),
     }
     _write_json(path, document)
@@ -248,7 +263,36 @@ def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
             'run the scoring step that creates it.'
         )
         raise BundleError(message)
-    return safetensors.numpy.load_file(_verified(path, entries[name])), entries[name]['metadata']
+    entry = entries[name]
+    arrays = safetensors.numpy.load_file(_verified(path, entry))
+    for key, source in entry.get('shared', {}).items():
+        owner = entries.get(source['set'], {})
+        if owner.get('digests', {}).get(source['key']) != source['digest']:
+            message = (f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
+                       f'{source["set"]!r}, which was replaced since; {_RETRAIN}.')
+            raise BundleError(message)
+        with safetensors.safe_open(_verified(path, owner), framework='np') as stored:
+            arrays[key] = stored.get_tensor(source['key'])
+    return arrays, entry['metadata']
+
+
+def _check_not_shared(entries: dict, name: str, arrays: ty.Mapping) -> None:
+    """Refuse to replace a set whose arrays another set still refers to with other values."""
+    for other, entry in entries.items():
+        for source in entry.get('shared', {}).values():
+            if source['set'] == name and (
+                    source['key'] not in arrays
+                    or _array_digest(np.ascontiguousarray(_numpy(arrays[source['key']])))
+                    != source['digest']):
+                raise ValueError(f'array set {other!r} shares {source["key"]!r} with '
+                                 f'{name!r}: add {other!r} again after replacing {name!r}.')
+
+
+def _array_digest(array: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes."""
+    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(memoryview(array).cast('B'))
+    return digest.hexdigest()
 
 
 def list_arrays(path: Path) -> list[str]:

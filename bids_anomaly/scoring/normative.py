@@ -121,8 +121,6 @@ class _VoxelEstimator(BaseEstimator):
     """
 
     _voxel_arrays: tuple[str, ...] = ()
-    _half_arrays: tuple[str, ...] = ()
-    """Fitted arrays stored as float16 by :meth:`to_arrays` (measured to cost no accuracy)."""
     chunk_size: int | None
     device: str
 
@@ -187,20 +185,19 @@ class _VoxelEstimator(BaseEstimator):
         """+1 for inliers, -1 for outliers, ``(n_voxels, n_queries)``."""
         return np.where(self.decision_function(Z) < 0, -1, 1).astype(np.int8)
 
-    def to_arrays(self, half: bool = True) -> dict[str, np.ndarray]:
+    def to_arrays(self, compact: bool = True) -> dict[str, np.ndarray]:
         """Fitted state as a flat dict of numpy arrays (for safetensors).
 
         Parameters
         ----------
-        half : bool
-            Store the bulky arrays (named in ``_half_arrays``) as float16, where the measured
-            cost in accuracy is negligible (see ``benchmarks/ocsvm_speed.py``).
+        compact : bool
+            Store the bulky arrays in float16 or int8 (see each estimator's ``_compact``);
+            ``benchmarks/ocsvm_speed.py`` measures what that costs in decisions.
         """
         check_is_fitted(self)
         arrays = {name: np.asarray(getattr(self, name)) for name in self._fitted_names()}
-        if half:
-            for name in set(self._half_arrays) & set(arrays):
-                arrays[name] = arrays[name].astype(np.float16)
+        if compact:
+            arrays = self._compact(arrays)
         arrays['n_features_in_'] = np.asarray(self.n_features_in_)
         return arrays
 
@@ -208,14 +205,20 @@ class _VoxelEstimator(BaseEstimator):
     def from_arrays(cls, arrays: ty.Mapping[str, np.ndarray], **params: ty.Any) -> ty.Self:
         """Rebuild a fitted estimator from :meth:`to_arrays` and ``get_params()``."""
         estimator = cls(**params)
-        for name, value in arrays.items():
-            value = np.asarray(value)
-            if name == 'n_features_in_':
-                estimator.n_features_in_ = int(value)
-            else:
-                float_kind = value.dtype.kind == 'f'
-                setattr(estimator, name, value.astype(np.float32) if float_kind else value)
+        arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        estimator.n_features_in_ = int(arrays.pop('n_features_in_'))
+        for name, value in estimator._expand(arrays).items():
+            setattr(estimator, name, value.astype(np.float32) if value.dtype.kind == 'f'
+                    else value)
         return estimator
+
+    def _compact(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Smaller encodings of the fitted arrays for storage (none by default)."""
+        return arrays
+
+    def _expand(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inverse of :meth:`_compact`."""
+        return arrays
 
     def _fitted_names(self) -> list[str]:
         return [name for name in vars(self) if name.endswith('_') and name != 'n_features_in_'
@@ -250,6 +253,29 @@ class _VoxelEstimator(BaseEstimator):
         for start in range(0, data.shape[0], size):
             chunk = torch.as_tensor(np.ascontiguousarray(data[start:start + size]))
             yield start, buffer[:len(chunk)].copy_(chunk)
+
+
+def encode_per_voxel(values: np.ndarray, counts: np.ndarray,
+                     dtype: type[np.integer] | type[np.floating]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``values`` in ``dtype`` (int8 or float16), scaled per voxel.
+
+    ``values`` holds ``counts[v] >= 1`` rows for each voxel ``v`` in turn. Each voxel's rows are
+    divided by a unit from their largest ``|value|`` (over 127 for int8), so that every voxel
+    keeps the relative precision of ``dtype`` whatever the scale of its codes. Returns the
+    encoded rows and the units, ``(n_voxels,)`` float32.
+    """
+    starts = np.cumsum(counts) - counts
+    peak = np.maximum.reduceat(np.abs(values).max(1), starts).astype(np.float32)
+    unit = np.where(peak > 0, peak, 1) / (127 if dtype == np.int8 else 1)
+    scaled = values / np.repeat(unit, counts)[:, None]
+    if dtype == np.int8:
+        scaled = np.rint(scaled, out=scaled).clip(-127, 127)
+    return scaled.astype(dtype), unit.astype(np.float32)
+
+
+def decode_per_voxel(encoded: np.ndarray, unit: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """float32 rows from :func:`encode_per_voxel`."""
+    return encoded.astype(np.float32) * np.repeat(unit, counts)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,7 +555,6 @@ class VoxelOneClassSVM(_VoxelEstimator):
     """
 
     _voxel_arrays = ('location_', 'gamma_', 'n_support_')
-    _half_arrays = ('support_vectors_',)
 
     def __init__(self, *, nu: float = 0.03, gamma: str | float = 'scale', tol: float = 1e-3,
                  working_set: int | None = None, max_iter: int = 100_000,
@@ -576,6 +601,30 @@ class VoxelOneClassSVM(_VoxelEstimator):
             'offset_': rho.cpu().numpy(),
             'n_iter_': n_iter.int().cpu().numpy(),
         }
+
+    def _compact(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Support vectors in int8 per voxel, relative to a float16 ``location_``.
+
+        The RBF decision only depends on differences of codes, so rounding the location to
+        float16 changes nothing once the support vectors are re-expressed relative to it; they
+        are then stored in int8 with one unit per voxel (``support_unit_``), coefficients in
+        float16.
+        """
+        counts = arrays['n_support_']
+        location = arrays['location_'].astype(np.float16)
+        shift = (arrays['location_'] - location.astype(np.float32))
+        vectors = arrays['support_vectors_'] + np.repeat(shift, counts, axis=0)
+        encoded, unit = encode_per_voxel(vectors, counts, np.int8)
+        return arrays | {'location_': location, 'support_vectors_': encoded,
+                         'support_unit_': unit,
+                         'dual_coef_': arrays['dual_coef_'].astype(np.float16)}
+
+    def _expand(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if 'support_unit_' not in arrays:
+            return arrays
+        unit = arrays.pop('support_unit_')
+        vectors = decode_per_voxel(arrays['support_vectors_'], unit, arrays['n_support_'])
+        return arrays | {'support_vectors_': vectors}
 
     def _fitted_chunks(self, size: int) -> ty.Iterator[dict[str, torch.Tensor]]:
         """Adds each chunk's support vectors and coefficients, zero-padded per voxel."""
@@ -722,7 +771,6 @@ class VoxelGaussian(_VoxelEstimator):
     n_features_in_ : int
     """
 
-    _half_arrays = ('components_',)
 
     def __init__(self, *, shrinkage: str | float | None = 'ledoit_wolf',
                  covariance_type: str = 'full', n_components: int = 8,
@@ -740,6 +788,27 @@ class VoxelGaussian(_VoxelEstimator):
         if self.covariance_type == 'diag':
             return 'location_', 'variance_'
         return 'location_', 'components_', 'variance_', 'noise_variance_'
+
+    def _compact(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Means, eigenvectors and (per-voxel scaled) variances in float16.
+
+        Rounding a mean to float16 moves it by at most 2.5e-4 of its magnitude, far less than
+        the sampling error of a mean of a few controls' codes.
+        """
+        ones = np.ones(len(arrays['variance_']), dtype=np.int64)
+        variance, unit = encode_per_voxel(arrays['variance_'], ones, np.float16)
+        compact = arrays | {'location_': arrays['location_'].astype(np.float16),
+                            'variance_': variance, 'variance_unit_': unit}
+        if 'components_' in arrays:
+            compact['components_'] = arrays['components_'].astype(np.float16)
+        return compact
+
+    def _expand(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if 'variance_unit_' not in arrays:
+            return arrays
+        unit = arrays.pop('variance_unit_')
+        ones = np.ones(len(unit), dtype=np.int64)
+        return arrays | {'variance_': decode_per_voxel(arrays['variance_'], unit, ones)}
 
     def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
         if self.covariance_type not in ('full', 'lowrank', 'diag'):
