@@ -12,6 +12,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.svm import OneClassSVM
 
 from bids_anomaly.scoring.normative import (
+    VOXELS_PER_JOB,
     NeighbourhoodSamples,
     VoxelGaussian,
     VoxelOneClassSVM,
@@ -95,6 +96,20 @@ def test_chunking_changes_nothing(ocsvm, codes):
     whole = VoxelOneClassSVM(nu=0.05, working_set=24, chunk_size=1000).fit(X)
     np.testing.assert_array_equal(whole.n_support_, ocsvm.n_support_)
     np.testing.assert_allclose(whole.score_samples(Z), ocsvm.score_samples(Z), atol=1e-5)
+
+
+def test_worker_processes_change_nothing():
+    """n_jobs=2 fits two blocks of voxels in joblib workers, reading the codes memory-mapped."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((20, 20, 20), dtype=bool)
+    mask[2:18, 2:18, 2:18] = True  # 4096 voxels: two blocks of VOXELS_PER_JOB
+    codes = rng.normal(size=(3, int(mask.sum()), 4)).astype(np.float32)
+    samples = NeighbourhoodSamples(codes, mask, radius=1)
+    one = VoxelOneClassSVM(nu=0.1).fit(samples)
+    two = VoxelOneClassSVM(nu=0.1, n_jobs=2).fit(samples)
+    assert two._n_jobs(len(samples)) == 2 and two._n_jobs(VOXELS_PER_JOB) == 1
+    for name in ('location_', 'n_support_', 'support_vectors_', 'dual_coef_', 'offset_'):
+        np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
 
 
 @pytest.mark.parametrize(('shrinkage', 'reference'),

@@ -28,8 +28,11 @@ LOGGER = logging.getLogger('bids_anomaly')
 
 def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
                   calibration_volumes: np.ndarray, *, radius: int, nu: float, gamma: float,
-                  quantile: float, device: str) -> None:
-    """Add the normative models, the baseline and the calibrated thresholds to ``bundle``."""
+                  quantile: float, device: str, n_jobs: int = 1) -> None:
+    """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
+
+    ``n_jobs`` worker processes fit the one-class SVMs on CPU.
+    """
     from bids_anomaly.scoring.calibration import calibrate_threshold
 
     scorer = BundleScorer(bundle, template, device)
@@ -46,7 +49,7 @@ def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
         for name in ('ocsvm', 'gaussian'):
             # a diagonal (shrunk) Gaussian: one 64x64 eigendecomposition per voxel for the
             # full or low-rank forms costs minutes per brain on CPU, and ~8.7 kB per voxel
-            params = ({'nu': nu, 'gamma': gamma or 'scale'} if name == 'ocsvm'
+            params = ({'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs} if name == 'ocsvm'
                       else {'covariance_type': 'diag'})
             estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
             add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
@@ -69,7 +72,8 @@ def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
 
 
 def _params(estimator) -> dict:
-    return {k: v for k, v in estimator.get_params().items() if k != 'device'}
+    """Hyper-parameters to store with a fitted estimator (not where or how fast it ran)."""
+    return {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
 
 
 def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list[BundleScorer]:

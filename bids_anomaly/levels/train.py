@@ -119,7 +119,8 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
         scoring = config.scoring
         fit_normative(bundle, template, train_volumes, calibration_volumes,
                       radius=scoring.neighbourhood, nu=scoring.nu, gamma=scoring.gamma,
-                      quantile=scoring.threshold_quantile, device=config.execution.device)
+                      quantile=scoring.threshold_quantile, device=config.execution.device,
+                      n_jobs=config.execution.nprocs)
         bundles.append(bundle)
     return bundles
 

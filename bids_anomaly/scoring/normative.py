@@ -27,6 +27,7 @@ hyper-parameters travel separately as JSON (``get_params()``), and
 from __future__ import annotations
 
 import math
+import os
 import typing as ty
 import warnings
 
@@ -41,6 +42,8 @@ CHUNK_CODES = {'cpu': 2**17, 'cuda': 2**22}
 """Samples per chunk of voxels (voxels x max(samples per voxel, 256)): 512 voxels of 243 codes
 on CPU, enough to amortise the per-step overhead of torch while the SMO kernel blocks stay near
 cache; 16384 on GPU, enough to fill the device. More samples per voxel, fewer voxels."""
+VOXELS_PER_JOB = 2048
+"""Fewest voxels worth a worker process of :meth:`_VoxelEstimator.fit` (a few seconds)."""
 GRAIN_SIZE = 32768
 """torch's CPU grain: element-wise ops on fewer elements run on one thread."""
 
@@ -123,6 +126,8 @@ class _VoxelEstimator(BaseEstimator):
     _voxel_arrays: tuple[str, ...] = ()
     chunk_size: int | None
     device: str
+    n_jobs: int | None = None
+    """Worker processes for :meth:`fit` (-1: one per core); set by the costly estimators."""
 
     def fit(self, X: VoxelArray, y: None = None) -> ty.Self:
         """Fit one model per voxel.
@@ -140,11 +145,33 @@ class _VoxelEstimator(BaseEstimator):
         """
         if len(X.shape) != 3 or 0 in X.shape:
             raise ValueError(f'X must be (n_voxels, n_samples, n_features), got {X.shape}.')
-        parts = [self._fit_chunk(chunk) for _, chunk in self._chunks(X, self._chunk_size(X))]
+        jobs = self._n_jobs(X.shape[0])
+        if jobs == 1:
+            parts = self._fit_range(X, 0, X.shape[0])
+        else:  # contiguous blocks of voxels in worker processes; large arrays are memory-mapped
+            from joblib import Parallel, delayed
+
+            bounds = np.linspace(0, X.shape[0], jobs + 1).astype(int)
+            blocks = Parallel(n_jobs=jobs)(delayed(self._fit_range)(X, start, stop)
+                                           for start, stop in zip(bounds[:-1], bounds[1:]))
+            parts = [part for block in blocks for part in block]
         for name in parts[0]:
             setattr(self, name, np.concatenate([part[name] for part in parts]))
         self.n_features_in_ = X.shape[2]
         return self
+
+    def _fit_range(self, X: VoxelArray, start: int, stop: int) -> list[dict[str, np.ndarray]]:
+        """Fitted arrays of the voxels ``start:stop``, one dict per chunk."""
+        return [self._fit_chunk(chunk)
+                for _, chunk in self._chunks(X, self._chunk_size(X), start, stop)]
+
+    def _n_jobs(self, n_voxels: int) -> int:
+        """Worker processes for :meth:`fit`: one on a GPU, at most one per
+        :data:`VOXELS_PER_JOB` voxels."""
+        if self.n_jobs in (None, 1) or self._torch_device().type != 'cpu':
+            return 1
+        jobs = (os.cpu_count() or 1) if self.n_jobs == -1 else self.n_jobs
+        return max(1, min(jobs, n_voxels // VOXELS_PER_JOB))
 
     def score_samples(self, Z: VoxelArray) -> np.ndarray:
         """Normality of each query at its voxel: the lower, the more abnormal.
@@ -242,17 +269,21 @@ class _VoxelEstimator(BaseEstimator):
         tensor = tensor.float() if tensor.is_floating_point() else tensor
         return tensor.to(self._torch_device())
 
-    def _chunks(self, data: VoxelArray, size: int) -> ty.Iterator[tuple[int, torch.Tensor]]:
-        """``(start, chunk)`` for consecutive chunks of voxels, read one at a time.
+    def _chunks(self, data: VoxelArray, size: int, start: int = 0,
+                stop: int | None = None) -> ty.Iterator[tuple[int, torch.Tensor]]:
+        """``(first, chunk)`` for consecutive chunks of the voxels ``start:stop``, read one at a
+        time.
 
         Chunks are copied into one float32 buffer on the device that the consumer may
         overwrite: reusing it spares a fresh allocation (and its page faults) per chunk.
         """
-        buffer = torch.empty((min(size, data.shape[0]), *data.shape[1:]),
+        stop = data.shape[0] if stop is None else stop
+        buffer = torch.empty((min(size, stop - start), *data.shape[1:]),
                              device=self._torch_device())
-        for start in range(0, data.shape[0], size):
-            chunk = torch.as_tensor(np.ascontiguousarray(data[start:start + size]))
-            yield start, buffer[:len(chunk)].copy_(chunk)
+        for first in range(start, stop, size):
+            chunk = torch.as_tensor(np.require(data[first:min(first + size, stop)],
+                                               requirements=('C', 'W')))  # e.g. a memmap
+            yield first, buffer[:len(chunk)].copy_(chunk)
 
 
 def encode_per_voxel(values: np.ndarray, counts: np.ndarray,
@@ -534,6 +565,10 @@ class VoxelOneClassSVM(_VoxelEstimator):
         for 243 samples per voxel).
     device : str, default='cpu'
         Torch device for the computation; results come back as numpy arrays.
+    n_jobs : int or None, default=None
+        Worker processes that fit blocks of voxels on CPU (-1: one per core). The solver's
+        many small tensor operations keep one core busy each, so processes, not threads,
+        use the others.
 
     Attributes
     ----------
@@ -558,7 +593,8 @@ class VoxelOneClassSVM(_VoxelEstimator):
 
     def __init__(self, *, nu: float = 0.03, gamma: str | float = 'scale', tol: float = 1e-3,
                  working_set: int | None = None, max_iter: int = 100_000,
-                 chunk_size: int | None = None, device: str = 'cpu') -> None:
+                 chunk_size: int | None = None, device: str = 'cpu',
+                 n_jobs: int | None = None) -> None:
         self.nu = nu
         self.gamma = gamma
         self.tol = tol
@@ -566,6 +602,7 @@ class VoxelOneClassSVM(_VoxelEstimator):
         self.max_iter = max_iter
         self.chunk_size = chunk_size
         self.device = device
+        self.n_jobs = n_jobs
 
     def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
         if not 0 < self.nu < 1:
