@@ -206,14 +206,15 @@ def stage_training(settings: Settings) -> list[Row]:
 
 
 def stage_ocsvm(settings: Settings) -> list[Row]:
-    from ocsvm_speed import BRAIN_VOXELS, compare, synthetic_codes
+    from ocsvm_speed import BRAIN_VOXELS, as_memmap, compare, synthetic_codes
 
     sizes = settings.sizes
     X, Z = synthetic_codes(sizes.ocsvm_voxels, 9, 27, 64, 20, seed=0)
-    result = compare(X, Z, nu=0.03, device=settings.device, chunk_size=None,
-                     repeats=sizes.repeats, sklearn_voxels=sizes.sklearn_voxels)
+    result = compare(as_memmap(X, settings.work), Z, nu=0.03, device=settings.device,
+                     chunk_size=None, repeats=sizes.repeats, sklearn_voxels=sizes.sklearn_voxels,
+                     n_jobs=settings.threads)
     wall, cpu = result.theirs / result.ours
-    codes = f'243 codes x 64, 20 queries, best of {sizes.repeats}'
+    codes = f'243 codes x 64, 20 queries, {settings.threads} worker(s), best of {sizes.repeats}'
     return [
         (f'batched fit + score ({sizes.ocsvm_voxels} voxels, {codes})', result.ours[0] * 1e3,
          'ms/voxel'),
@@ -277,7 +278,7 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
     start, start_cpu = time.perf_counter(), time.process_time()
     fit_normative(bundle, template, train, calibration, radius=scoring.neighbourhood,
                   nu=scoring.nu, gamma=scoring.gamma, quantile=scoring.threshold_quantile,
-                  device=settings.device)
+                  device=settings.device, n_jobs=settings.threads)
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     what = f'{n_train} training + {CALIBRATION_CONTROLS} calibration controls'
     rows = [(f'normative models + thresholds ({what})', wall, 's'),
