@@ -26,7 +26,9 @@ Usage::
     python benchmarks/detection.py --quick     # goal < 15 min on 2 cores, preprocessing included
     python benchmarks/detection.py             # the full configuration (hours)
 
-Results go to ``benchmarks/results/detection_<config>.{md,csv,json}``.
+Results go to ``benchmarks/results/detection_<config>.{md,csv,json}`` (to the work folder when
+``--seeds`` or ``--models`` change the configuration, so that a development run never overwrites
+the committed tables; ``--out`` chooses).
 """
 
 from __future__ import annotations
@@ -544,6 +546,9 @@ def main() -> None:
     parser.add_argument('--nprocs', type=int, default=2)
     parser.add_argument('--seeds', type=int, nargs='+', help='override the splits\' seeds')
     parser.add_argument('--models', nargs='+', help='override the model families')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='folder of the results (default: benchmarks/results for the '
+                             'configurations as defined, the work folder with --seeds/--models)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
     name = 'quick' if args.quick else 'full'
@@ -565,8 +570,9 @@ def main() -> None:
     summary = summarise(overall, ['variant', 'model', 'score_type'], OVERALL_METRICS)
     groups = summarise(grouped, ['variant', 'model', 'score_type', 'dimension', 'group'],
                        GROUP_METRICS)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f'detection_{name}'
+    out = args.out or (work if args.seeds or args.models else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f'detection_{name}'
     page = markdown(summary, groups, context)
     stem.with_suffix('.md').write_text(page, encoding='utf-8')
     pd.concat([overall.assign(dimension='all', group='all'), grouped]).to_csv(

@@ -1,4 +1,4 @@
-"""Atomic file writes (a reader never sees a half-written output, even after a crash) and digests."""
+"""Atomic file writes (no reader sees a half-written output, even after a crash) and digests."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ''.join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{suffix}', dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{suffix}',
+                                    dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -138,7 +138,7 @@ def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def read_groups(bids_dir: Path, group_column: str) -> dict[str, str] | None:
-    """Group of each participant from ``participants.tsv``; ``None`` if the file or column lacks."""
+    """Group of each participant from ``participants.tsv``; ``None`` without the file or column."""
     table_path = bids_dir / 'participants.tsv'
     if not table_path.is_file():
         return None

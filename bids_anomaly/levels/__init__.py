@@ -53,7 +53,7 @@ def run(config: RunConfig) -> None:
 
 
 def prepare(config: RunConfig) -> RunContext:
-    """Check the inputs, create the output dataset, start logging, save the configuration, discover.
+    """Check inputs, create the output dataset, start logging, save the configuration, discover.
 
     Usage errors and an invalid dataset are reported before anything is created in OUTPUT_DIR.
     """

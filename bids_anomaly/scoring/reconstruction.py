@@ -75,7 +75,8 @@ def dense_patch_codes(model: AutoEncoder, image: torch.Tensor) -> torch.Tensor:
     size_x, size_y = image.shape[1:]
     parts = [features[:, dilation * a:dilation * a + size_x, dilation * b:dilation * b + size_y]
              for a in range(height) for b in range(width)]
-    return torch.stack(parts, 1).reshape(channels * height * width, size_x, size_y).permute(1, 2, 0)
+    codes = torch.stack(parts, 1).reshape(channels * height * width, size_x, size_y)
+    return codes.permute(1, 2, 0)
 
 
 def _hann_window(size: int) -> torch.Tensor:
