@@ -101,6 +101,12 @@ def _child(send: ty.Any, function: ty.Callable[..., ty.Any], args: tuple) -> Non
         return
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
     send.send(('ok', StageResult(value, _peak_rss_gib(), wall, cpu, _gpu_peak_gib())))
+    if 'joblib' in sys.modules:
+        # A multiprocessing child exits without the interpreter's shutdown hooks, so it would
+        # wait for joblib's idle worker processes (fit_normative's) to time out, 300 s.
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
 
 
 def _peak_rss_gib() -> float:
