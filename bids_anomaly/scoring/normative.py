@@ -149,11 +149,13 @@ class _VoxelEstimator(BaseEstimator):
         if jobs == 1:
             parts = self._fit_range(X, 0, X.shape[0])
         else:  # contiguous blocks of voxels in worker processes; large arrays are memory-mapped
-            from joblib import Parallel, delayed
+            from joblib import Parallel, delayed, parallel_config
 
             bounds = np.linspace(0, X.shape[0], jobs + 1).astype(int)
-            blocks = Parallel(n_jobs=jobs)(delayed(self._fit_range)(X, start, stop)
-                                           for start, stop in zip(bounds[:-1], bounds[1:]))
+            # one thread per worker, even where OMP_NUM_THREADS asks for more (--omp-nthreads)
+            with parallel_config(backend='loky', inner_max_num_threads=1):
+                blocks = Parallel(n_jobs=jobs)(delayed(self._fit_range)(X, start, stop)
+                                               for start, stop in zip(bounds[:-1], bounds[1:]))
             parts = [part for block in blocks for part in block]
         for name in parts[0]:
             setattr(self, name, np.concatenate([part[name] for part in parts]))
