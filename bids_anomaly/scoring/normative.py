@@ -651,7 +651,7 @@ class VoxelOneClassSVM(_VoxelEstimator):
         """
         counts = arrays['n_support_']
         location = arrays['location_'].astype(np.float16)
-        shift = (arrays['location_'] - location.astype(np.float32))
+        shift = arrays['location_'] - location.astype(np.float32)
         vectors = arrays['support_vectors_'] + np.repeat(shift, counts, axis=0)
         encoded, unit = encode_per_voxel(vectors, counts, np.int8)
         return arrays | {'location_': location, 'support_vectors_': encoded,
@@ -809,7 +809,6 @@ class VoxelGaussian(_VoxelEstimator):
     offset_ : ndarray of shape (n_voxels,)
     n_features_in_ : int
     """
-
 
     def __init__(self, *, shrinkage: str | float | None = 'ledoit_wolf',
                  covariance_type: str = 'full', n_components: int = 8,
