@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -65,7 +64,7 @@ from bids_anomaly.preprocessing.templates import Template, load_template
 from bids_anomaly.simulation.anomalies import (
     Anomaly, brain_depth, insert_anomalies, place_spheres, rasterise, region_ellipsoid,
 )
-from provenance import cpu_model, git_commit, load_average  # beside this script
+from provenance import cpu_model, cpu_seconds, git_commit, load_average  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
@@ -489,12 +488,6 @@ def group_table(chosen: pd.DataFrame, metric: str, name: str, variant: str) -> l
 def machine() -> str:
     """CPU model and cores, for the results."""
     return f'{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and its finished children (nipype workers)."""
-    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
-                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def run(settings: Settings, *, data: Path, work: Path, nprocs: int) -> tuple[pd.DataFrame,

@@ -27,6 +27,7 @@ import torch
 from sklearn.svm import OneClassSVM
 
 from bids_anomaly.scoring.normative import VOXELS_PER_JOB, VoxelGaussian, VoxelOneClassSVM
+from provenance import cpu_seconds  # beside this script
 
 BRAIN_VOXELS = 450_000
 
@@ -93,27 +94,6 @@ def best_time(function: Callable[[], object], repeats: int,
         synchronise()
         best = np.minimum(best, np.array([time.perf_counter(), cpu_seconds()]) - start)
     return best
-
-
-def cpu_seconds() -> float:
-    """CPU seconds of this process and of its live child processes (joblib's workers stay
-    alive between fits, so ``RUSAGE_CHILDREN`` would not count them); Linux ``/proc``."""
-    children: dict[int, list[int]] = {}
-    seconds: dict[int, float] = {}
-    for stat in Path('/proc').glob('[0-9]*/stat'):
-        try:
-            fields = stat.read_text().rsplit(')', 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        pid = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-    total, family = 0.0, [os.getpid()]
-    while family:
-        pid = family.pop()
-        total += seconds.get(pid, 0.0)
-        family += children.get(pid, [])
-    return total
 
 
 def as_memmap(X: np.ndarray, folder: Path) -> np.ndarray:

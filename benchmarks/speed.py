@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from provenance import cpu_model, git_commit, load_average  # beside this script
+from provenance import cpu_model, cpu_seconds, git_commit, load_average  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
@@ -93,13 +93,13 @@ def run_in_child(function: ty.Callable[..., ty.Any], *args: ty.Any) -> StageResu
 
 
 def _child(send: ty.Any, function: ty.Callable[..., ty.Any], args: tuple) -> None:
-    start, start_cpu = time.perf_counter(), _cpu_seconds()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     try:
         value = function(*args)
     except BaseException:  # noqa: BLE001 - the parent reports it and goes on
         send.send(('error', traceback.format_exc()))
         return
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
     send.send(('ok', StageResult(value, _peak_rss_gib(), wall, cpu, _gpu_peak_gib())))
     if 'joblib' in sys.modules:
         # A multiprocessing child exits without the interpreter's shutdown hooks, so it would
@@ -119,11 +119,6 @@ def _peak_rss_gib() -> float:
     own_kib = next(int(line.split()[1]) for line in status if line.startswith('VmHWM:'))
     children_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own_kib, children_kib) / 2**20
-
-
-def _cpu_seconds() -> float:
-    return sum(usage.ru_utime + usage.ru_stime for usage in
-               map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def _gpu_peak_gib() -> float | None:
@@ -281,11 +276,11 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
                      resolution=template.resolution, normalisation={'method': 'quantile'})
     bundle = save_bundle(settings.work / 'models' / family, result.model, card)
     scoring = ScoringConfig()
-    start, start_cpu = time.perf_counter(), time.process_time()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     fit_normative(bundle, template, train, calibration, radius=scoring.neighbourhood,
                   nu=scoring.nu, gamma=scoring.gamma, quantile=scoring.threshold_quantile,
                   device=settings.device, n_jobs=settings.threads)
-    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu  # with the workers
     what = f'{n_train} training + {CALIBRATION_CONTROLS} calibration controls'
     rows = [(f'normative models + thresholds ({what})', wall, 's'),
             ('normative models + thresholds (CPU)', cpu, 'CPU s'),

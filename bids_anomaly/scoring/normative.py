@@ -237,8 +237,8 @@ class _VoxelEstimator(BaseEstimator):
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
         estimator.n_features_in_ = int(arrays.pop('n_features_in_'))
         for name, value in estimator._expand(arrays).items():
-            setattr(estimator, name, value.astype(np.float32) if value.dtype.kind == 'f'
-                    else value)
+            setattr(estimator, name, value.astype(np.float32, copy=False)
+                    if value.dtype.kind == 'f' else value)
         return estimator
 
     def _compact(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -307,8 +307,8 @@ def encode_per_voxel(values: np.ndarray, counts: np.ndarray,
 
 
 def decode_per_voxel(encoded: np.ndarray, unit: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """float32 rows from :func:`encode_per_voxel`."""
-    return encoded.astype(np.float32) * np.repeat(unit, counts)[:, None]
+    """float32 rows from :func:`encode_per_voxel` (int8 or float16 times float32 units)."""
+    return encoded * np.repeat(unit.astype(np.float32), counts)[:, None]
 
 
 # ---------------------------------------------------------------------------------------------
