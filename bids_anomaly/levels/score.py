@@ -93,8 +93,6 @@ def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list
     return scorers
 
 
-
-
 def bundle_paths(config) -> list[Path]:
     """Bundles to apply: ``--model`` paths, else every bundle in OUTPUT_DIR/models."""
     if config.training.model:
