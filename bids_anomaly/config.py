@@ -88,8 +88,10 @@ class PreprocessingConfig:
                                 'affine -> SyN).', '--registration',
                                 choices=('affine', 'syn'))
     intensity_norm: str = setting('quantile', 'Intensity normalisation inside the brain: '
-                                  'quantile (1-99 % to [0, 1]) or zscore.', '--intensity-norm',
-                                  choices=('quantile', 'zscore'))
+                                  'quantile (1-99 % to [0, 1], clipped), quantile-unclipped '
+                                  '(the same map, not clipped: bright lesions keep their '
+                                  'contrast) or zscore.', '--intensity-norm',
+                                  choices=('quantile', 'quantile-unclipped', 'zscore'))
     derivatives: tuple[Path, ...] = setting(
         (), 'Existing fMRIPrep/sMRIPrep derivatives to reuse instead of registering.', '-d',
         '--derivatives', multiple=True, metavar='PATH')

@@ -21,6 +21,7 @@ from bids_anomaly.preprocessing.interfaces import (
 )
 from bids_anomaly.preprocessing.registration import GRID_MM
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, check_resolution
+from bids_anomaly.preprocessing.intensity import NormMethod
 
 #: Fields of the anatomical workflow's ``outputnode`` (native-space fields are undefined when
 #: precomputed derivatives are reused without them).
@@ -34,7 +35,7 @@ ANAT_INPUTS = ('t1w', 'std_t1w', 'std_mask', 't1w_preproc', 't1w_mask', 't1w2std
 
 
 def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 'syn',
-                 intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
+                 intensity_norm: NormMethod = 'quantile',
                  omp_nthreads: int = 1, precomputed: bool = False, quick: bool = False,
                  seed: int = 0, template_dir: Path | None = None,
                  name: str = 'anat_wf') -> pe.Workflow:
@@ -50,7 +51,7 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
         Template grid resolution in mm (1, 1.5 or 2).
     registration : {'affine', 'syn'}
         rigid -> affine, or rigid -> affine -> SyN.
-    intensity_norm : {'quantile', 'zscore'}
+    intensity_norm : {'quantile', 'quantile-unclipped', 'zscore'}
         Normalisation inside the brain mask (see :mod:`.intensity`).
     omp_nthreads : int
         Threads per antspyx node.
@@ -164,8 +165,11 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
 
 def _methods(registration: str, intensity_norm: str, precomputed: bool) -> str:
     """Methods text (boilerplate for a paper) of the anatomical workflow."""
-    norm = ('scaled to [0, 1] between the 1st and 99th percentiles inside the brain mask'
-            if intensity_norm == 'quantile' else 'standardised (z-scored) inside the brain mask')
+    norm = {'quantile': 'scaled to [0, 1] between the 1st and 99th percentiles inside the brain '
+                        'mask',
+            'quantile-unclipped': 'scaled linearly so that the 1st and 99th percentiles inside '
+                                  'the brain mask map to 0 and 1, without clipping',
+            'zscore': 'standardised (z-scored) inside the brain mask'}[intensity_norm]
     if precomputed:
         return (f'A T1w image and brain mask already in MNI space (fMRIPrep/sMRIPrep) were '
                 f'resampled onto the {TEMPLATE_NAME} grid, and intensities were {norm}.')

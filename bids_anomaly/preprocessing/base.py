@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 from bids_anomaly.preprocessing.anat import init_anat_wf
 from bids_anomaly.preprocessing.dwi import init_dwi_wf
 from bids_anomaly.preprocessing.precomputed import Precomputed
+from bids_anomaly.preprocessing.intensity import NormMethod
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
@@ -25,7 +26,7 @@ def participant_wf_name(participant: Participant) -> str:
 
 def init_participant_wf(participant: Participant, *, resolution: float,
                         registration: Literal['affine', 'syn'] = 'syn',
-                        intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
+                        intensity_norm: NormMethod = 'quantile',
                         omp_nthreads: int = 1, precomputed: Precomputed | None = None,
                         quick: bool = False, seed: int = 0,
                         template_dir: Path | None = None) -> pe.Workflow:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -17,6 +16,7 @@ from bids_anomaly.preprocessing.interfaces import (
     ValidateDWI,
 )
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME
+from bids_anomaly.preprocessing.intensity import NormMethod
 
 #: Fields of the DWI workflow's ``inputnode`` and ``outputnode``.
 DWI_INPUTS = ('dwi', 'bval', 'bvec', 't1w', 't1w_mask', 't1w2std_xfm', 'template',
@@ -25,7 +25,7 @@ DWI_OUTPUTS = ('std_fa', 'std_md', 'fa_parameters', 'md_parameters', 'dwi2t1w_xf
                'qc_figure')
 
 
-def init_dwi_wf(*, intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
+def init_dwi_wf(*, intensity_norm: NormMethod = 'quantile',
                 omp_nthreads: int = 1, quick: bool = False, seed: int = 0,
                 name: str = 'dwi_wf') -> pe.Workflow:
     """Fit a diffusion tensor and bring FA and MD into template space through the T1w.
@@ -37,7 +37,7 @@ def init_dwi_wf(*, intensity_norm: Literal['quantile', 'zscore'] = 'quantile',
 
     Parameters
     ----------
-    intensity_norm : {'quantile', 'zscore'}
+    intensity_norm : {'quantile', 'quantile-unclipped', 'zscore'}
         Normalisation inside the participant's template-space brain mask, as for the T1w.
     omp_nthreads : int
         Threads per antspyx/dipy node.

@@ -1,8 +1,11 @@
 """Intensity normalisation inside the brain, so that every participant shares one scale.
 
 ``quantile`` maps the 1 % and 99 % quantiles of the brain's intensities to 0 and 1 and clips
-(the convention of the reference papers); ``zscore`` subtracts the brain's mean and divides by
-its standard deviation. Voxels outside the brain are set to 0 either way.
+(the convention of the reference papers); ``quantile-unclipped`` uses the same linear map without
+the clip, so that a hyper-intense lesion keeps its contrast above 1 instead of saturating (with
+the clip, most of a bright lesion's voxels - and every control at bright voxels - read exactly
+1.0); ``zscore`` subtracts the brain's mean and divides by its standard deviation. Voxels outside
+the brain are set to 0 in every case.
 """
 
 from __future__ import annotations
@@ -13,20 +16,25 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-NormMethod = Literal['quantile', 'zscore']
+NormMethod = Literal['quantile', 'quantile-unclipped', 'zscore']
+#: The methods, the default first.
+NORM_METHODS = ('quantile', 'quantile-unclipped', 'zscore')
 QUANTILES = (0.01, 0.99)
 
 
 def quantile_scale(data: np.ndarray, mask: np.ndarray,
-                   quantiles: tuple[float, float] = QUANTILES) -> tuple[np.ndarray, dict]:
-    """Scale ``data`` so that the brain's quantiles map to [0, 1], clip; 0 outside ``mask``."""
+                   quantiles: tuple[float, float] = QUANTILES,
+                   clip: bool = True) -> tuple[np.ndarray, dict]:
+    """Map the brain's quantiles to 0 and 1 (clipped to [0, 1] if ``clip``); 0 outside ``mask``."""
     values = data[mask]
     if values.size == 0:
         raise ValueError('cannot normalise intensities inside an empty mask')
     lower, upper = (float(v) for v in np.quantile(values, quantiles))
     scale = upper - lower if upper > lower else 1.0
-    out = np.where(mask, np.clip((data - lower) / scale, 0.0, 1.0), 0.0)
-    return out.astype(np.float32), {'Method': 'quantile', 'Quantiles': list(quantiles),
+    scaled = (data - lower) / scale
+    out = np.where(mask, np.clip(scaled, 0.0, 1.0) if clip else scaled, 0.0)
+    return out.astype(np.float32), {'Method': 'quantile' if clip else 'quantile-unclipped',
+                                    'Quantiles': list(quantiles),
                                     'Lower': lower, 'Upper': upper}
 
 
@@ -48,9 +56,11 @@ def normalise_intensity(in_file: str, mask_file: str, *, method: NormMethod = 'q
     The parameters (quantile values, or mean and SD) go into the output's sidecar, so that the
     original scale can be recovered.
     """
-    functions = {'quantile': quantile_scale, 'zscore': zscore}
+    functions = {'quantile': quantile_scale, 'zscore': zscore,
+                 'quantile-unclipped': lambda d, m: quantile_scale(d, m, clip=False)}
     if method not in functions:
-        raise ValueError(f'unknown intensity normalisation {method!r}; use quantile or zscore')
+        raise ValueError(f'unknown intensity normalisation {method!r}; use one of '
+                         f'{", ".join(NORM_METHODS)}')
     img = nib.load(in_file)
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(mask_file).dataobj) > 0

@@ -256,8 +256,9 @@ class ApplyTransforms(SimpleInterface):
 class _IntensityNormInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='image to normalise')
     mask_file = File(exists=True, mandatory=True, desc='brain mask on the same grid')
-    method = traits.Enum('quantile', 'zscore', usedefault=True,
-                         desc='quantile: 1-99 %% quantiles to [0, 1]; zscore: mean 0, SD 1')
+    method = traits.Enum('quantile', 'quantile-unclipped', 'zscore', usedefault=True,
+                         desc='quantile: 1-99 %% quantiles to [0, 1], clipped; '
+                              'quantile-unclipped: the same map, not clipped; zscore: mean 0, SD 1')
     out_name = traits.Str('normalised.nii.gz', usedefault=True, desc='output file name')
 
 
