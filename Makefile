@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-slow container-smoke clean
+.PHONY: install demo lint test test-fast test-slow container-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,8 +22,17 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m bids_anomaly.demo demo $(DEMO_ARGS)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# What CI runs: the linters, then every test that needs no real data.
+test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow'
+
+# The quick loop: unit tests only (no pipeline run), no linters.
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow and not integration'
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

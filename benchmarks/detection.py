@@ -1,34 +1,35 @@
-"""Detection quality on real T1w (ds002748) with synthetic anomalies of known extent.
+"""Detection benchmark v2: real T1w (ds002748), synthetic anomalies, per-cell metrics.
 
-The evaluation protocol of the design, run with the package's own stages: every control is
-preprocessed once (:func:`~bids_anomaly.preprocessing.run.run_preprocessing`, cached in
-``--work``); for each seeded split the controls are divided into training, calibration and test;
-``group --train``'s :func:`~bids_anomaly.levels.train.train_bundles` trains every model family
-and fits the normative models and thresholds (on the calibration controls); each held-out test
-brain is then scored by :class:`~bids_anomaly.scoring.scorer.BundleScorer` twice, as it is and
-with anomalies inserted in template space: hyper- and hypo-intense spheres of every radius x
-contrast (:func:`~bids_anomaly.simulation.anomalies.place_spheres`) and the atrophy of one
-subcortical AAL3 structure (:func:`~bids_anomaly.simulation.anomalies.region_ellipsoid`).
-The full configuration adds a harder variant, spheres inserted in the native T1w before the
-whole preprocessing (:func:`native_brains`), and scores the 12 patients (depression, no
-structural anomaly expected) as further test brains; ``--quick`` leaves both out.
+Protocol (docs/benchmarks.md explains the choices):
 
-Metrics per model and score type, and for the z-score baseline, per split, then mean and
-standard deviation over splits: voxel AP, best Dice, Dice at the calibrated threshold,
-false-positive rate on the clean brains, subject AUROC (anomalous vs clean brains; subject score
-= % abnormal voxels, or the 99.9 % quantile of the scores); and per anomaly group (kind, radius,
-contrast, and each cell) voxel AP, best Dice, Dice and sensitivity at the calibrated threshold,
-with the group's voxels as positives and every anomaly-free brain voxel of the same brains as
-negatives.
+1. Every participant (12 controls, 51 depression patients used as normal anatomy) is
+   preprocessed once with the package's defaults (SyN, 1.5 mm) and cached in ``--work``.
+2. The participants are dealt into folds of *hosts*; for a fold, the normative sets of
+   n = 6, 12, 24, 48 participants are nested draws from the other folds (a learning curve).
+3. Each host gets one anomalous copy holding several anomalies of distinct *cells* (sharp or
+   blurred edge x hyper or hypo x radius x contrast), placed in grey or white matter, inserted
+   in native space before the whole preprocessing (``native``, the primary variant) and in
+   template space (``template``, the quick variant). Ground truth: voxels changed by at least
+   half the nominal contrast (:mod:`detection_anomalies`).
+4. Every score (:mod:`detection_methods`: z-score, moderated z-score, intensity-patch Gaussian,
+   untrained-encoder Gaussian, trained auto-encoders) is fitted on the normative set; its
+   threshold is the 98 % quantile of cross-fitted scores of the normals; per cell, its voxel AP
+   (positives: the cell's voxels; negatives: the clean hosts' voxels), sensitivity at 0.1 % and
+   1 % voxel FPR (thresholds from the clean hosts), Dice at the calibrated threshold, the
+   calibrated threshold's FPR on clean hosts, false-positive clusters per clean brain, and paired
+   bootstrap intervals over hosts of the AP difference to the best baseline.
+5. Subject level: half of each fold's hosts get a Parkinson-like alteration (substantia nigra,
+   putamen, caudate, pallidum of CIT168, intensity lowered by d = 0.25, 0.5, 1, 2 SD of the
+   normals' regional means), the other half stay clean; AUROC per d against a w-score baseline;
+   negative controls: depression vs controls, and a sham alteration outside the regions.
 
 Usage::
 
-    python benchmarks/detection.py --quick     # goal < 15 min on 2 cores, preprocessing included
-    python benchmarks/detection.py             # the full configuration (hours)
+    python benchmarks/detection.py --quick     # one fold, template space, n = 24 (< 20 min warm)
+    python benchmarks/detection.py             # the full configuration (hours; resumable)
+    python benchmarks/detection.py --seed 1    # a validation seed: tune on these, not on seed 0
 
-Results go to ``benchmarks/results/detection_<config>.{md,csv,json}`` (to the work folder when
-``--seeds`` or ``--models`` change the configuration, so that a development run never overwrites
-the committed tables; ``--out`` chooses).
+Each (fold, n) is saved under ``--work``/runs as soon as it is done; a rerun reuses it.
 """
 
 from __future__ import annotations
@@ -39,115 +40,138 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import nibabel as nib
+import detection_anomalies as anomalies_mod
+import detection_methods as methods
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from detection_metrics import (
+    auroc_with_interval,
+    bootstrap_ap_difference,
+    negative_sample,
+    sensitivity_at,
+    weighted_ap,
+    weighted_quantile,
+)
+from provenance import cpu_model, cpu_seconds, git_commit, load_average
+from scipy import ndimage
 
-from bids_anomaly.analysis.evaluation import detection_metrics
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import load_volumes, preprocessed_path
-from bids_anomaly.config import (
-    ExecutionConfig, PreprocessingConfig, RunConfig, ScoringConfig, TrainingConfig,
-)
 from bids_anomaly.preprocessing.templates import Template, load_template
-from bids_anomaly.simulation.anomalies import (
-    Anomaly, brain_depth, insert_anomalies, place_spheres, rasterise, region_ellipsoid,
-)
-from provenance import cpu_model, cpu_seconds, git_commit, load_average  # beside this script
+from bids_anomaly.scoring.normative import neighbour_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
+ATLASES = ROOT.parent / 'shared' / 'data' / 'atlases'
 RESULTS = ROOT / 'benchmarks' / 'results'
+IMAGES = ROOT / 'docs' / 'images'
 LOGGER = logging.getLogger('bids_anomaly')
-#: AAL3 structures whose atrophy is simulated (one per anomalous brain, drawn per brain).
-ATROPHY_STRUCTURES = ('Putamen_L', 'Putamen_R', 'Caudate_L', 'Caudate_R', 'Hippocampus_L',
-                      'Hippocampus_R')
-#: Sphere centres fall in tissue (normalised T1w above this), not in the ventricles.
-TISSUE = 0.3
-#: Subject score from the voxel scores: this quantile (besides the % abnormal voxels).
-SUBJECT_QUANTILE = 0.999
+#: CIT168 labels of the Parkinson-like regions (left and right together).
+PD_REGIONS = {
+    'substantia nigra': (13, 14, 17, 18),
+    'putamen': (1, 2),
+    'caudate': (3, 4),
+    'pallidum': (9, 10, 11, 12),
+}
+#: The sham alteration: the same regions moved up by this many voxels (into white matter).
+SHAM_SHIFT = 20
+FPRS = (0.001, 0.01)
+MIN_CLUSTER = 10  # voxels (34 mm^3 at 1.5 mm): smaller false-positive clusters are not counted
 
 
 @dataclass(frozen=True)
 class Settings:
-    """One benchmark configuration (``--quick`` or full)."""
-
-    resolution: float
-    registration: str
-    models: tuple[str, ...]
-    epochs: int  # 0: the published defaults
-    patches_per_subject: int
-    neighbourhood: int  # radius (voxels) of the codes pooled into each voxel's normative model
-    n_train: int
-    n_calibration: int
-    n_test: int
-    seeds: tuple[int, ...]
+    folds: int
+    folds_run: tuple[int, ...]
+    hosts_per_fold: int | None  # None: all of the fold
+    ns: tuple[int, ...]
+    learned_ns: tuple[int, ...]  # normative sizes at which encoders are trained and scored
+    edges: tuple[str, ...]
     radii_mm: tuple[float, ...]
     contrasts: tuple[float, ...]
-    shrink: float
-    patients: bool  # also score the patients (clean and with anomalies) as test brains
-    native: bool  # also the harder variant: anomalies inserted before preprocessing
+    per_copy: int
+    variants: tuple[str, ...]
+    families: tuple[str, ...]
+    epochs: int
+    patches_per_subject: int
+    severities: tuple[float, ...]
+    calibration_parts: int = 3
+    quantile: float = 0.98
+    n_boot: int = 500
 
 
 CONFIGS = {
-    'quick': Settings(resolution=2.0, registration='affine',
-                      models=('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice'), epochs=2,
-                      patches_per_subject=1500, neighbourhood=0, n_train=6, n_calibration=2,
-                      n_test=2, seeds=(0, 1, 2), radii_mm=(3.0, 6.0, 10.0),
-                      contrasts=(0.1, 0.2, 0.4), shrink=0.3, patients=False, native=False),
-    'full': Settings(resolution=1.5, registration='syn',
-                     models=('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice'), epochs=0,
-                     patches_per_subject=15000, neighbourhood=1, n_train=6, n_calibration=2,
-                     n_test=4, seeds=tuple(range(10)), radii_mm=(3.0, 6.0, 10.0),
-                     contrasts=(0.1, 0.2, 0.4), shrink=0.3, patients=True, native=True),
+    'quick': Settings(
+        folds=5,
+        folds_run=(0,),
+        hosts_per_fold=8,
+        ns=(24,),
+        learned_ns=(24,),
+        edges=('sharp', 'blurred'),
+        radii_mm=(3.0, 6.0, 10.0),
+        contrasts=(0.15, 0.4),
+        per_copy=8,
+        variants=('template',),
+        families=('sae-patch',),
+        epochs=1,
+        patches_per_subject=5000,
+        severities=(0.5, 1.0, 2.0),
+    ),
+    'full': Settings(
+        folds=5,
+        folds_run=(0, 1, 2, 3, 4),
+        hosts_per_fold=None,
+        ns=(6, 12, 24, 48),
+        learned_ns=(24,),
+        edges=('sharp', 'blurred'),
+        radii_mm=(3.0, 6.0, 10.0),
+        contrasts=(0.10, 0.15, 0.20, 0.40),
+        per_copy=8,
+        variants=('native', 'template'),
+        families=('sae-patch',),
+        epochs=3,
+        patches_per_subject=15000,
+        severities=(0.25, 0.5, 1.0, 2.0),
+    ),
 }
 
 
-#: The settings that change the trained bundles of a split (a rerun reuses them otherwise).
-TRAINING_SETTINGS = ('resolution', 'registration', 'models', 'epochs', 'patches_per_subject',
-                     'neighbourhood', 'n_calibration')
+# -- cohort and cache -------------------------------------------------------------------------
 
 
-@dataclass
-class TestBrain:
-    """A held-out participant, as preprocessed and with anomalies inserted in template space."""
-
-    name: str
-    clean: np.ndarray  # (C, X, Y, Z)
-    anomalous: np.ndarray
-    labels: np.ndarray  # (X, Y, Z): k inside anomalies[k - 1]
-    anomalies: list[Anomaly]
+@dataclass(frozen=True)
+class Subject:
+    participant: Participant
+    age: float
+    sex: float  # 1 female, 0 male
+    group: str
 
 
-# -- participants and preprocessing -------------------------------------------------------
-
-def ds002748_participants(data: Path) -> tuple[list[Participant], list[Participant]]:
-    """Controls and patients of ds002748 (T1w only), from participants.tsv."""
+def cohort(data: Path) -> list[Subject]:
     table = pd.read_csv(data / 'participants.tsv', sep='\t')
-    groups: dict[str, list[Participant]] = {'control': [], 'depr': []}
-    for participant_id, group in zip(table['participant_id'], table['group']):
-        label = participant_id.removeprefix('sub-')
-        t1w = data / participant_id / 'anat' / f'{participant_id}_T1w.nii.gz'
-        groups[group].append(Participant(label, None, group, group == 'control', t1w, None))
-    return groups['control'], groups['depr']
+    subjects = []
+    for row in table.itertuples():
+        label = row.participant_id.removeprefix('sub-')
+        t1w = data / row.participant_id / 'anat' / f'{row.participant_id}_T1w.nii.gz'
+        participant = Participant(label, None, row.group, row.group == 'control', t1w, None)
+        subjects.append(Subject(participant, float(row.age), float(row.gender == 'f'), row.group))
+    return subjects
 
 
-def preprocess(participants: Sequence[Participant], settings: Settings, work: Path,
-               nprocs: int) -> float:
-    """Run the real preprocessing once per participant into ``work/derivatives``; seconds."""
-    from nipype import config, logging as nipype_logging
+def preprocess(participants: list[Participant], work: Path, nprocs: int) -> float:
+    """The package's preprocessing (defaults but the normalisation) into ``work/derivatives``."""
+    from nipype import config
+    from nipype import logging as nipype_logging
 
+    from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
     from bids_anomaly.preprocessing.run import run_preprocessing
 
     config.set('logging', 'workflow_level', 'WARNING')
@@ -155,424 +179,974 @@ def preprocess(participants: Sequence[Participant], settings: Settings, work: Pa
     started = time.monotonic()
     writer = DerivativesWriter(work / 'derivatives', configuration={'benchmark': 'detection'})
     table = run_preprocessing(
-        participants, writer=writer, work_dir=work / 'nipype',
+        participants,
+        writer=writer,
+        work_dir=work / 'nipype',
         log_dir=work / 'derivatives' / 'logs',
-        preprocessing=PreprocessingConfig(resolution=settings.resolution,
-                                          registration=settings.registration),
-        execution=ExecutionConfig(nprocs=nprocs, omp_nthreads=nprocs))
+        preprocessing=PreprocessingConfig(
+            resolution=1.5, registration='syn', intensity_norm=NORMALISATION
+        ),
+        execution=ExecutionConfig(nprocs=nprocs, omp_nthreads=nprocs),
+    )
     failed = table[table['status'] == 'failed']
     if len(failed):
         raise SystemExit(f'preprocessing failed:\n{failed.to_string(index=False)}')
     return time.monotonic() - started
 
 
-# -- training -------------------------------------------------------------------------------
-
-def split_participants(controls: Sequence[Participant], settings: Settings,
-                       seed: int) -> tuple[list[Participant], list[Participant]]:
-    """Seeded (train + calibration, test) controls; train_bundles splits the first part."""
-    needed = settings.n_train + settings.n_calibration + settings.n_test
-    if len(controls) < needed:
-        raise SystemExit(f'{len(controls)} controls, but the configuration needs {needed}')
-    order = np.random.default_rng(seed).permutation(len(controls))
-    test = sorted((controls[i] for i in order[:settings.n_test]), key=lambda p: p.name)
-    fit = sorted((controls[i] for i in order[settings.n_test:needed]), key=lambda p: p.name)
-    return fit, test
+#: Intensity normalisation of the cache (no clip: bright anomalies keep their contrast).
+NORMALISATION = 'quantile-unclipped'
 
 
-def train_split(fit: Sequence[Participant], settings: Settings, work: Path, seed: int,
-                nprocs: int) -> list[Path]:
-    """Bundles of every model family for one split, trained and calibrated like ``--train``.
-
-    The split's folder is a view of the cached derivatives (links to the participants'
-    folders) plus its own ``models/``; a rerun with the same split and settings reuses them.
-    """
-    from bids_anomaly.levels import RunContext, set_threads
-    from bids_anomaly.levels.train import train_bundles
-    from bids_anomaly.scoring.scorer import BundleScorer
-
-    out = work / 'splits' / f'seed-{seed}'
-    key = json.loads(json.dumps({'fit': [p.name for p in fit],  # as read back: lists
-                                 **{name: getattr(settings, name) for name in TRAINING_SETTINGS}}))
-    bundles = [out / 'models' / family for family in settings.models]
-    template = load_template(settings.resolution)
-    if (out / 'split.json').is_file() and json.loads((out / 'split.json').read_text()) == key \
-            and all(BundleScorer(b, template).ready for b in bundles):
-        LOGGER.info('seed %d: reusing the bundles in %s', seed, out / 'models')
-        return bundles
-    shutil.rmtree(out, ignore_errors=True)  # other settings: no stale checkpoint may resume
-    out.mkdir(parents=True)
-    for participant in fit:
-        (out / participant.name).symlink_to(work / 'derivatives' / participant.name,
-                                            target_is_directory=True)
-    config = RunConfig(
-        DATA, out, 'group',
-        execution=ExecutionConfig(seed=seed, device='cpu', nprocs=nprocs, omp_nthreads=nprocs),
-        preprocessing=PreprocessingConfig(resolution=settings.resolution,
-                                          registration=settings.registration),
-        training=TrainingConfig(
-            train=True, models=settings.models, modalities=('T1w',), epochs=settings.epochs,
-            patches_per_subject=settings.patches_per_subject,
-            calibration_fraction=settings.n_calibration / len(fit)),
-        scoring=ScoringConfig(neighbourhood=settings.neighbourhood))
-    set_threads(config)
-    context = RunContext(config, out / '.work', out / 'logs',
-                         DerivativesWriter(out, configuration=config.to_dict()), list(fit))
-    trained = train_bundles(context, list(fit))
-    (out / 'split.json').write_text(json.dumps(key))
-    return trained
+def assign_folds(subjects: list[Subject], settings: Settings, seed: int) -> list[list[int]]:
+    order = np.random.default_rng([seed, 1]).permutation(len(subjects))
+    return [sorted(order[f :: settings.folds].tolist()) for f in range(settings.folds)]
 
 
-# -- anomalies ------------------------------------------------------------------------------
-
-def sphere_specs(settings: Settings) -> list[tuple[float, float]]:
-    """(radius, signed contrast) of every sphere of an anomalous brain, largest first."""
-    return [(radius, sign * contrast) for radius in sorted(settings.radii_mm, reverse=True)
-            for contrast in settings.contrasts for sign in (1.0, -1.0)]
+# -- features ---------------------------------------------------------------------------------
 
 
-def make_anomalies(volume: np.ndarray, template: Template, atlas, settings: Settings,
-                   random_state: np.random.Generator) -> list[Anomaly]:
-    """The atrophy of one drawn structure, then every sphere (radius x contrast x sign).
+class Extractor:
+    """Features of a template-space volume for every score, restricted to slices if asked."""
 
-    The atrophy comes first: :func:`insert_anomalies` applies anomalies in order, so the
-    spheres are not moved by its deformation.
-    """
-    structure = str(random_state.choice(ATROPHY_STRUCTURES))
-    index = int(atlas.table.loc[atlas.table['name'] == structure, 'index'].iloc[0])
-    center, radii = region_ellipsoid(atlas.labels == index, template.affine)
-    atrophy = Anomaly(structure.replace('_', ''), 'atrophy', center, radii,
-                      shrink=settings.shrink)
-    brain = template.mask_array() & (volume > 0)
-    return [atrophy] + place_spheres(random_state, brain_depth(brain, template.affine),
-                                     template.affine, sphere_specs(settings),
-                                     centres=volume > TISSUE, avoid=[atrophy])
+    def __init__(self, mask: np.ndarray, encoders: dict[str, object]) -> None:
+        self.mask = mask
+        self.table = neighbour_table(mask, 1)
+        self.encoders = encoders  # name -> (model, trained)
 
+    def __call__(
+        self, volume: np.ndarray, base: dict | None = None, slices: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        from bids_anomaly.scoring.reconstruction import score_patches
 
-def held_out_brains(participants: Sequence[Participant], settings: Settings, work: Path,
-                seed: int) -> list[TestBrain]:
-    """Each held-out participant, clean and with its seeded anomalies (template space)."""
-    from bids_anomaly.analysis.regions import load_aal3
-
-    template = load_template(settings.resolution)
-    atlas = load_aal3(template.t1w)
-    brains = []
-    for participant in participants:
-        volume = load_volumes(work / 'derivatives', [participant], ('T1w',), template)[0]
-        random_state = np.random.default_rng([seed, int(participant.label)])
-        anomalies = make_anomalies(volume[0], template, atlas, settings, random_state)
-        anomalous = insert_anomalies(volume[0], template.affine, anomalies, 'T1w')[None]
-        labels = rasterise(anomalies, template.shape, template.affine)
-        brains.append(TestBrain(participant.name, volume, anomalous, labels, anomalies))
-    return brains
-
-
-def native_brains(participants: Sequence[Participant], clean: Sequence[TestBrain],
-                  settings: Settings, work: Path, seed: int, nprocs: int) -> list[TestBrain]:
-    """The harder variant: spheres inserted in the native T1w, then the whole preprocessing.
-
-    Each anomalous T1w is a new participant (``sub-<label>n<seed>``) that goes through
-    bias correction, brain mask, registration and intensity normalisation like any other; its
-    ground truth is the native label image brought to the template by that participant's own
-    transform (``genericLabel`` interpolation). Spheres only: an atlas structure has no native
-    position before registration.
-    """
-    from bids_anomaly.preprocessing.registration import apply_transforms
-
-    template = load_template(settings.resolution)
-    derivatives = work / 'derivatives'
-    made = []
-    for participant in participants:
-        img = nib.load(participant.t1w)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        brain = data > 0  # ds002748 is skull-stripped
-        low, high = np.quantile(data[brain], [0.01, 0.99])
-        random_state = np.random.default_rng([seed, int(participant.label), 1])
-        spheres = place_spheres(random_state, brain_depth(brain, img.affine), img.affine,
-                                sphere_specs(settings),
-                                centres=(data - low) / (high - low) > TISSUE)
-        label = f'{participant.label}n{seed}'
-        folder = work / 'native' / f'sub-{label}' / 'anat'
-        folder.mkdir(parents=True, exist_ok=True)
-        header = img.header.copy()
-        header.set_data_dtype(np.float32)
-        header.set_slope_inter(1, 0)
-        t1w, truth = folder / f'sub-{label}_T1w.nii.gz', folder / f'sub-{label}_dseg.nii.gz'
-        anomalous = insert_anomalies(data, img.affine, spheres, 'T1w')
-        if not t1w.is_file() or not np.array_equal(nib.load(t1w).get_fdata(dtype=np.float32),
-                                                   anomalous):
-            shutil.rmtree(derivatives / f'sub-{label}', ignore_errors=True)  # stale
-            nib.save(nib.Nifti1Image(anomalous, img.affine, header), t1w)
-        nib.save(nib.Nifti1Image(rasterise(spheres, data.shape, img.affine), img.affine), truth)
-        made.append((participant, Participant(label, None, participant.group,
-                                              participant.is_control, t1w, None), spheres, truth))
-    preprocess([native for _, native, _, _ in made], settings, work, nprocs)
-    brains = []
-    for (participant, native, spheres, truth), original in zip(made, clean):
-        reference = preprocessed_path(derivatives, native, 'T1w', template)
-        transform = next((derivatives / native.name / 'anat').glob(
-            f'{native.name}_from-T1w_to-{template.name}_mode-image_xfm.h5'))
-        with tempfile.TemporaryDirectory() as tmp:
-            warped = apply_transforms(str(truth), str(reference), [str(transform)],
-                                      interpolation='genericLabel', newpath=tmp)
-            labels = np.rint(np.asarray(nib.load(warped).dataobj)).astype(np.int16)
-        volume = load_volumes(derivatives, [native], ('T1w',), template)[0]
-        brains.append(TestBrain(original.name, original.clean, volume, labels, spheres))
-    return brains
+        flat = volume[self.mask]
+        features = {'intensity': flat[:, None], 'patch': methods.patch_features(flat, self.table)}
+        mask = self.mask
+        chosen = None
+        if slices is not None and base is not None:
+            mask = self.mask.copy()
+            mask[:, :, : slices[0]] = False
+            mask[:, :, slices[1] :] = False
+            chosen = mask[self.mask]
+        for name, (model, trained) in self.encoders.items():
+            out = score_patches(model, volume[None], mask, with_error=trained)
+            codes, error = out.codes, out.error[mask][:, None]
+            if chosen is not None:
+                codes_full = base[f'codes:{name}'].copy()
+                codes_full[chosen] = codes
+                codes = codes_full
+                if trained:
+                    error_full = base[f'error:{name}'].copy()
+                    error_full[chosen] = error
+                    error = error_full
+            features[f'codes:{name}'] = codes
+            if trained:
+                features[f'error:{name}'] = error.astype(np.float32)
+        return features
 
 
-def anomaly_groups(anomaly: Anomaly) -> dict[str, str]:
-    """The groups an anomaly is reported in: kind, radius, contrast and their cell."""
-    if anomaly.kind == 'atrophy':
-        shrink = f'{anomaly.shrink:.0%}'
-        return {'kind': 'atrophy', 'cell': f'atrophy {shrink}'}
-    contrast = anomaly.contrast['T1w']
-    kind = 'hyper' if contrast > 0 else 'hypo'
-    radius, percent = f'{anomaly.radii_mm[0]:g} mm', f'{abs(contrast):.0%}'
-    return {'kind': kind, 'radius': radius, 'contrast': percent,
-            'cell': f'{kind} {radius} {percent}'}
+def train_encoders(
+    settings: Settings, normals: np.ndarray, mask: np.ndarray, work: Path, seed: int
+) -> dict[str, object]:
+    """The untrained encoder and each trained family, weights cached in ``work``."""
+    import torch
+
+    from bids_anomaly.models.networks import build_model
+    from bids_anomaly.models.spec import ModelSpec, TrainParams
+    from bids_anomaly.training.trainer import train_model
+
+    torch.manual_seed(seed)
+    spec = ModelSpec('sae-patch', grid_shape=mask.shape)
+    encoders: dict[str, object] = {'random-encoder': (build_model(spec).eval(), False)}
+    for family in settings.families:
+        spec = ModelSpec(family, grid_shape=mask.shape)
+        params = TrainParams(
+            epochs=settings.epochs, patches_per_subject=settings.patches_per_subject, seed=seed
+        )
+        weights = work / f'{family}.pt'
+        model = build_model(spec)
+        if weights.is_file():
+            model.load_state_dict(torch.load(weights, weights_only=True))
+        else:
+            started = time.monotonic()
+            model = train_model(
+                spec,
+                params,
+                normals[:, None],
+                mask,
+                work_dir=work / family,
+                device='cpu',
+                progress=False,
+            ).model
+            torch.save(model.state_dict(), weights.with_suffix('.tmp'))
+            weights.with_suffix('.tmp').replace(weights)
+            LOGGER.info('%s trained in %.0f s', family, time.monotonic() - started)
+        encoders[family] = (model.eval(), True)
+    return encoders
 
 
-# -- scoring and metrics --------------------------------------------------------------------
+# -- one fold at one n ------------------------------------------------------------------------
 
-def score_volumes(bundles: Sequence[Path], volumes: Sequence[np.ndarray],
-                  template: Template) -> tuple[dict, dict]:
-    """Brain-voxel scores ``{(model, stat): [one array per volume]}`` and the thresholds."""
-    from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
 
+def run_fold(
+    settings: Settings,
+    subjects: list[Subject],
+    volumes: np.ndarray,
+    hosts: list[int],
+    pool: list[int],
+    n: int,
+    copies: dict,
+    template: Template,
+    regions: dict[str, np.ndarray],
+    work: Path,
+    seed: int,
+) -> dict:
+    """Fit every score on ``n`` normals of ``pool``, score the hosts; the compact record."""
     mask = template.mask_array()
-    scores: dict[tuple[str, str], list[np.ndarray]] = {}
-    thresholds: dict[tuple[str, str], float] = {}
-    for index, path in enumerate(bundles):
-        scorer = BundleScorer(path, template, 'cpu')
-        for volume in volumes:
-            for key, values in scorer.score(volume).maps.items():
-                if key == (BASELINE, ZSCORE) and index:
-                    continue  # the bundles of a split share their training controls
-                scores.setdefault(key, []).append(values[mask])
-        thresholds.update(scorer.thresholds)
-    return scores, thresholds
+    normals = [
+        pool[i] for i in np.random.default_rng([seed, 2, hosts[0]]).permutation(len(pool))[:n]
+    ]
+    learned = n in settings.learned_ns
+    encoders = (
+        train_encoders(
+            settings, volumes[normals], mask, work / 'models' / f'fold-{hosts[0]}_n-{n}', seed
+        )
+        if learned
+        else {}
+    )
+    extract = Extractor(mask, encoders)
+    scores = methods.baseline_scores()
+    for name, (_, trained) in encoders.items():
+        scores += methods.encoder_scores(name, trained)
+    # moments of the normals, in calibration parts for the cross-fitted thresholds
+    parts = np.arange(n) % settings.calibration_parts
+    normal_features, part_moments = [], [dict() for _ in range(settings.calibration_parts)]
+    for k, index in enumerate(normals):
+        features = extract(volumes[index])
+        normal_features.append({s.features: features[s.features] for s in scores})
+        for key, value in normal_features[-1].items():
+            moments = methods.Moments.of(value)
+            held = part_moments[parts[k]]
+            held[key] = held[key] + moments if key in held else moments
+    total = {
+        key: sum((p[key] for p in part_moments[1:]), part_moments[0][key])
+        for key in part_moments[0]
+    }
+    models = methods.fit_all(scores, total, mask)
+    calibration: dict[str, list[np.ndarray]] = {s.name: [] for s in scores}
+    for part in range(settings.calibration_parts):
+        rest = {key: total[key] - part_moments[part][key] for key in total}
+        fitted = methods.fit_all(scores, rest, mask)
+        for k in np.flatnonzero(parts == part):
+            for score in scores:
+                calibration[score.name].append(methods.apply(score, fitted, normal_features[k]))
+    thresholds = {
+        name: float(np.quantile(np.concatenate(values), settings.quantile))
+        for name, values in calibration.items()
+    }
+    del normal_features, calibration
+    # w-score baseline: regional means regressed on age and sex in the normals
+    design = np.array([[1, subjects[i].age, subjects[i].sex] for i in normals])
+    means = np.array([[volumes[i][r].mean() for r in regions.values()] for i in normals])
+    beta, *_ = np.linalg.lstsq(design, means, rcond=None)
+    resid_sd = (means - design @ beta).std(0, ddof=3 if n > 3 else 0) + 1e-6
+    sd_rel = means.std(0, ddof=1) / means.mean(0)
+
+    def w_score(index: int, volume: np.ndarray) -> float:
+        x = np.array([volume[r].mean() for r in regions.values()])
+        predicted = np.array([1, subjects[index].age, subjects[index].sex]) @ beta
+        return float(np.mean(np.abs((x - predicted) / resid_sd)))
+
+    union = np.zeros(mask.shape, dtype=bool)
+    for r in regions.values():
+        union |= r
+    in_regions = union[mask]
+    z_any = np.flatnonzero(union.any((0, 1)))
+    slices = (max(0, z_any[0] - 2), z_any[-1] + 3)
+    sham_slices = (slices[0] + SHAM_SHIFT, slices[1] + SHAM_SHIFT)
+    rng = np.random.default_rng([seed, 3, hosts[0], n])
+    record = {
+        'thresholds': thresholds,
+        'normals': [subjects[i].participant.name for i in normals],
+        'negatives': {s.name: [] for s in scores},
+        'clean': [],
+        'positives': [],
+        'subjects': [],
+    }
+    altered = set(hosts[1::2])
+    for index in hosts:
+        name = subjects[index].participant.name
+        features = extract(volumes[index])
+        clean_scores = {s.name: methods.apply(s, models, features) for s in scores}
+        for score in scores:
+            values = clean_scores[score.name]
+            record['negatives'][score.name].append(negative_sample(values, rng))
+            above = values > thresholds[score.name]
+            grid = np.zeros(mask.shape, dtype=bool)
+            grid[mask] = above
+            labels, count = ndimage.label(grid, structure=np.ones((3, 3, 3)))
+            sizes = np.bincount(labels.ravel())[1:]
+            record['clean'].append(
+                {
+                    'host': name,
+                    'score': score.name,
+                    'fpr_calibrated': float(above.mean()),
+                    'fp_voxels': int(above.sum()),
+                    'fp_clusters': int(np.sum(sizes >= MIN_CLUSTER)),
+                }
+            )
+            record['subjects'].append(
+                _subject_row(
+                    name,
+                    subjects[index].group,
+                    'clean',
+                    0.0,
+                    score.name,
+                    values,
+                    in_regions,
+                    thresholds[score.name],
+                )
+            )
+        record['subjects'].append(
+            {
+                'host': name,
+                'group': subjects[index].group,
+                'alteration': 'clean',
+                'd': 0.0,
+                'score': 'w-score',
+                'percent_abnormal': np.nan,
+                'mean_score': w_score(index, volumes[index]),
+            }
+        )
+        for variant, (volume, labels, cells) in copies.get(index, {}).items():
+            anomalous = extract(volume)
+            truth = labels[mask]
+            for score in scores:
+                values = methods.apply(score, models, anomalous)
+                for k, cell in enumerate(cells, start=1):
+                    record['positives'].append(
+                        {
+                            'host': name,
+                            'variant': variant,
+                            'cell': cell.name,
+                            'score': score.name,
+                            'values': values[truth == k],
+                        }
+                    )
+        if index not in altered:
+            continue
+        for alteration, d, volume, window in _alterations(
+            volumes[index], regions, sd_rel, settings, slices, sham_slices
+        ):
+            changed = extract(volume, base=features, slices=window)
+            for score in scores:
+                values = methods.apply(score, models, changed)
+                record['subjects'].append(
+                    _subject_row(
+                        name,
+                        subjects[index].group,
+                        alteration,
+                        d,
+                        score.name,
+                        values,
+                        in_regions,
+                        thresholds[score.name],
+                    )
+                )
+            record['subjects'].append(
+                {
+                    'host': name,
+                    'group': subjects[index].group,
+                    'alteration': alteration,
+                    'd': d,
+                    'score': 'w-score',
+                    'percent_abnormal': np.nan,
+                    'mean_score': w_score(index, volume),
+                }
+            )
+        LOGGER.info('  host %s scored', name)
+    return record
 
 
-def ranked_metrics(negatives: np.ndarray, positives: np.ndarray,
-                   threshold: float) -> dict[str, float]:
-    """Voxel AP, best Dice, Dice and sensitivity at ``threshold`` of few positives, exactly.
+def _alterations(
+    volume: np.ndarray,
+    regions: dict[str, np.ndarray],
+    sd_rel: np.ndarray,
+    settings: Settings,
+    slices,
+    sham_slices,
+):
+    """Parkinson-like copies (every severity) and the sham (largest severity, moved up)."""
+    for d in settings.severities:
+        out = volume.copy()
+        for r, region in enumerate(regions.values()):
+            out[region] *= 1 - d * sd_rel[r]
+        yield 'pd', d, out, slices
+    out = volume.copy()
+    d = max(settings.severities)
+    for r, region in enumerate(regions.values()):
+        out[np.roll(region, SHAM_SHIFT, axis=2)] *= 1 - d * sd_rel[r]
+    yield 'sham', d, out, sham_slices
 
-    ``negatives`` sorted ascending. Equal to scikit-learn's average precision and to
-    :func:`~bids_anomaly.analysis.evaluation.best_dice` (ties included), but in
-    O(P log N) once the N negatives are sorted, so that many small anomaly groups share one
-    sort of a brain's worth of voxels.
+
+def _subject_row(host, group, alteration, d, score, values, in_regions, threshold) -> dict:
+    inside = values[in_regions]
+    return {
+        'host': host,
+        'group': group,
+        'alteration': alteration,
+        'd': d,
+        'score': score,
+        'percent_abnormal': float(100 * np.mean(inside > threshold)),
+        'mean_score': float(np.mean(inside)),
+    }
+
+
+# -- anomalous copies -------------------------------------------------------------------------
+
+
+def make_copies(
+    settings: Settings,
+    subjects: list[Subject],
+    volumes: np.ndarray,
+    hosts: list[int],
+    template: Template,
+    work: Path,
+    seed: int,
+    nprocs: int,
+    wait: bool = False,
+) -> dict[int, dict]:
+    """Each host's anomalous copy in every variant: ``{host: {variant: (volume, labels,
+    cells)}}``.
+
+    ``wait``: the native copies are being preprocessed by ``--prepare-native`` processes;
+    wait for their outputs instead of preprocessing them here.
     """
-    if not positives.size:
-        return dict.fromkeys(('voxel_ap', 'best_dice', 'dice_calibrated', 'sensitivity'),
-                             float('nan'))
-    positives = np.sort(positives)
-    n_pos = positives.size
-    values = np.unique(positives)  # every distinct threshold at which recall changes
-    tp = n_pos - np.searchsorted(positives, values, side='left')
-    fp = negatives.size - np.searchsorted(negatives, values, side='left')
-    recall = tp / n_pos
-    ap = float(np.sum((recall - np.append(recall[1:], 0.0)) * tp / (tp + fp)))
-    tp_at = n_pos - np.searchsorted(positives, threshold, side='right')
-    fp_at = negatives.size - np.searchsorted(negatives, threshold, side='right')
-    return {'voxel_ap': ap, 'best_dice': float(np.max(2 * tp / (tp + fp + n_pos))),
-            'dice_calibrated': float(2 * tp_at / (tp_at + fp_at + n_pos)),
-            'sensitivity': float(tp_at / n_pos)}
+    cells = anomalies_mod.make_cells(settings.edges, settings.radii_mm, settings.contrasts)
+    names = [subjects[i].participant.name for i in hosts]
+    assigned = anomalies_mod.assign_cells(names, cells, settings.per_copy, seed)
+    mask = template.mask_array()
+    copies: dict[int, dict] = {i: {} for i in hosts}
+    if 'template' in settings.variants:
+        for i, name in zip(hosts, names):
+            rng = np.random.default_rng([seed, 4, int(subjects[i].participant.label)])
+            volume, labels, _ = anomalies_mod.template_copy(
+                volumes[i], mask & (volumes[i] != 0), template.affine, assigned[name], rng
+            )
+            copies[i]['template'] = (volume, labels, assigned[name])
+    if 'native' in settings.variants:
+        made = native_copies(settings, subjects, hosts, assigned, work, seed)
+        derivatives = work / 'derivatives'
+        while wait and not all(
+            (derivatives / p.name / 'anat' / f'{p.name}_desc-preproc_T1w.json').is_file()
+            and preprocessed_path(derivatives, p, 'T1w', template).is_file()
+            for _, p in made
+        ):
+            time.sleep(20)
+        preprocess([p for _, p in made], work, nprocs)
+        for i, native in made:
+            reference = preprocessed_path(derivatives, native, 'T1w', template)
+            transform = (
+                derivatives
+                / native.name
+                / 'anat'
+                / (f'{native.name}_from-T1w_to-{template.name}_mode-image_xfm.h5')
+            )
+            labels = anomalies_mod.native_truth(native.t1w, transform, reference)
+            volume = load_volumes(derivatives, [native], ('T1w',), template)[0, 0]
+            copies[i]['native'] = (volume, labels, assigned[subjects[i].participant.name])
+    return copies
 
 
-def split_metrics(scores: dict, thresholds: dict, brains: Sequence[TestBrain],
-                  mask: np.ndarray) -> tuple[list[dict], list[dict]]:
-    """Overall rows (one per score type) and per-group rows of one split.
-
-    ``scores[key]`` holds the clean brains' voxels, then the anomalous brains'.
-    """
-    n = len(brains)
-    truths = [np.zeros(int(mask.sum()), dtype=bool)] * n + [b.labels[mask] > 0 for b in brains]
-    # number the anomalies of all brains 1, 2, ... so that a group picks its voxels at once
-    ids, members, offset = [], {}, 0
-    for brain in brains:
-        labels = brain.labels[mask]
-        ids.append(np.where(labels > 0, labels + offset, 0))
-        for k, anomaly in enumerate(brain.anomalies, start=1):
-            for dimension, group in anomaly_groups(anomaly).items():
-                members.setdefault((dimension, group), []).append(offset + k)
-        offset += len(brain.anomalies)
-    anomaly_id = np.concatenate(ids)
-    overall, grouped = [], []
-    for (model, stat), values in scores.items():
-        threshold = thresholds[(model, stat)]
-        subject = [np.quantile(v, SUBJECT_QUANTILE) for v in values]
-        overall.append({'model': model, 'score_type': stat, 'threshold': threshold,
-                        **detection_metrics(values, truths, threshold),
-                        'subject_auroc_quantile': float(roc_auc_score([0] * n + [1] * n,
-                                                                      subject))})
-        anomalous = np.concatenate(values[n:])
-        negatives = np.sort(anomalous[anomaly_id == 0])
-        for (dimension, group), chosen in members.items():
-            positives = anomalous[np.isin(anomaly_id, chosen)]
-            grouped.append({'model': model, 'score_type': stat, 'dimension': dimension,
-                            'group': group, 'n_voxels': positives.size,
-                            **ranked_metrics(negatives, positives, threshold)})
-    return overall, grouped
+def native_copies(
+    settings: Settings,
+    subjects: list[Subject],
+    hosts: list[int],
+    assigned: dict,
+    work: Path,
+    seed: int,
+) -> list[tuple[int, Participant]]:
+    """Write each host's native anomalous T1w (a new participant ``<label>n<seed>``)."""
+    made = []
+    for i in hosts:
+        participant = subjects[i].participant
+        label = f'{participant.label}n{seed}'
+        rng = np.random.default_rng([seed, 5, int(participant.label)])
+        t1w, _ = anomalies_mod.write_native_copy(
+            participant.t1w, assigned[participant.name], rng, work / 'native', label
+        )
+        made.append((i, Participant(label, None, subjects[i].group, False, t1w, None)))
+    return made
 
 
-# -- summary and outputs --------------------------------------------------------------------
+def prepare_native(
+    settings: Settings, part: int, parts: int, *, data: Path, work: Path, seed: int, nprocs: int
+) -> None:
+    """Write every fold's native copies; preprocess every ``parts``-th from ``part`` (so that
+    several processes share the registrations before the run)."""
+    subjects = cohort(data)
+    cells = anomalies_mod.make_cells(settings.edges, settings.radii_mm, settings.contrasts)
+    jobs = []
+    for hosts in fold_hosts(settings, assign_folds(subjects, settings, seed)):
+        names = [subjects[i].participant.name for i in hosts]
+        assigned = anomalies_mod.assign_cells(names, cells, settings.per_copy, seed)
+        jobs += [(i, assigned) for i in hosts]
+    made = [
+        native_copies(settings, subjects, [i], assigned, work, seed)[0]
+        for i, assigned in jobs[part::parts]
+    ]
+    preprocess([p for _, p in made], work, nprocs)
 
-OVERALL_METRICS = ('voxel_ap', 'best_dice', 'dice_calibrated', 'fpr_clean', 'subject_auroc',
-                   'subject_auroc_quantile')
-GROUP_METRICS = ('voxel_ap', 'best_dice', 'dice_calibrated', 'sensitivity')
+
+def fold_hosts(settings: Settings, folds: list[list[int]]) -> list[list[int]]:
+    return [
+        folds[f][: settings.hosts_per_fold] if settings.hosts_per_fold else folds[f]
+        for f in settings.folds_run
+    ]
 
 
-def summarise(rows: pd.DataFrame, keys: list[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and standard deviation over splits (``<metric>_mean``, ``<metric>_std``)."""
-    grouped = rows.groupby(keys, sort=False)[list(metrics)]
-    table = grouped.mean().add_suffix('_mean').join(grouped.std(ddof=0).add_suffix('_std'))
-    table['n_splits'] = grouped.size()
-    return table.reset_index()
+# -- summaries --------------------------------------------------------------------------------
 
 
-def markdown(summary: pd.DataFrame, groups: pd.DataFrame, context: dict) -> str:
-    """The results page: context, the overall table, then AP and sensitivity per group."""
-    def cell(row, metric: str) -> str:
-        mean, std = row[f'{metric}_mean'], row[f'{metric}_std']
-        return 'n/a' if pd.isna(mean) else f'{mean:.3f} ± {std:.3f}'
+def summarise(records: list[dict], settings: Settings, seed: int) -> dict[str, pd.DataFrame]:
+    """Per-cell, overall, calibration, learning-curve and subject-level tables."""
+    cell_rows, overall_rows, intervals = [], [], []
+    by_n: dict[int, list[dict]] = {}
+    for record in records:
+        by_n.setdefault(record['n'], []).append(record)
+    for n, chosen in sorted(by_n.items()):
+        negs = {}
+        hosts = []
+        for record in chosen:
+            hosts += [c['host'] for c in record['clean'] if c['score'] == 'zscore']
+        host_index = {h: k for k, h in enumerate(hosts)}
+        for score in chosen[0]['thresholds']:
+            if not all(score in r['negatives'] for r in chosen):
+                continue
+            negs[score] = [x for r in chosen for x in r['negatives'][score]]
+        pooled = {score: _pool(value) for score, value in negs.items()}
+        positives = pd.DataFrame([p for r in chosen for p in r['positives']])
+        clean = pd.DataFrame([c for r in chosen for c in r['clean']])
+        thresholds = {s: [r['thresholds'][s] for r in chosen] for s in negs}
+        if positives.empty:
+            continue
+        for (variant, cell), group in positives.groupby(['variant', 'cell']):
+            best_baseline = None
+            for score, rows in group.groupby('score'):
+                if score not in negs:
+                    continue
+                pooled_neg, pooled_w = pooled[score]
+                values = np.concatenate(list(rows['values']))
+                size = len(values)
+                fp_per_host = clean[clean['score'] == score].set_index('host')['fp_voxels']
+                dice = [
+                    2
+                    * np.sum(v > _threshold_of(r, score, chosen))
+                    / (
+                        len(v)
+                        + np.sum(v > _threshold_of(r, score, chosen))
+                        + fp_per_host[r['host']]
+                    )
+                    for _, r in rows.iterrows()
+                    for v in [r['values']]
+                    if len(v)
+                ]
+                row = {
+                    'n': n,
+                    'variant': variant,
+                    'cell': cell,
+                    'score': score,
+                    'n_anomalies': len(rows),
+                    'n_voxels': size,
+                    'chance': size / (size + pooled_w.sum()),
+                    'voxel_ap': weighted_ap(values, np.ones(size), pooled_neg, pooled_w),
+                    'dice_calibrated': float(np.mean(dice)) if dice else np.nan,
+                }
+                for fpr in FPRS:
+                    row[f'sens_fpr{fpr:g}'] = sensitivity_at(
+                        values, weighted_quantile(pooled_neg, pooled_w, 1 - fpr)
+                    )
+                cell_rows.append(row)
+            # paired bootstrap against the best baseline of this cell
+            frame = pd.DataFrame(
+                [
+                    r
+                    for r in cell_rows
+                    if r['n'] == n and r['variant'] == variant and r['cell'] == cell
+                ]
+            )
+            base = frame[frame['score'].isin(BASELINES)].sort_values('voxel_ap')
+            if base.empty or n not in settings.learned_ns:
+                continue
+            best_baseline = base['score'].iloc[-1]
+            others = [s for s in frame['score'] if s not in BASELINES]
+            pos = {
+                s: np.concatenate(list(group[group['score'] == s]['values']))
+                for s in others + [best_baseline]
+            }
+            pos_host = np.concatenate(
+                [
+                    np.full(len(v), host_index[h])
+                    for h, v in zip(
+                        group[group['score'] == best_baseline]['host'],
+                        group[group['score'] == best_baseline]['values'],
+                    )
+                ]
+            )
+            found = bootstrap_ap_difference(
+                pos,
+                pos_host,
+                negs,
+                len(hosts),
+                [(s, best_baseline) for s in others],
+                settings.n_boot,
+                seed,
+            )
+            for (a, b), (low, high) in found.items():
+                intervals.append(
+                    {
+                        'n': n,
+                        'variant': variant,
+                        'cell': cell,
+                        'score': a,
+                        'baseline': b,
+                        'ap_diff_low': low,
+                        'ap_diff_high': high,
+                    }
+                )
+        for score in negs:
+            rows = clean[clean['score'] == score]
+            overall_rows.append(
+                {
+                    'n': n,
+                    'score': score,
+                    'threshold_mean': float(np.mean(thresholds[score])),
+                    'fpr_calibrated': float(rows['fpr_calibrated'].mean()),
+                    'fpr_nominal': 1 - settings.quantile,
+                    'fp_clusters_per_brain': float(rows['fp_clusters'].mean()),
+                }
+            )
+            for variant, group in positives[positives['score'] == score].groupby('variant'):
+                values = np.concatenate(list(group['values']))
+                overall_rows[-1][f'overall_ap_{variant}'] = weighted_ap(
+                    values, np.ones(len(values)), *pooled[score]
+                )
+    subjects = pd.DataFrame([s | {'n': r['n']} for r in records for s in r['subjects']])
+    return {
+        'cells': pd.DataFrame(cell_rows),
+        'overall': pd.DataFrame(overall_rows),
+        'intervals': pd.DataFrame(intervals),
+        'subjects': subjects,
+        'subject_auroc': subject_auroc(subjects, settings, seed),
+    }
 
-    def stage(name: str) -> float:
-        return sum(v for k, v in context.items() if k.endswith(f'_{name}_s'))
 
-    names = {'voxel_ap': 'voxel AP', 'best_dice': 'best Dice',
-             'dice_calibrated': 'Dice (calibrated)', 'fpr_clean': 'FP rate (clean)',
-             'subject_auroc': 'subject AUROC (% abnormal)',
-             'subject_auroc_quantile': f'subject AUROC (q{SUBJECT_QUANTILE:g})',
-             'sensitivity': 'sensitivity (calibrated)'}
-    lines = [f"Configuration `{context['config']}`, {context['date']}; command:", '',
-             f"```bash\n{context['command']}\n```", '',
-             f"Machine: {context['machine']}; load average (1, 5, 15 min) before "
-             f"{context['load_before']}, after {context['load_after']}. Commit "
-             f"{context['commit']}. Wall time {context['wall_s'] / 60:.1f} min "
-             f"(preprocessing {context['preprocessing_s'] / 60:.1f} min, training "
-             f"{stage('training') / 60:.1f} min, scoring {stage('scoring') / 60:.1f} min), "
-             f"CPU time {context['cpu_s'] / 60:.1f} min.", '',
-             f"Settings: `{json.dumps(context['settings'])}`.", '',
-             'Mean ± standard deviation over the splits:', '',
-             '| anomalies | model | score | ' + ' | '.join(names[m] for m in OVERALL_METRICS)
-             + ' |', '|---|---|---|' + '---:|' * len(OVERALL_METRICS)]
-    for _, row in summary.iterrows():
-        lines.append(f"| {row['variant']} | {row['model']} | {row['score_type']} | "
-                     + ' | '.join(cell(row, m) for m in OVERALL_METRICS) + ' |')
-    marginal = groups[groups['dimension'] != 'cell']
-    for variant, chosen in marginal.groupby('variant', sort=False):
-        for metric in ('voxel_ap', 'sensitivity'):
-            lines += group_table(chosen, metric, names[metric], variant)
+def _pool(negatives: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    values = np.concatenate([v for v, _ in negatives])
+    weights = np.concatenate([w for _, w in negatives])
+    order = np.argsort(values, kind='stable')
+    return values[order], weights[order]
+
+
+BASELINES = ('zscore', 'zscore-moderated', 'gaussian-intensity', 'random-encoder gaussian')
+
+
+def _threshold_of(row, score: str, chosen: list[dict]) -> float:
+    for record in chosen:
+        if any(c['host'] == row['host'] for c in record['clean']):
+            return record['thresholds'][score]
+    raise KeyError(row['host'])
+
+
+def subject_auroc(subjects: pd.DataFrame, settings: Settings, seed: int) -> pd.DataFrame:
+    """AUROC per n, score, statistic and alteration: altered hosts vs the unaltered ones."""
+    rows = []
+    if subjects.empty:
+        return pd.DataFrame()
+    for (n, score), frame in subjects.groupby(['n', 'score']):
+        altered_hosts = set(frame.loc[frame['alteration'] != 'clean', 'host'])
+        clean = frame[frame['alteration'] == 'clean']
+        unaltered = clean[~clean['host'].isin(altered_hosts)]
+        for statistic in ('percent_abnormal', 'mean_score'):
+            if clean[statistic].isna().all():
+                continue
+            tests = [
+                (
+                    'depression vs control',
+                    0.0,
+                    clean.loc[clean['group'] == 'control', statistic].to_numpy(),
+                    clean.loc[clean['group'] != 'control', statistic].to_numpy(),
+                )
+            ]
+            for (alteration, d), group in frame[frame['alteration'] != 'clean'].groupby(
+                ['alteration', 'd']
+            ):
+                tests.append(
+                    (alteration, d, unaltered[statistic].to_numpy(), group[statistic].to_numpy())
+                )
+            for test, d, negative, positive in tests:
+                auc, low, high = auroc_with_interval(negative, positive, settings.n_boot, seed)
+                rows.append(
+                    {
+                        'n': n,
+                        'score': score,
+                        'statistic': statistic,
+                        'test': test,
+                        'd': d,
+                        'n_negative': len(negative),
+                        'n_positive': len(positive),
+                        'auroc': auc,
+                        'low': low,
+                        'high': high,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def report(
+    tables: dict[str, pd.DataFrame],
+    context: dict,
+    settings: Settings,
+    out: Path,
+    stem: str,
+    figures: bool,
+) -> str:
+    cells, overall = tables['cells'], tables['overall']
+    lines = [
+        f'Configuration `{context["config"]}` (seed {context["seed"]}), '
+        f'{context["date"]}; command:',
+        '',
+        f'```bash\n{context["command"]}\n```',
+        '',
+        f'Machine: {context["machine"]}; load average before {context["load_before"]}, '
+        f'after {context["load_after"]}. Commit {context["commit"]}. Wall time '
+        f'{context["wall_s"] / 60:.1f} min, CPU time {context["cpu_s"] / 60:.1f} min. '
+        f'Folds run: {context["folds_done"]}; hosts: {context["n_hosts"]}.',
+        '',
+        f'Settings: `{json.dumps(dataclasses.asdict(settings))}`.',
+        '',
+    ]
+    for n in sorted(cells['n'].unique()) if not cells.empty else []:
+        for variant in sorted(cells['variant'].unique()):
+            chosen = cells[(cells['n'] == n) & (cells['variant'] == variant)]
+            if chosen.empty:
+                continue
+            lines += _cell_table(
+                chosen,
+                f'Voxel AP per cell, n = {n} normals, anomalies '
+                f'inserted in {variant} space (chance: the prevalence)',
+                'voxel_ap',
+                True,
+            )
+            if n in settings.learned_ns:
+                lines += _cell_table(
+                    chosen,
+                    f'Sensitivity at 0.1 % voxel FPR, n = {n}, {variant}',
+                    'sens_fpr0.001',
+                    False,
+                )
+    if not tables['intervals'].empty:
+        lines += [
+            '',
+            'Paired bootstrap 95 % intervals (hosts resampled) of AP(score) - '
+            'AP(best baseline of the cell):',
+            '',
+            '| n | variant | cell | score | baseline | interval |',
+            '|---|---|---|---|---|---|',
+        ]
+        for row in tables['intervals'].itertuples():
+            lines.append(
+                f'| {row.n} | {row.variant} | {row.cell} | {row.score} | '
+                f'{row.baseline} | [{row.ap_diff_low:+.3f}, {row.ap_diff_high:+.3f}] |'
+            )
+    if not overall.empty:
+        columns = [c for c in overall.columns if c not in ('n', 'score')]
+        lines += [
+            '',
+            'Calibrated threshold (98 % of cross-fitted normal scores) on clean hosts, '
+            f'false-positive clusters (>= {MIN_CLUSTER} voxels) per clean brain, overall '
+            'AP (all cells pooled; secondary):',
+            '',
+            '| n | score | ' + ' | '.join(columns) + ' |',
+            '|---|---|' + '---:|' * len(columns),
+        ]
+        for row in overall.itertuples(index=False):
+            values = row._asdict()
+            lines.append(
+                f'| {values["n"]} | {values["score"]} | '
+                + ' | '.join(f'{values[c]:.4g}' for c in columns)
+                + ' |'
+            )
+    auroc = tables['subject_auroc']
+    if not auroc.empty:
+        lines += [
+            '',
+            'Subject level: AUROC [95 % bootstrap interval] of the Parkinson-like '
+            'alteration (altered vs unaltered hosts), by severity d, and the negative '
+            'controls (sham alteration outside the regions; depression vs controls):',
+            '',
+            '| n | score | statistic | test | d | AUROC |',
+            '|---|---|---|---|---|---|',
+        ]
+        for row in auroc.itertuples():
+            lines.append(
+                f'| {row.n} | {row.score} | {row.statistic} | {row.test} | {row.d:g} '
+                f'| {row.auroc:.2f} [{row.low:.2f}, {row.high:.2f}] '
+                f'({row.n_positive} vs {row.n_negative}) |'
+            )
+    if figures:
+        lines += ['', *plot(tables, settings, stem)]
     return '\n'.join(lines) + '\n'
 
 
-def group_table(chosen: pd.DataFrame, metric: str, name: str, variant: str) -> list[str]:
-    """Markdown lines: one row per anomaly group, one column per model and score type."""
-    columns = list(dict.fromkeys(zip(chosen['model'], chosen['score_type'])))
-    order = sorted(set(zip(chosen['dimension'], chosen['group'])), key=lambda dg: (
-        ('kind', 'radius', 'contrast').index(dg[0]), float(dg[1].split()[0].rstrip('%'))
-        if dg[0] != 'kind' else dg[1]))
-    lines = ['', f'{name[0].upper()}{name[1:]} per anomaly group, anomalies inserted in {variant} '
-             'space (mean over splits; negatives: the anomaly-free voxels of the anomalous '
-             'brains):', '',
-             '| group | ' + ' | '.join(f'{m} {s}' for m, s in columns) + ' |',
-             '|---|' + '---:|' * len(columns)]
-    table = chosen.set_index(['dimension', 'group', 'model', 'score_type'])[f'{metric}_mean']
-    for dimension, group in order:
-        lines.append(f'| {dimension} {group} | ' + ' | '.join(
-            f'{table[(dimension, group, *c)]:.3f}' for c in columns) + ' |')
+def _cell_table(chosen: pd.DataFrame, title: str, metric: str, chance: bool) -> list[str]:
+    scores = list(dict.fromkeys(chosen['score']))
+    order = sorted(
+        chosen['cell'].unique(),
+        key=lambda c: (
+            c.split()[0],
+            c.split()[1],
+            float(c.split()[2]),
+            float(c.split()[4].rstrip('%')),
+        ),
+    )
+    table = chosen.set_index(['cell', 'score'])
+    head = '| cell | placements | ' + ('chance | ' if chance else '') + ' | '.join(scores) + ' |'
+    lines = [
+        '',
+        title + ':',
+        '',
+        head,
+        '|---|---:|' + ('---:|' if chance else '') + '---:|' * len(scores),
+    ]
+    for cell in order:
+        first = table.loc[(cell, scores[0])]
+        values = [
+            table.loc[(cell, s), metric] if (cell, s) in table.index else np.nan for s in scores
+        ]
+        best = np.nanmax(values)
+        text = [f'**{v:.3f}**' if v == best else f'{v:.3f}' for v in values]
+        lines.append(
+            f'| {cell} | {int(first["n_anomalies"])} | '
+            + (f'{first["chance"]:.5f} | ' if chance else '')
+            + ' | '.join(text)
+            + ' |'
+        )
     return lines
 
 
-def machine() -> str:
-    """CPU model and cores, for the results."""
-    return f'{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}'
+def plot(tables: dict[str, pd.DataFrame], settings: Settings, stem: str) -> list[str]:
+    """Learning curve (AP vs n) and dose-response (AUROC vs d) as PNG in docs/images."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    links = []
+    cells = tables['cells']
+    if not cells.empty and cells['n'].nunique() > 1:
+        focus = [
+            c
+            for c in cells['cell'].unique()
+            if c.startswith('sharp')
+            and (' 10 mm 15%' in c or ' 6 mm 20%' in c or ' 10 mm 40%' in c)
+        ]
+        fig, axes = plt.subplots(1, len(focus), figsize=(4 * len(focus), 3.5), squeeze=False)
+        variant = settings.variants[0]
+        for ax, cell in zip(axes[0], sorted(focus)):
+            chosen = cells[(cells['cell'] == cell) & (cells['variant'] == variant)]
+            for score, rows in chosen.groupby('score'):
+                rows = rows.sort_values('n')
+                ax.plot(rows['n'], rows['voxel_ap'], 'o-', label=score)
+            ax.set(title=cell, xlabel='normals (n)', ylabel='voxel AP', xscale='log')
+            ax.set_xticks(sorted(cells['n'].unique()), labels=sorted(cells['n'].unique()))
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        path = IMAGES / f'{stem}_learning_curve.png'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        links.append(f'![learning curve](../../docs/images/{path.name})')
+    auroc = tables['subject_auroc']
+    if not auroc.empty:
+        chosen = auroc[(auroc['test'] == 'pd') & (auroc['n'] == max(settings.learned_ns))]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, statistic in zip(axes, ('percent_abnormal', 'mean_score')):
+            for score, rows in chosen[chosen['statistic'] == statistic].groupby('score'):
+                ax.errorbar(
+                    rows['d'],
+                    rows['auroc'],
+                    yerr=[rows['auroc'] - rows['low'], rows['high'] - rows['auroc']],
+                    fmt='o-',
+                    capsize=3,
+                    label=score,
+                )
+            ax.axhline(0.5, color='grey', lw=0.8)
+            ax.set(
+                title=f'subject score: {statistic}',
+                xlabel='severity d (SD)',
+                ylabel='AUROC',
+                xscale='log',
+                ylim=(0.3, 1.02),
+            )
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        path = IMAGES / f'{stem}_dose_response.png'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        links.append(f'![dose-response](../../docs/images/{path.name})')
+    return links
 
 
-def run(settings: Settings, *, data: Path, work: Path, nprocs: int) -> tuple[pd.DataFrame,
-                                                                              pd.DataFrame,
-                                                                              dict]:
-    """Preprocess, then train, score and evaluate each split; per-split rows and timings."""
-    controls, patients = ds002748_participants(data)
-    extra = patients if settings.patients else []
-    timings = {'preprocessing_s': preprocess(controls + extra, settings, work, nprocs)}
-    template = load_template(settings.resolution)
+# -- main -------------------------------------------------------------------------------------
+
+
+def run(
+    settings: Settings, *, data: Path, work: Path, seed: int, nprocs: int, wait: bool = False
+) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(nprocs)
+    subjects = cohort(data)
+    preprocess([s.participant for s in subjects], work, nprocs)
+    template = load_template(1.5)
     mask = template.mask_array()
-    overall, grouped = [], []
-    for seed in settings.seeds:
-        fit, test = split_participants(controls, settings, seed)
-        started = time.monotonic()
-        bundles = train_split(fit, settings, work, seed, nprocs)
-        timings[f'seed{seed}_training_s'] = time.monotonic() - started
-        started = time.monotonic()
-        brains = {'template': held_out_brains(test + extra, settings, work, seed)}
-        if settings.native:
-            brains['native'] = native_brains(test + extra, brains['template'], settings, work,
-                                             seed, nprocs)
-        timings[f'seed{seed}_anomalies_s'] = time.monotonic() - started
-        started = time.monotonic()
-        clean, thresholds = score_volumes(bundles, [b.clean for b in brains['template']],
-                                          template)
-        for variant, chosen in brains.items():
-            anomalous, _ = score_volumes(bundles, [b.anomalous for b in chosen], template)
-            scores = {key: clean[key] + anomalous[key] for key in clean}
-            rows, groups = split_metrics(scores, thresholds, chosen, mask)
-            names = ' '.join(b.name for b in chosen)
-            overall += [{'variant': variant, 'seed': seed, **row, 'test': names}
-                        for row in rows]
-            grouped += [{'variant': variant, 'seed': seed, **row} for row in groups]
-        timings[f'seed{seed}_scoring_s'] = time.monotonic() - started
-        LOGGER.info('seed %d: trained in %.0f s, scored in %.0f s', seed,
-                    timings[f'seed{seed}_training_s'], timings[f'seed{seed}_scoring_s'])
-    return pd.DataFrame(overall), pd.DataFrame(grouped), timings
+    volumes = load_volumes(
+        work / 'derivatives', [s.participant for s in subjects], ('T1w',), template
+    )[:, 0]
+    from bids_anomaly.analysis.regions import load_atlas
+
+    atlas = load_atlas(
+        ATLASES / 'tpl-MNI152NLin2009cAsym_res-01_atlas-CIT168_dseg.nii.gz',
+        ATLASES / 'tpl-MNI152NLin2009cAsym_atlas-CIT168_dseg.tsv',
+        template.t1w,
+        'CIT168',
+    )
+    regions = {name: np.isin(atlas.labels, labels) & mask for name, labels in PD_REGIONS.items()}
+    folds = assign_folds(subjects, settings, seed)
+    records = []
+    for f, hosts in zip(settings.folds_run, fold_hosts(settings, folds)):
+        pool = [i for g, fold in enumerate(folds) if g != f for i in fold]
+        copies = None
+        for n in settings.ns:
+            path = work / 'runs' / f'seed-{seed}' / f'fold-{f}_n-{n}.npz'
+            key = json.dumps(
+                {
+                    k: v
+                    for k, v in dataclasses.asdict(settings).items()
+                    if k not in ('folds_run', 'ns', 'n_boot')
+                },
+                sort_keys=True,
+            )
+            if path.is_file():
+                with np.load(path, allow_pickle=True) as stored:
+                    if str(stored['key']) == key:
+                        records.append(stored['record'].item())
+                        LOGGER.info('fold %d, n = %d: reused %s', f, n, path)
+                        continue
+            if copies is None:
+                copies = make_copies(
+                    settings, subjects, volumes, hosts, template, work, seed, nprocs, wait
+                )
+            started = time.monotonic()
+            LOGGER.info('fold %d, n = %d: %d hosts', f, n, len(hosts))
+            record = run_fold(
+                settings, subjects, volumes, hosts, pool, n, copies, template, regions, work, seed
+            ) | {'n': n, 'fold': f}
+            record['seconds'] = time.monotonic() - started
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + '.tmp.npz')
+            np.savez(tmp, record=np.array(record, dtype=object), key=key)
+            tmp.replace(path)
+            LOGGER.info('fold %d, n = %d: done in %.0f s', f, n, record['seconds'])
+            records.append(record)
+    return records
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='the small configuration (goal: < 15 min on 2 cores)')
+    parser.add_argument('--quick', action='store_true', help='one fold, template space')
+    parser.add_argument(
+        '--seed',
+        type=int,
+        default=0,
+        help='folds and anomalies; 0 is the test seed, tune on others',
+    )
     parser.add_argument('--data', type=Path, default=DATA)
-    parser.add_argument('--work', type=Path, default=None,
-                        help='cache of preprocessed data and trained bundles (default: '
-                             'bids_anomaly_detection_<config> in the temporary folder)')
+    parser.add_argument(
+        '--work',
+        type=Path,
+        default=None,
+        help='cache of preprocessed data, models and per-fold records',
+    )
+    parser.add_argument('--folds', type=int, nargs='+', help='run only these folds')
     parser.add_argument('--nprocs', type=int, default=2)
-    parser.add_argument('--seeds', type=int, nargs='+', help='override the splits\' seeds')
-    parser.add_argument('--models', nargs='+', help='override the model families')
-    parser.add_argument('--out', type=Path, default=None,
-                        help='folder of the results (default: benchmarks/results for the '
-                             'configurations as defined, the work folder with --seeds/--models)')
+    parser.add_argument(
+        '--prepare-native',
+        metavar='PART/PARTS',
+        help='only write and preprocess the native copies, this share of them '
+        '(e.g. 0/2 and 1/2 in two processes), then stop',
+    )
+    parser.add_argument(
+        '--out',
+        type=Path,
+        default=None,
+        help='results folder (default: benchmarks/results for seed 0)',
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
     name = 'quick' if args.quick else 'full'
     settings = CONFIGS[name]
-    if args.seeds:
-        settings = dataclasses.replace(settings, seeds=tuple(args.seeds))
-    if args.models:
-        settings = dataclasses.replace(settings, models=tuple(args.models))
-    work = args.work or Path(tempfile.gettempdir()) / f'bids_anomaly_detection_{name}'
-    context = {'config': name, 'command': 'python benchmarks/detection.py '
-               + ' '.join(sys.argv[1:]), 'settings': dataclasses.asdict(settings),
-               'date': datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-               'machine': machine(), 'commit': git_commit(), 'load_before': load_average(),
-               'torch_threads': args.nprocs}
+    if args.folds:
+        settings = dataclasses.replace(settings, folds_run=tuple(args.folds))
+    work = args.work or Path(tempfile.gettempdir()) / 'bids_anomaly_detection'
+    if args.prepare_native:
+        part, parts = (int(x) for x in args.prepare_native.split('/'))
+        prepare_native(
+            settings, part, parts, data=args.data, work=work, seed=args.seed, nprocs=args.nprocs
+        )
+        return
+    context = {
+        'config': name,
+        'seed': args.seed,
+        'command': 'python benchmarks/detection.py ' + ' '.join(sys.argv[1:]),
+        'date': datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC'),
+        'machine': f'{cpu_model()}, {os.cpu_count()} cores, {platform.system()}',
+        'commit': git_commit(),
+        'load_before': load_average(),
+    }
     started, cpu = time.monotonic(), cpu_seconds()
-    overall, grouped, timings = run(settings, data=args.data, work=work, nprocs=args.nprocs)
-    context.update(timings, wall_s=time.monotonic() - started, cpu_s=cpu_seconds() - cpu,
-                   load_after=load_average())
-    summary = summarise(overall, ['variant', 'model', 'score_type'], OVERALL_METRICS)
-    groups = summarise(grouped, ['variant', 'model', 'score_type', 'dimension', 'group'],
-                       GROUP_METRICS)
-    out = args.out or (work if args.seeds or args.models else RESULTS)
+    records = run(
+        settings,
+        data=args.data,
+        work=work,
+        seed=args.seed,
+        nprocs=args.nprocs,
+        wait=args.wait_native,
+    )
+    tables = summarise(records, settings, args.seed)
+    context.update(
+        wall_s=time.monotonic() - started,
+        cpu_s=cpu_seconds() - cpu,
+        load_after=load_average(),
+        folds_done=sorted({r['fold'] for r in records}),
+        n_hosts=len({c['host'] for r in records for c in r['clean']}),
+        seconds_per_fold={f'{r["fold"]}/{r["n"]}': round(r['seconds']) for r in records},
+    )
+    default = args.seed == 0 and not args.folds
+    out = args.out or (RESULTS if default else work / 'results')
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f'detection_{name}'
-    page = markdown(summary, groups, context)
-    stem.with_suffix('.md').write_text(page, encoding='utf-8')
-    pd.concat([overall.assign(dimension='all', group='all'), grouped]).to_csv(
-        stem.with_suffix('.csv'), index=False)
-    stem.with_suffix('.json').write_text(json.dumps({
-        'context': context, 'summary': summary.to_dict('records'),
-        'groups': groups.to_dict('records')}, indent=1, default=float) + '\n')
+    stem = f'detection_{name}' + ('' if args.seed == 0 else f'_seed{args.seed}')
+    page = report(tables, context, settings, out, stem, figures=default or args.out is not None)
+    (out / f'{stem}.md').write_text(page, encoding='utf-8')
+    for key, table in tables.items():
+        if key != 'subjects':
+            table.to_csv(out / f'{stem}_{key}.csv', index=False)
+    tables['subjects'].to_csv(out / f'{stem}_subjects.csv', index=False)
+    (out / f'{stem}.json').write_text(json.dumps(context, indent=1, default=str) + '\n')
     print(page)
 
 

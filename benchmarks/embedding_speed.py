@@ -36,12 +36,15 @@ def make_codes(n_codes: int, random_state: int) -> tuple[np.ndarray, pd.DataFram
     cluster = rng.integers(0, 8, n_codes)
     codes = centres[cluster] + rng.normal(size=(n_codes, N_FEATURES))
     participant = np.arange(n_codes) % N_PARTICIPANTS
-    meta = pd.DataFrame({
-        'participant': participant,
-        'group': np.where(participant < N_CONTROLS, 'control', 'patient'),
-        'region': cluster, 'position': np.arange(n_codes) // N_PARTICIPANTS,
-        'score': rng.random(n_codes),
-    })
+    meta = pd.DataFrame(
+        {
+            'participant': participant,
+            'group': np.where(participant < N_CONTROLS, 'control', 'patient'),
+            'region': cluster,
+            'position': np.arange(n_codes) // N_PARTICIPANTS,
+            'score': rng.random(n_codes),
+        }
+    )
     return codes, meta
 
 
@@ -60,10 +63,15 @@ def time_method(codes: np.ndarray, meta: pd.DataFrame, method: str, seed: int) -
     seconds, cpu, coords = timed(embed, codes, meta, method=method, random_state=seed)
     metrics_s, _, metrics = timed(embedding_metrics, codes, coords, random_state=seed)
     trust = metrics.set_index(['method', 'metric']).loc[(method, 'trustworthiness'), 'value']
-    return {'method': method, 'placement': '+'.join(sorted(coords['placement'].unique())),
-            'first_call_s': round(first_s, 2), 'embed_s': round(seconds, 2),
-            'embed_cpu_s': round(cpu, 2), 'metrics_s': round(metrics_s, 2),
-            'trustworthiness': round(float(trust), 3)}
+    return {
+        'method': method,
+        'placement': '+'.join(sorted(coords['placement'].unique())),
+        'first_call_s': round(first_s, 2),
+        'embed_s': round(seconds, 2),
+        'embed_cpu_s': round(cpu, 2),
+        'metrics_s': round(metrics_s, 2),
+        'trustworthiness': round(float(trust), 3),
+    }
 
 
 def main() -> None:
@@ -74,9 +82,11 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
 
-    print(f'load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; '
-          f'{args.threads} threads; {N_FEATURES}-dim codes, '
-          f'{N_CONTROLS}/{N_PARTICIPANTS} participants are controls')
+    print(
+        f'load average at start: {os.getloadavg()}; {os.cpu_count()} CPUs; '
+        f'{args.threads} threads; {N_FEATURES}-dim codes, '
+        f'{N_CONTROLS}/{N_PARTICIPANTS} participants are controls'
+    )
     with threadpool_limits(limits=args.threads):
         if 'umap' in args.methods:
             import_s, import_cpu, _ = timed(__import__, 'umap')

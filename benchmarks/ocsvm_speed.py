@@ -24,16 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import cpu_seconds  # beside this script
 from sklearn.svm import OneClassSVM
 
 from bids_anomaly.scoring.normative import VOXELS_PER_JOB, VoxelGaussian, VoxelOneClassSVM
-from provenance import cpu_seconds  # beside this script
 
 BRAIN_VOXELS = 450_000
 
 
-def synthetic_codes(n_voxels: int, n_controls: int, n_neighbours: int, n_features: int,
-                    n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_codes(
+    n_voxels: int, n_controls: int, n_neighbours: int, n_features: int, n_queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``X (n_voxels, n_controls * n_neighbours, n_features)`` and ``Z (n_voxels, n_queries,
     n_features)``, float32, generated in blocks of voxels to bound memory."""
     rng = np.random.default_rng(seed)
@@ -48,11 +49,12 @@ def synthetic_codes(n_voxels: int, n_controls: int, n_neighbours: int, n_feature
         latent = control + 0.5 * rng.normal(size=(v, n_controls, n_neighbours, rank))
         latent = latent.reshape(v, -1, rank).astype(np.float32)
         noise = 0.3 * rng.normal(size=(v, latent.shape[1], n_features))
-        X[start:start + v] = centre + latent @ mixing + noise
+        X[start : start + v] = centre + latent @ mixing + noise
         spread = rng.uniform(0.5, 2.5, (v, n_queries, 1))
         query = (spread * rng.normal(size=(v, n_queries, rank))).astype(np.float32)
-        Z[start:start + v] = centre + query @ mixing + 0.3 * rng.normal(size=(v, n_queries,
-                                                                                n_features))
+        Z[start : start + v] = (
+            centre + query @ mixing + 0.3 * rng.normal(size=(v, n_queries, n_features))
+        )
     return X, Z
 
 
@@ -79,8 +81,9 @@ class PeakRSS:
         return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
-def best_time(function: Callable[[], object], repeats: int,
-              synchronise: Callable[[], object]) -> np.ndarray:
+def best_time(
+    function: Callable[[], object], repeats: int, synchronise: Callable[[], object]
+) -> np.ndarray:
     """Best wall-clock and best CPU seconds (this process and its workers) over ``repeats``
     runs.
 
@@ -103,8 +106,12 @@ def as_memmap(X: np.ndarray, folder: Path) -> np.ndarray:
 
 
 def sklearn_loop(X: np.ndarray, Z: np.ndarray, nu: float) -> np.ndarray:
-    return np.stack([OneClassSVM(nu=nu, gamma='scale').fit(x).decision_function(z)
-                     for x, z in zip(X, Z, strict=True)])
+    return np.stack(
+        [
+            OneClassSVM(nu=nu, gamma='scale').fit(x).decision_function(z)
+            for x, z in zip(X, Z, strict=True)
+        ]
+    )
 
 
 def compact_cost(model, Z: np.ndarray) -> tuple[float, float, int, int]:
@@ -115,8 +122,9 @@ def compact_cost(model, Z: np.ndarray) -> tuple[float, float, int, int]:
     approx = compact.decision_function(Z)
     flips = 100 * np.mean(np.sign(approx) != np.sign(reference))
     error = (np.abs(approx - reference).max(1) / np.abs(reference).max(1)).max()
-    size = [sum(a.nbytes for a in model.to_arrays(compact=c).values()) / len(Z)
-            for c in (False, True)]
+    size = [
+        sum(a.nbytes for a in model.to_arrays(compact=c).values()) / len(Z) for c in (False, True)
+    ]
     return flips, error, int(size[0]), int(size[1])
 
 
@@ -135,8 +143,17 @@ class Comparison(ty.NamedTuple):
     """Peak resident memory above the start of the batched fit, in bytes."""
 
 
-def compare(X: np.ndarray, Z: np.ndarray, *, nu: float, device: str, chunk_size: int | None,
-            repeats: int, sklearn_voxels: int, n_jobs: int = 1) -> Comparison:
+def compare(
+    X: np.ndarray,
+    Z: np.ndarray,
+    *,
+    nu: float,
+    device: str,
+    chunk_size: int | None,
+    repeats: int,
+    sklearn_voxels: int,
+    n_jobs: int = 1,
+) -> Comparison:
     """Fit + score of the batched model on all voxels and of scikit-learn on the first
     ``sklearn_voxels``, timed in the same process.
 
@@ -158,8 +175,14 @@ def compare(X: np.ndarray, Z: np.ndarray, *, nu: float, device: str, chunk_size:
     with PeakRSS() as rss:
         ours = best_time(batched, repeats, synchronise) / len(X)
     k = sklearn_voxels
-    theirs = best_time(lambda: decisions.__setitem__('sk', sklearn_loop(X[:k], Z[:k], nu)),
-                       repeats, lambda: None) / k
+    theirs = (
+        best_time(
+            lambda: decisions.__setitem__('sk', sklearn_loop(X[:k], Z[:k], nu)),
+            repeats,
+            lambda: None,
+        )
+        / k
+    )
     scaled = decisions['ours'][:k] * nu * X.shape[1]  # libsvm's scale
     agreement = 100 * np.mean(np.sign(scaled) == np.sign(decisions['sk']))
     error = np.abs(scaled - decisions['sk']).max(1) / np.abs(decisions['sk']).max(1)
@@ -169,8 +192,12 @@ def compare(X: np.ndarray, Z: np.ndarray, *, nu: float, device: str, chunk_size:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--voxels', type=int, default=4096, help='voxels for the batched fit')
-    parser.add_argument('--sklearn-voxels', type=int, default=200,
-                        help='voxels for the scikit-learn loop (a subset of --voxels)')
+    parser.add_argument(
+        '--sklearn-voxels',
+        type=int,
+        default=200,
+        help='voxels for the scikit-learn loop (a subset of --voxels)',
+    )
     parser.add_argument('--controls', type=int, default=9)
     parser.add_argument('--neighbours', type=int, default=27)
     parser.add_argument('--features', type=int, default=64)
@@ -179,8 +206,12 @@ def main() -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--chunk-size', type=int, default=None)
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
-    parser.add_argument('--jobs', type=int, default=os.cpu_count(),
-                        help='worker processes of the batched fit (n_jobs)')
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=os.cpu_count(),
+        help='worker processes of the batched fit (n_jobs)',
+    )
     parser.add_argument('--repeats', type=int, default=3, help='best of this many runs')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
@@ -188,46 +219,73 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
 
-    X, Z = synthetic_codes(args.voxels, args.controls, args.neighbours, args.features,
-                           args.queries, args.seed)
+    X, Z = synthetic_codes(
+        args.voxels, args.controls, args.neighbours, args.features, args.queries, args.seed
+    )
     n_samples = X.shape[1]
-    print(f'One-class SVM fit + score per voxel: {n_samples} codes x {args.features} dims, '
-          f'{args.queries} queries, nu={args.nu}; device {args.device}'
-          + ('' if cuda else f', {args.threads} torch threads, {args.jobs} worker processes'))
+    print(
+        f'One-class SVM fit + score per voxel: {n_samples} codes x {args.features} dims, '
+        f'{args.queries} queries, nu={args.nu}; device {args.device}'
+        + ('' if cuda else f', {args.threads} torch threads, {args.jobs} worker processes')
+    )
 
     k = min(args.sklearn_voxels, args.voxels)
     with tempfile.TemporaryDirectory() as folder:
-        result = compare(as_memmap(X, Path(folder)), Z, nu=args.nu, device=args.device,
-                         chunk_size=args.chunk_size, repeats=args.repeats, sklearn_voxels=k,
-                         n_jobs=args.jobs)
+        result = compare(
+            as_memmap(X, Path(folder)),
+            Z,
+            nu=args.nu,
+            device=args.device,
+            chunk_size=args.chunk_size,
+            repeats=args.repeats,
+            sklearn_voxels=k,
+            n_jobs=args.jobs,
+        )
     model, error = result.model, result.error
-    for name, (wall, cpu), n in (('batched', result.ours, args.voxels),
-                                 ('sklearn loop', result.theirs, k)):
-        print(f'  {name:13s} {wall * 1e3:8.3f} ms/voxel wall, {cpu * 1e3:.3f} CPU, over {n} '
-              f'voxels (best of {args.repeats}); {BRAIN_VOXELS:,} voxels: '
-              f'{wall * BRAIN_VOXELS / 60:.1f} min')
+    for name, (wall, cpu), n in (
+        ('batched', result.ours, args.voxels),
+        ('sklearn loop', result.theirs, k),
+    ):
+        print(
+            f'  {name:13s} {wall * 1e3:8.3f} ms/voxel wall, {cpu * 1e3:.3f} CPU, over {n} '
+            f'voxels (best of {args.repeats}); {BRAIN_VOXELS:,} voxels: '
+            f'{wall * BRAIN_VOXELS / 60:.1f} min'
+        )
     wall, cpu = result.theirs / result.ours
-    print(f'  speed-up      {wall:8.1f} x wall, {cpu:.1f} x CPU time (scikit-learn/libsvm runs '
-          'on one core)')
-    print(f'  agreement     {result.agreement:8.2f} % of decision signs ({k} voxels x '
-          f'{args.queries} queries); |difference| / max |decision|: median '
-          f'{np.median(error):.1e}, max {error.max():.1e}')
-    print(f'  support vectors per voxel: mean {model.n_support_.mean():.1f}, max '
-          f'{model.n_support_.max()}; SMO steps per voxel: mean {model.n_iter_.mean():.1f}, '
-          f'max {model.n_iter_.max()}')
-    memory = (f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on the GPU' if cuda
-              else f'+{result.rss_growth / 2**20:.0f} MiB RSS over the '
-                   f'{(X.nbytes + Z.nbytes) / 2**20:.0f} MiB of input')
+    print(
+        f'  speed-up      {wall:8.1f} x wall, {cpu:.1f} x CPU time (scikit-learn/libsvm runs '
+        'on one core)'
+    )
+    print(
+        f'  agreement     {result.agreement:8.2f} % of decision signs ({k} voxels x '
+        f'{args.queries} queries); |difference| / max |decision|: median '
+        f'{np.median(error):.1e}, max {error.max():.1e}'
+    )
+    print(
+        f'  support vectors per voxel: mean {model.n_support_.mean():.1f}, max '
+        f'{model.n_support_.max()}; SMO steps per voxel: mean {model.n_iter_.mean():.1f}, '
+        f'max {model.n_iter_.max()}'
+    )
+    memory = (
+        f'{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on the GPU'
+        if cuda
+        else f'+{result.rss_growth / 2**20:.0f} MiB RSS over the '
+        f'{(X.nbytes + Z.nbytes) / 2**20:.0f} MiB of input'
+    )
     print(f'  peak memory   {memory} (chunk_size {model.chunk_size or "default"})')
 
     print('compact storage (to_arrays(), as in bundles) against float32:')
     for name, fitted, queries in (
-            ('one-class SVM', model, Z),
-            ('Gaussian diag', VoxelGaussian(covariance_type='diag', device=args.device).fit(X), Z),
-            ('Gaussian full', VoxelGaussian(device=args.device).fit(X[:k]), Z[:k])):
+        ('one-class SVM', model, Z),
+        ('Gaussian diag', VoxelGaussian(covariance_type='diag', device=args.device).fit(X), Z),
+        ('Gaussian full', VoxelGaussian(device=args.device).fit(X[:k]), Z[:k]),
+    ):
         flips, err, fp32, compact = compact_cost(fitted, queries)
-        print(f'  {name:13s} {fp32:6d} -> {compact:6d} bytes/voxel; sign flips {flips:.3f} %, '
-              f'max |error| / max |decision| {err:.1e}')
+        print(
+            f'  {name:13s} {fp32:6d} -> {compact:6d} bytes/voxel; sign flips {flips:.3f} %, '
+            f'max |error| / max |decision| {err:.1e}'
+        )
+
 
 if __name__ == '__main__':
     main()

@@ -23,9 +23,11 @@ def load_average() -> str:
 
 def git_commit() -> str:
     """Short commit of the repository, flagged when the tree has uncommitted changes."""
+
     def git(*args: str) -> str:
-        return subprocess.run(['git', *args], cwd=ROOT, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ['git', *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
     commit = git('rev-parse', '--short', 'HEAD') or 'unknown'
     return commit + (' (modified tree)' if git('status', '--porcelain') else '')
@@ -35,15 +37,19 @@ def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else what Python can tell)."""
     cpuinfo = Path('/proc/cpuinfo')
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    return next((line.split(':', 1)[1].strip() for line in lines
-                 if line.startswith('model name')), platform.processor() or 'unknown CPU')
+    return next(
+        (line.split(':', 1)[1].strip() for line in lines if line.startswith('model name')),
+        platform.processor() or 'unknown CPU',
+    )
 
 
 def cpu_seconds() -> float:
     """CPU seconds of this process, of its finished children (nipype's workers) and of its live
     descendants (joblib's workers, alive between fits; Linux ``/proc``)."""
-    own = sum(usage.ru_utime + usage.ru_stime for usage in
-              map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+    own = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
     children: dict[int, list[int]] = {}
     seconds: dict[int, float] = {}
     for stat in Path('/proc').glob('[0-9]*/stat'):

@@ -40,13 +40,16 @@ import typing as ty
 from pathlib import Path
 
 import numpy as np
-
 from provenance import cpu_model, cpu_seconds, git_commit, load_average  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'
-THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
-                    'NUMBA_NUM_THREADS')
+THREAD_VARIABLES = (
+    'OMP_NUM_THREADS',
+    'MKL_NUM_THREADS',
+    'OPENBLAS_NUM_THREADS',
+    'NUMBA_NUM_THREADS',
+)
 VOLUMES = 'volumes.npy'
 STAGES = ('preprocessing', 'training', 'ocsvm', 'embedding', 'scoring')
 Row = tuple[str, float, str]
@@ -170,17 +173,20 @@ def stage_preprocessing(settings: Settings) -> list[Row]:
     quiet_nipype()
     sizes = settings.sizes
     table = time_participants(
-        DATA, list(sizes.participants),
+        DATA,
+        list(sizes.participants),
         PreprocessingConfig(resolution=sizes.resolution, registration=sizes.registration),
         ExecutionConfig(nprocs=settings.threads, omp_nthreads=settings.threads),
-        settings.work / 'preprocessing')
+        settings.work / 'preprocessing',
+    )
     failed = table[table['status'] == 'failed']
     if len(failed):
         raise RuntimeError(f'preprocessing failed for {", ".join(failed["participant"])}')
-    what = (f'{len(table)} participant(s), {sizes.registration}, {sizes.resolution:g} mm, '
-            'median')
-    return [(f'seconds per participant ({what})', table['seconds'].median(), 's'),
-            (f'worker CPU per participant ({what})', table['worker_cpu_s'].median(), 'CPU s')]
+    what = f'{len(table)} participant(s), {sizes.registration}, {sizes.resolution:g} mm, median'
+    return [
+        (f'seconds per participant ({what})', table['seconds'].median(), 's'),
+        (f'worker CPU per participant ({what})', table['worker_cpu_s'].median(), 'CPU s'),
+    ]
 
 
 def stage_training(settings: Settings) -> list[Row]:
@@ -193,16 +199,24 @@ def stage_training(settings: Settings) -> list[Row]:
     device = torch.device(settings.device)
     sizes = settings.sizes
     rows = []
-    for name, clock, unit in (('wall', time.perf_counter, 'pairs/s'),
-                              ('CPU', time.process_time, 'pairs/CPU s')):
+    for name, clock, unit in (
+        ('wall', time.perf_counter, 'pairs/s'),
+        ('CPU', time.process_time, 'pairs/CPU s'),
+    ):
         torch.manual_seed(0)
         rate = pairs_per_second(build_model(SPEC).to(device), 225, sizes.train_seconds, clock)
         rows.append((f'sae-patch Adam steps, 15x15x2 patches, batch 225 ({name})', rate, unit))
     volumes, mask = random_volumes(sizes.train_volumes, template_grid(sizes.resolution)[0])
     for family, batch in FAMILY_BATCHES:
         rate, unit = epoch_rate(family, batch, volumes, mask, device)
-        rows.append((f'train_model epoch, {family}, batch {batch}, {sizes.train_volumes} x '
-                     f'{sizes.resolution:g} mm volumes', rate, unit))
+        rows.append(
+            (
+                f'train_model epoch, {family}, batch {batch}, {sizes.train_volumes} x '
+                f'{sizes.resolution:g} mm volumes',
+                rate,
+                unit,
+            )
+        )
     return rows
 
 
@@ -211,23 +225,35 @@ def stage_ocsvm(settings: Settings) -> list[Row]:
 
     sizes = settings.sizes
     X, Z = synthetic_codes(sizes.ocsvm_voxels, 9, 27, 64, 20, seed=0)
-    result = compare(as_memmap(X, settings.work), Z, nu=0.03, device=settings.device,
-                     chunk_size=None, repeats=sizes.repeats, sklearn_voxels=sizes.sklearn_voxels,
-                     n_jobs=settings.threads)
+    result = compare(
+        as_memmap(X, settings.work),
+        Z,
+        nu=0.03,
+        device=settings.device,
+        chunk_size=None,
+        repeats=sizes.repeats,
+        sklearn_voxels=sizes.sklearn_voxels,
+        n_jobs=settings.threads,
+    )
     wall, cpu = result.theirs / result.ours
     codes = f'243 codes x 64, 20 queries, {settings.threads} worker(s), best of {sizes.repeats}'
     return [
-        (f'batched fit + score ({sizes.ocsvm_voxels} voxels, {codes})', result.ours[0] * 1e3,
-         'ms/voxel'),
+        (
+            f'batched fit + score ({sizes.ocsvm_voxels} voxels, {codes})',
+            result.ours[0] * 1e3,
+            'ms/voxel',
+        ),
         ('batched fit + score (CPU)', result.ours[1] * 1e3, 'CPU ms/voxel'),
-        (f'scikit-learn loop ({sizes.sklearn_voxels} voxels)', result.theirs[0] * 1e3,
-         'ms/voxel'),
+        (f'scikit-learn loop ({sizes.sklearn_voxels} voxels)', result.theirs[0] * 1e3, 'ms/voxel'),
         ('scikit-learn loop (CPU)', result.theirs[1] * 1e3, 'CPU ms/voxel'),
         ('scikit-learn / batched, wall', wall, 'x'),
         ('scikit-learn / batched, CPU', cpu, 'x'),
         ('decision signs agreeing with scikit-learn', result.agreement, '%'),
-        (f'batched, whole brain ({BRAIN_VOXELS:,} voxels)', result.ours[0] * BRAIN_VOXELS / 60,
-         'min'),
+        (
+            f'batched, whole brain ({BRAIN_VOXELS:,} voxels)',
+            result.ours[0] * BRAIN_VOXELS / 60,
+            'min',
+        ),
     ]
 
 
@@ -248,10 +274,13 @@ def stage_embedding(settings: Settings) -> list[Row]:
             codes, meta = make_codes(n, 0)
             timing = time_method(codes, meta, method, 0)
             if method == 'umap':
-                rows.append((f'umap, {n} codes, first call (numba compiling)',
-                             timing['first_call_s'], 's'))
-            rows += [(f'{method}, {n} codes ({timing["placement"]})', timing['embed_s'], 's'),
-                     (f'{method}, {n} codes (CPU)', timing['embed_cpu_s'], 'CPU s')]
+                rows.append(
+                    (f'umap, {n} codes, first call (numba compiling)', timing['first_call_s'], 's')
+                )
+            rows += [
+                (f'{method}, {n} codes ({timing["placement"]})', timing['embed_s'], 's'),
+                (f'{method}, {n} codes (CPU)', timing['embed_cpu_s'], 'CPU s'),
+            ]
     return rows
 
 
@@ -267,28 +296,45 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
     template = load_template(settings.sizes.resolution)
     volumes = cohort(settings, template)
     n_train = settings.sizes.bundle_controls
-    train, calibration = volumes[:n_train], volumes[n_train:n_train + CALIBRATION_CONTROLS]
+    train, calibration = volumes[:n_train], volumes[n_train : n_train + CALIBRATION_CONTROLS]
     spec = ModelSpec(family, grid_shape=template.shape)
     params = TrainParams(epochs=1, patches_per_subject=500).resolved(spec)
-    result = train_model(spec, params, train, template.mask_array(), device=settings.device,
-                         progress=False)
-    card = ModelCard(spec=spec, params=params, modalities=('T1w',), template=template.name,
-                     resolution=template.resolution, normalisation={'method': 'quantile'})
+    result = train_model(
+        spec, params, train, template.mask_array(), device=settings.device, progress=False
+    )
+    card = ModelCard(
+        spec=spec,
+        params=params,
+        modalities=('T1w',),
+        template=template.name,
+        resolution=template.resolution,
+        normalisation={'method': 'quantile'},
+    )
     bundle = save_bundle(settings.work / 'models' / family, result.model, card)
     scoring = ScoringConfig()
     start, start_cpu = time.perf_counter(), cpu_seconds()
-    fit_normative(bundle, template, train, calibration, radius=scoring.neighbourhood,
-                  nu=scoring.nu, gamma=scoring.gamma, quantile=scoring.threshold_quantile,
-                  device=settings.device, n_jobs=settings.threads)
+    fit_normative(
+        bundle,
+        template,
+        train,
+        calibration,
+        radius=scoring.neighbourhood,
+        nu=scoring.nu,
+        gamma=scoring.gamma,
+        quantile=scoring.threshold_quantile,
+        device=settings.device,
+        n_jobs=settings.threads,
+    )
     wall, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu  # with the workers
     what = f'{n_train} training + {CALIBRATION_CONTROLS} calibration controls'
-    rows = [(f'normative models + thresholds ({what})', wall, 's'),
-            ('normative models + thresholds (CPU)', cpu, 'CPU s'),
-            (f'bundle size ({template.resolution:g} mm)', _megabytes(bundle.glob('*')), 'MB')]
+    rows = [
+        (f'normative models + thresholds ({what})', wall, 's'),
+        ('normative models + thresholds (CPU)', cpu, 'CPU s'),
+        (f'bundle size ({template.resolution:g} mm)', _megabytes(bundle.glob('*')), 'MB'),
+    ]
     for name in ('ocsvm', 'gaussian'):
         if (bundle / f'{name}.safetensors').is_file():
-            rows.append((f'  of which {name}', _megabytes([bundle / f'{name}.safetensors']),
-                         'MB'))
+            rows.append((f'  of which {name}', _megabytes([bundle / f'{name}.safetensors']), 'MB'))
     if spec.is_patch:
         support = load_arrays(bundle, 'ocsvm')[0]['n_support_']
         rows.append(('one-class SVM support vectors per voxel (mean)', support.mean(), ''))
@@ -306,13 +352,18 @@ def stage_scoring(settings: Settings, family: str) -> list[Row]:
     scorer = BundleScorer(settings.work / 'models' / family, template, settings.device)
     rows = [('load and verify the bundle', time.perf_counter() - start, 's')]
     wall, cpu, scores = _timed(scorer.score, volume)
-    rows += [(f'score one participant, {template.resolution:g} mm (all maps)', wall, 's'),
-             (f'score one participant, {template.resolution:g} mm (CPU)', cpu, 'CPU s')]
+    rows += [
+        (f'score one participant, {template.resolution:g} mm (all maps)', wall, 's'),
+        (f'score one participant, {template.resolution:g} mm (CPU)', cpu, 'CPU s'),
+    ]
     codes = scores.outputs.codes[:, None, :]
-    parts = {name: _timed(estimator.anomaly_score, codes)[0]
-             for name, estimator in scorer.estimators.items()}
-    parts['zscore baseline'] = _timed(scorer.zscore.anomaly_score,
-                                      brain_samples(volume[None], scorer.mask))[0]
+    parts = {
+        name: _timed(estimator.anomaly_score, codes)[0]
+        for name, estimator in scorer.estimators.items()
+    }
+    parts['zscore baseline'] = _timed(
+        scorer.zscore.anomaly_score, brain_samples(volume[None], scorer.mask)
+    )[0]
     rows.append(('  of which network (reconstruction, codes)', wall - sum(parts.values()), 's'))
     rows += [(f'  of which {name}', seconds, 's') for name, seconds in parts.items()]
     return rows
@@ -351,8 +402,9 @@ def template_volumes(template: ty.Any, n: int, random_state: int) -> np.ndarray:
     rng = np.random.default_rng(random_state)
     volumes = np.empty((n, 1, *template.shape), dtype=np.float32)
     for index in range(n):
-        field = random_smooth_field(rng, extent, spacing_mm=20.0, sigma_mm=20.0, std=2.5,
-                                    n_components=3)
+        field = random_smooth_field(
+            rng, extent, spacing_mm=20.0, sigma_mm=20.0, std=2.5, n_components=3
+        )
         points = field.on_grid(axes)
         for c, axis in enumerate(axes):
             points[c] += axis.reshape([-1 if k == c else 1 for k in range(3)])
@@ -369,10 +421,16 @@ def machine(device: str, threads: int) -> dict:
     """Where and on what the numbers were measured."""
     import torch
 
-    info = {'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'),
-            'commit': git_commit(), 'cpu': cpu_model(), 'cores': os.cpu_count(),
-            'threads': threads, 'torch': torch.__version__,
-            'python': platform.python_version(), 'device': device}
+    info = {
+        'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'),
+        'commit': git_commit(),
+        'cpu': cpu_model(),
+        'cores': os.cpu_count(),
+        'threads': threads,
+        'torch': torch.__version__,
+        'python': platform.python_version(),
+        'device': device,
+    }
     if torch.device(device).type == 'cuda':
         info['gpu'] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -393,24 +451,35 @@ def markdown(info: dict, stages: list[dict]) -> str:
     for stage in stages:
         for index, (metric, value, unit) in enumerate(stage['rows']):
             peak = f'{stage["peak_gib"]:.2f}' if index == 0 and stage['peak_gib'] else ''
-            lines.append(f'| {stage["stage"] if index == 0 else ""} | {metric} | '
-                         f'{format_value(value)} | {unit} | {peak} |')
+            lines.append(
+                f'| {stage["stage"] if index == 0 else ""} | {metric} | '
+                f'{format_value(value)} | {unit} | {peak} |'
+            )
     return '\n'.join(lines) + '\n'
 
 
 def run_stage(name: str, function: ty.Callable[[], list[Row]]) -> dict:
     """One stage in its own process, as a record of the table (a failure is a row too)."""
-    print(f'[{time.strftime("%H:%M:%S")}] {name} (load average {load_average()})',
-          file=sys.stderr, flush=True)
+    print(
+        f'[{time.strftime("%H:%M:%S")}] {name} (load average {load_average()})',
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         result = run_in_child(function)
     except StageError as err:
         print(err, file=sys.stderr, flush=True)
         last = str(err).strip().splitlines()[-1]
-        return {'stage': name, 'rows': [(f'FAILED: {last}', math.nan, '')], 'peak_gib': None,
-                'failed': True}
-    rows = list(result.value) + [('stage wall time', result.wall_s, 's'),
-                                 ('stage CPU time', result.cpu_s, 'CPU s')]
+        return {
+            'stage': name,
+            'rows': [(f'FAILED: {last}', math.nan, '')],
+            'peak_gib': None,
+            'failed': True,
+        }
+    rows = list(result.value) + [
+        ('stage wall time', result.wall_s, 's'),
+        ('stage CPU time', result.cpu_s, 'CPU s'),
+    ]
     if result.gpu_peak_gib is not None:
         rows.append(('GPU memory peak', result.gpu_peak_gib, 'GiB'))
     return {'stage': name, 'rows': rows, 'peak_gib': result.peak_gib, 'failed': False}
@@ -418,18 +487,33 @@ def run_stage(name: str, function: ty.Callable[[], list[Row]]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='2 mm and small sizes (for development)')
+    parser.add_argument(
+        '--quick', action='store_true', help='2 mm and small sizes (for development)'
+    )
     parser.add_argument('--device', default='cpu', help="torch device: 'cpu' or 'cuda[:N]'")
-    parser.add_argument('--threads', type=int, default=os.cpu_count(),
-                        help='threads of torch, BLAS, numba and of the preprocessing')
-    parser.add_argument('--families', default='sae-patch,ae-slice',
-                        help='model families to build and score (ae-patch and sae-slice have '
-                             'the networks of sae-patch and ae-slice)')
-    parser.add_argument('--stages', default=','.join(STAGES),
-                        help=f'stages to run, comma separated, from {",".join(STAGES)}')
-    parser.add_argument('--out', type=Path, default=ROOT / 'benchmarks' / 'results' / 'speed.md',
-                        help='Markdown table; the same name with .json gets every number')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=os.cpu_count(),
+        help='threads of torch, BLAS, numba and of the preprocessing',
+    )
+    parser.add_argument(
+        '--families',
+        default='sae-patch,ae-slice',
+        help='model families to build and score (ae-patch and sae-slice have '
+        'the networks of sae-patch and ae-slice)',
+    )
+    parser.add_argument(
+        '--stages',
+        default=','.join(STAGES),
+        help=f'stages to run, comma separated, from {",".join(STAGES)}',
+    )
+    parser.add_argument(
+        '--out',
+        type=Path,
+        default=ROOT / 'benchmarks' / 'results' / 'speed.md',
+        help='Markdown table; the same name with .json gets every number',
+    )
     args = parser.parse_args()
     chosen = args.stages.split(',')
     if set(chosen) - set(STAGES):
@@ -443,31 +527,52 @@ def main() -> None:
 
     stages = []
     with tempfile.TemporaryDirectory(prefix='speed-') as work:
-        settings = Settings(QUICK if args.quick else GOALS, args.device, args.threads,
-                            Path(work))
+        settings = Settings(QUICK if args.quick else GOALS, args.device, args.threads, Path(work))
         plan: list[tuple[str, ty.Callable[[], list[Row]]]] = [
-            (name, functools.partial(function, settings)) for name, function in (
-                ('training', stage_training), ('ocsvm', stage_ocsvm),
-                ('embedding', stage_embedding)) if name in chosen]
+            (name, functools.partial(function, settings))
+            for name, function in (
+                ('training', stage_training),
+                ('ocsvm', stage_ocsvm),
+                ('embedding', stage_embedding),
+            )
+            if name in chosen
+        ]
         if 'scoring' in chosen:
             for family in args.families.split(','):
-                plan += [(f'bundle {family}', functools.partial(stage_bundle, settings, family)),
-                         (f'scoring {family}', functools.partial(stage_scoring, settings,
-                                                                 family))]
+                plan += [
+                    (f'bundle {family}', functools.partial(stage_bundle, settings, family)),
+                    (f'scoring {family}', functools.partial(stage_scoring, settings, family)),
+                ]
         if 'preprocessing' in chosen and DATA.is_dir():
             plan.insert(0, ('preprocessing', functools.partial(stage_preprocessing, settings)))
         elif 'preprocessing' in chosen:
-            stages.append({'stage': 'preprocessing', 'peak_gib': None, 'failed': False,
-                           'rows': [(f'skipped: {DATA} not found', math.nan, '')]})
+            stages.append(
+                {
+                    'stage': 'preprocessing',
+                    'peak_gib': None,
+                    'failed': False,
+                    'rows': [(f'skipped: {DATA} not found', math.nan, '')],
+                }
+            )
         stages += [run_stage(name, function) for name, function in plan]
     info['load average after (1, 5, 15 min)'] = load_average()
     table = markdown(info, stages)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)
-    document = {'machine': info, 'stages': [{**stage, 'rows': [
-        {'metric': m, 'value': None if math.isnan(v) else float(v), 'unit': u}
-        for m, v, u in stage['rows']]} for stage in stages]}
+    document = {
+        'machine': info,
+        'stages': [
+            {
+                **stage,
+                'rows': [
+                    {'metric': m, 'value': None if math.isnan(v) else float(v), 'unit': u}
+                    for m, v, u in stage['rows']
+                ],
+            }
+            for stage in stages
+        ],
+    }
     args.out.with_suffix('.json').write_text(json.dumps(document, indent=2) + '\n')
     print(f'written {args.out} and {args.out.with_suffix(".json")}', file=sys.stderr)
     if any(stage['failed'] for stage in stages):

@@ -52,11 +52,24 @@ class _Reference(nn.Module):
             return nn.Conv2d(c_in, c_out, k, padding=k - 1)
 
         self.encoder = nn.Sequential(
-            nn.Conv2d(c, f, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(f, f, 3), nn.ReLU(),
-            nn.Conv2d(f, f, 3))
+            nn.Conv2d(c, f, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(f, f, 3),
+            nn.ReLU(),
+            nn.Conv2d(f, f, 3),
+        )
         self.decoder = nn.Sequential(
-            grow(f, f, 3), nn.ReLU(), grow(f, f, 3), nn.ReLU(), nn.Upsample(scale_factor=2),
-            grow(f, f, 3), nn.ReLU(), grow(f, c, 2), nn.Sigmoid())
+            grow(f, f, 3),
+            nn.ReLU(),
+            grow(f, f, 3),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2),
+            grow(f, f, 3),
+            nn.ReLU(),
+            grow(f, c, 2),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x: torch.Tensor) -> AutoEncoderOutput:
         z = self.encoder(x)
@@ -206,8 +219,14 @@ def sampler_speed(threads: int, seconds: float, device: torch.device, clock: Clo
         count += 225
     _row('pair gather from (n, C, X, Y, Z) as given', threads, 225, count / (clock() - start))
     for dtype in (np.float32, np.float16):
-        sampler = PatchSampler(volumes.astype(dtype), mask, samples_per_subject=50000,
-                               batch_size=225, pairs=True, device=device)
+        sampler = PatchSampler(
+            volumes.astype(dtype),
+            mask,
+            samples_per_subject=50000,
+            batch_size=225,
+            pairs=True,
+            device=device,
+        )
         count, start, wall = 0, clock(), time.perf_counter()
         for batch in sampler.epoch(0):
             count += len(batch.subject1)
@@ -218,16 +237,19 @@ def sampler_speed(threads: int, seconds: float, device: torch.device, clock: Clo
         _row(name, threads, 225, count / (clock() - start))
 
 
-def epoch_rate(family: str, batch: int, volumes: np.ndarray, mask: np.ndarray,
-               device: torch.device) -> tuple[float, str]:
+def epoch_rate(
+    family: str, batch: int, volumes: np.ndarray, mask: np.ndarray, device: torch.device
+) -> tuple[float, str]:
     """Throughput of one epoch of ``train_model`` (sampling + steps, wall-clock), from its log:
     5000 patches (or pairs) per volume, or the slices holding >= 95 % of the largest brain."""
     spec = ModelSpec(family, in_channels=volumes.shape[1], grid_shape=volumes.shape[2:])
-    params = TrainParams(epochs=1, batch_size=batch, patches_per_subject=5000,
-                         min_slice_brain=0.95)
+    params = TrainParams(
+        epochs=1, batch_size=batch, patches_per_subject=5000, min_slice_brain=0.95
+    )
     with tempfile.TemporaryDirectory() as work_dir:
-        result = train_model(spec, params, volumes, mask, work_dir=work_dir, device=device,
-                             progress=False)
+        result = train_model(
+            spec, params, volumes, mask, work_dir=work_dir, device=device, progress=False
+        )
     unit = 'pairs/s' if spec.siamese else UNITS[spec.kind]
     return result.history[0].samples_per_s, unit
 
@@ -250,8 +272,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     clock = time.process_time if args.cpu_time else time.perf_counter
-    print(f'load average {os.getloadavg()}, torch {torch.__version__}, device {device}, '
-          f'{os.cpu_count()} cores, {"CPU" if args.cpu_time else "wall"} time')
+    print(
+        f'load average {os.getloadavg()}, torch {torch.__version__}, device {device}, '
+        f'{os.cpu_count()} cores, {"CPU" if args.cpu_time else "wall"} time'
+    )
     print(f'| {"variant":<52} | threads | batch | {"throughput":>19} |')
     print(f'|{"-" * 54}|---------|-------|{"-" * 21}|')
     network_variants(args.threads, args.seconds, device, clock)

@@ -54,7 +54,9 @@ class _GreedyOption(click.Option):
 
 
 _CLICK_TYPES = {
-    'int': click.INT, 'float': click.FLOAT, 'Path | None': click.Path(path_type=Path),
+    'int': click.INT,
+    'float': click.FLOAT,
+    'Path | None': click.Path(path_type=Path),
     'tuple[Path, ...]': click.Path(path_type=Path),
 }
 
@@ -72,31 +74,44 @@ def _config_options(command: Any) -> Any:
                 kwargs['type'] = click.Choice(kwargs.pop('choices'))
             elif not kwargs.get('is_flag') and not kwargs.get('count'):
                 kwargs.setdefault('type', _CLICK_TYPES.get(str(spec.type), click.STRING))
-            default = spec.default if spec.default is not dataclasses.MISSING else (
-                spec.default_factory())  # type: ignore[misc]
+            default = (
+                spec.default
+                if spec.default is not dataclasses.MISSING
+                else (spec.default_factory())
+            )  # type: ignore[misc]
             help_text = meta['help']
             if default not in (None, (), '', False, 0) and 'default' not in help_text:
                 shown = ','.join(default) if isinstance(default, tuple) else default
                 help_text += f'  [default: {shown}]'
-            command = click.option(*meta['flags'], spec.name, cls=cls, help=help_text,
-                                   show_default=False, **kwargs)(command)
+            command = click.option(
+                *meta['flags'], spec.name, cls=cls, help=help_text, show_default=False, **kwargs
+            )(command)
     return command
 
 
-@click.command(context_settings={'help_option_names': ['-h', '--help'],
-                                 'max_content_width': 100})
+@click.command(context_settings={'help_option_names': ['-h', '--help'], 'max_content_width': 100})
 @click.argument('bids_dir', type=click.Path(path_type=Path))
 @click.argument('output_dir', type=click.Path(path_type=Path))
 @click.argument('analysis_level', type=click.Choice(['participant', 'group']))
-@click.option('--config-file', type=click.Path(path_type=Path, dir_okay=False),
-              help='TOML file with settings (same sections and names as the saved '
-              'logs/config_*.toml); command-line options override it.')
-@click.version_option(__version__, '--version', prog_name='bids_anomaly',
-                      message='%(prog)s %(version)s')
+@click.option(
+    '--config-file',
+    type=click.Path(path_type=Path, dir_okay=False),
+    help='TOML file with settings (same sections and names as the saved '
+    'logs/config_*.toml); command-line options override it.',
+)
+@click.version_option(
+    __version__, '--version', prog_name='bids_anomaly', message='%(prog)s %(version)s'
+)
 @_config_options
 @click.pass_context
-def cli(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_level: str,
-        config_file: Path | None, **options: Any) -> None:
+def cli(
+    ctx: click.Context,
+    bids_dir: Path,
+    output_dir: Path,
+    analysis_level: str,
+    config_file: Path | None,
+    **options: Any,
+) -> None:
     """Unsupervised anomaly detection in brain MRI, as a BIDS-App.
 
     \b
@@ -111,8 +126,14 @@ def cli(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_level: st
     run(config)
 
 
-def build_config(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_level: str,
-                 config_file: Path | None, options: dict[str, Any]) -> RunConfig:
+def build_config(
+    ctx: click.Context,
+    bids_dir: Path,
+    output_dir: Path,
+    analysis_level: str,
+    config_file: Path | None,
+    options: dict[str, Any],
+) -> RunConfig:
     """Defaults < config file < command line, then validation (``UsageError`` on bad values)."""
     settings: dict[str, dict[str, Any]] = {}
     if config_file is not None:
@@ -122,8 +143,9 @@ def build_config(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_
             settings = read_config_file(config_file)
         except (OSError, ValueError) as err:
             raise UsageError(f'--config-file {config_file}: {err}') from None
-    given = {name for name in options
-             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    given = {
+        name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
     for section_name, section in SECTIONS.items():
         for spec in dataclasses.fields(section):
             if spec.name in given:
@@ -142,13 +164,15 @@ def build_config(ctx: click.Context, bids_dir: Path, output_dir: Path, analysis_
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: run the command and map every failure to its exit code."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name='bids_anomaly',
-                 standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name='bids_anomaly',
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:  # --help, --version
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        click.echo(f'bids_anomaly: usage error: {exc.format_message()} (see --help)',
-                   err=True)
+        click.echo(f'bids_anomaly: usage error: {exc.format_message()} (see --help)', err=True)
         sys.exit(UsageError.exit_code)
     except AppError as exc:
         click.echo(f'bids_anomaly: error: {exc}', err=True)
@@ -158,11 +182,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # a bug or an unforeseen failure: one line, details in the log
         logger = logging.getLogger('bids_anomaly')
-        where = next((h.baseFilename for h in logger.handlers
-                      if isinstance(h, logging.FileHandler)), None)
+        where = next(
+            (h.baseFilename for h in logger.handlers if isinstance(h, logging.FileHandler)), None
+        )
         detail = f'; the traceback is in {where}' if where else ''
-        click.echo(f'bids_anomaly: error: unexpected {type(exc).__name__}: {exc}{detail} '
-                   '(please report it)', err=True)
+        click.echo(
+            f'bids_anomaly: error: unexpected {type(exc).__name__}: {exc}{detail} '
+            '(please report it)',
+            err=True,
+        )
         if logger.isEnabledFor(logging.DEBUG):
             raise
         _log_traceback(logger)

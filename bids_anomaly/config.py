@@ -24,8 +24,11 @@ DEFAULT_CONTROL_LABELS = ('control', 'controls', 'hc', 'healthy')
 
 def setting(default: Any, help: str, *flags: str, **click_kwargs: Any) -> Any:
     """A configuration field whose metadata also describes its command-line option."""
-    kwargs = {'default_factory': lambda: default} if isinstance(default, (list, dict)) else {
-        'default': default}
+    kwargs = (
+        {'default_factory': lambda: default}
+        if isinstance(default, (list, dict))
+        else {'default': default}
+    )
     return field(metadata={'help': help, 'flags': flags, 'click': click_kwargs}, **kwargs)
 
 
@@ -34,35 +37,76 @@ class ExecutionConfig:
     """Where and how the run executes."""
 
     participant_label: tuple[str, ...] = setting(
-        (), 'Participants to process, with or without "sub-", space separated, or a text file '
-        'with one label per line (default: all).', '--participant-label', '--participant_label',
-        multiple=True, metavar='LABEL')
+        (),
+        'Participants to process, with or without "sub-", space separated, or a text file '
+        'with one label per line (default: all).',
+        '--participant-label',
+        '--participant_label',
+        multiple=True,
+        metavar='LABEL',
+    )
     session_label: tuple[str, ...] = setting(
-        (), 'Sessions to process, with or without "ses-" (default: all).', '--session-label',
-        multiple=True, metavar='LABEL')
+        (),
+        'Sessions to process, with or without "ses-" (default: all).',
+        '--session-label',
+        multiple=True,
+        metavar='LABEL',
+    )
     bids_filter_file: Path | None = setting(
-        None, 'JSON file of pybids filters per query (fMRIPrep format), e.g. '
-        '{"t1w": {"acquisition": "mprage"}}.', '--bids-filter-file', metavar='FILE')
+        None,
+        'JSON file of pybids filters per query (fMRIPrep format), e.g. '
+        '{"t1w": {"acquisition": "mprage"}}.',
+        '--bids-filter-file',
+        metavar='FILE',
+    )
     skip_bids_validation: bool = setting(
-        False, 'Do not validate the input dataset (file names and dataset_description.json).',
-        '--skip-bids-validation', '--skip_bids_validation', is_flag=True)
+        False,
+        'Do not validate the input dataset (file names and dataset_description.json).',
+        '--skip-bids-validation',
+        '--skip_bids_validation',
+        is_flag=True,
+    )
     work_dir: Path | None = setting(
-        None, 'Working directory for intermediate results and the pybids database; reuse it to '
+        None,
+        'Working directory for intermediate results and the pybids database; reuse it to '
         'resume (default: OUTPUT_DIR/.work; never inside BIDS_DIR).',
-        '-w', '--work-dir', metavar='DIR')
-    nprocs: int = setting(0, 'Maximum number of parallel processes (0: all CPUs).', '--nprocs',
-                          '--nthreads', '--n-cpus', metavar='N')
-    omp_nthreads: int = setting(0, 'Maximum threads per process (0: min(8, nprocs)).',
-                                '--omp-nthreads', metavar='N')
-    mem_gb: float = setting(0.0, 'Upper bound of memory in GB for the nipype scheduler '
-                            '(0: no bound).', '--mem', '--mem-gb', metavar='GB')
+        '-w',
+        '--work-dir',
+        metavar='DIR',
+    )
+    nprocs: int = setting(
+        0,
+        'Maximum number of parallel processes (0: all CPUs).',
+        '--nprocs',
+        '--nthreads',
+        '--n-cpus',
+        metavar='N',
+    )
+    omp_nthreads: int = setting(
+        0, 'Maximum threads per process (0: min(8, nprocs)).', '--omp-nthreads', metavar='N'
+    )
+    mem_gb: float = setting(
+        0.0,
+        'Upper bound of memory in GB for the nipype scheduler (0: no bound).',
+        '--mem',
+        '--mem-gb',
+        metavar='GB',
+    )
     stop_on_first_crash: bool = setting(
-        False, 'Stop at the first participant that fails instead of continuing with the others.',
-        '--stop-on-first-crash', is_flag=True)
-    device: str = setting('auto', 'Torch device: auto (CUDA when available), cpu, cuda or cuda:N.',
-                          '--device', metavar='DEVICE')
-    seed: int = setting(20251125, 'Random seed for sampling, training and embeddings.', '--seed',
-                        metavar='INT')
+        False,
+        'Stop at the first participant that fails instead of continuing with the others.',
+        '--stop-on-first-crash',
+        is_flag=True,
+    )
+    device: str = setting(
+        'auto',
+        'Torch device: auto (CUDA when available), cpu, cuda or cuda:N.',
+        '--device',
+        metavar='DEVICE',
+    )
+    seed: int = setting(
+        20251125, 'Random seed for sampling, training and embeddings.', '--seed', metavar='INT'
+    )
     verbose: int = setting(0, 'Increase log verbosity (-v, -vv).', '-v', '--verbose', count=True)
 
 
@@ -70,72 +114,126 @@ class ExecutionConfig:
 class CohortConfig:
     """Which participants are controls."""
 
-    group_column: str = setting('group', 'Column of participants.tsv that holds the group.',
-                                '--group-column', metavar='NAME')
+    group_column: str = setting(
+        'group',
+        'Column of participants.tsv that holds the group.',
+        '--group-column',
+        metavar='NAME',
+    )
     control_label: tuple[str, ...] = setting(
-        DEFAULT_CONTROL_LABELS, 'Value(s) of the group column that mark controls '
-        '(case-insensitive; default: control, controls, HC, healthy).', '--control-label',
-        multiple=True, metavar='VALUE')
+        DEFAULT_CONTROL_LABELS,
+        'Value(s) of the group column that mark controls '
+        '(case-insensitive; default: control, controls, HC, healthy).',
+        '--control-label',
+        multiple=True,
+        metavar='VALUE',
+    )
 
 
 @dataclass
 class PreprocessingConfig:
     """Participant-level preprocessing into template space."""
 
-    resolution: float = setting(1.5, 'Template grid resolution in mm (1, 1.5 or 2).',
-                                '--resolution', type=float, metavar='MM')
-    registration: str = setting('syn', 'Registration to the template: affine or syn (rigid -> '
-                                'affine -> SyN).', '--registration',
-                                choices=('affine', 'syn'))
-    intensity_norm: str = setting('quantile', 'Intensity normalisation inside the brain: '
-                                  'quantile (1-99 % to [0, 1], clipped), quantile-unclipped '
-                                  '(the same map, not clipped: bright lesions keep their '
-                                  'contrast) or zscore.', '--intensity-norm',
-                                  choices=('quantile', 'quantile-unclipped', 'zscore'))
+    resolution: float = setting(
+        1.5,
+        'Template grid resolution in mm (1, 1.5 or 2).',
+        '--resolution',
+        type=float,
+        metavar='MM',
+    )
+    registration: str = setting(
+        'syn',
+        'Registration to the template: affine or syn (rigid -> affine -> SyN).',
+        '--registration',
+        choices=('affine', 'syn'),
+    )
+    intensity_norm: str = setting(
+        'quantile',
+        'Intensity normalisation inside the brain: '
+        'quantile (1-99 % to [0, 1], clipped), quantile-unclipped '
+        '(the same map, not clipped: bright lesions keep their '
+        'contrast) or zscore.',
+        '--intensity-norm',
+        choices=('quantile', 'quantile-unclipped', 'zscore'),
+    )
     derivatives: tuple[Path, ...] = setting(
-        (), 'Existing fMRIPrep/sMRIPrep derivatives to reuse instead of registering.', '-d',
-        '--derivatives', multiple=True, metavar='PATH')
+        (),
+        'Existing fMRIPrep/sMRIPrep derivatives to reuse instead of registering.',
+        '-d',
+        '--derivatives',
+        multiple=True,
+        metavar='PATH',
+    )
 
 
 @dataclass
 class TrainingConfig:
     """Model families and their training (group level with --train)."""
 
-    train: bool = setting(False, 'Train models on the controls (group level).', '--train',
-                          is_flag=True)
+    train: bool = setting(
+        False, 'Train models on the controls (group level).', '--train', is_flag=True
+    )
     models: tuple[str, ...] = setting(
-        MODEL_FAMILIES, 'Model families to train, comma separated.', '--models',
-        metavar='LIST')
+        MODEL_FAMILIES, 'Model families to train, comma separated.', '--models', metavar='LIST'
+    )
     model: tuple[Path, ...] = setting(
-        (), 'A model bundle (folder with model.json) to apply; repeat for several.', '--model',
-        multiple=True, metavar='PATH')
+        (),
+        'A model bundle (folder with model.json) to apply; repeat for several.',
+        '--model',
+        multiple=True,
+        metavar='PATH',
+    )
     modalities: tuple[str, ...] = setting(
-        (), 'Input channels, comma separated, from T1w, FA, MD (default: T1w, plus FA and MD '
-        'when every training participant has DWI).', '--modalities', metavar='LIST')
+        (),
+        'Input channels, comma separated, from T1w, FA, MD (default: T1w, plus FA and MD '
+        'when every training participant has DWI).',
+        '--modalities',
+        metavar='LIST',
+    )
     calibration_fraction: float = setting(
-        0.25, 'Share of controls held out from training for early stopping and threshold '
-        'calibration (at least 2 participants).', '--calibration-fraction', metavar='FRAC')
-    epochs: int = setting(0, 'Training epochs (0: published defaults, 30 for patch models, '
-                          '160 for slice models).', '--epochs', metavar='N')
-    batch_size: int = setting(0, 'Batch size (0: 225 for patch models, 40 for slice models).',
-                              '--batch-size', metavar='N')
-    learning_rate: float = setting(1e-3, 'Adam learning rate.', '--learning-rate',
-                                   metavar='LR')
-    patches_per_subject: int = setting(15000, 'Patches drawn per participant and epoch.',
-                                       '--patches-per-subject', metavar='N')
-    patch_size: int = setting(15, 'Side of the square axial patches.', '--patch-size',
-                              metavar='N')
+        0.25,
+        'Share of controls held out from training for early stopping and threshold '
+        'calibration (at least 2 participants).',
+        '--calibration-fraction',
+        metavar='FRAC',
+    )
+    epochs: int = setting(
+        0,
+        'Training epochs (0: published defaults, 30 for patch models, 160 for slice models).',
+        '--epochs',
+        metavar='N',
+    )
+    batch_size: int = setting(
+        0,
+        'Batch size (0: 225 for patch models, 40 for slice models).',
+        '--batch-size',
+        metavar='N',
+    )
+    learning_rate: float = setting(1e-3, 'Adam learning rate.', '--learning-rate', metavar='LR')
+    patches_per_subject: int = setting(
+        15000, 'Patches drawn per participant and epoch.', '--patches-per-subject', metavar='N'
+    )
+    patch_size: int = setting(15, 'Side of the square axial patches.', '--patch-size', metavar='N')
     latent_channels: int = setting(
-        0, 'Channels of the latent feature map (0: published, 16 for patches = 2x2x16 = 64 '
-        'values, 256 for slices = 4x5x256 at 1.5 mm).', '--latent-channels', metavar='N')
-    alpha: float = setting(0.005, 'Weight of the siamese similarity term.', '--alpha',
-                           metavar='A')
-    loss: str = setting('', 'Reconstruction loss l1, l2 or ssim (default: l2 for patch models, '
-                        'l1 for slice models).', '--loss', metavar='LOSS')
-    siamese_metric: str = setting('cosine', 'Siamese similarity: cosine or l2.',
-                                  '--siamese-metric', choices=('cosine', 'l2'))
-    variational: bool = setting(False, 'Use a variational (VAE) latent head.', '--variational',
-                                is_flag=True)
+        0,
+        'Channels of the latent feature map (0: published, 16 for patches = 2x2x16 = 64 '
+        'values, 256 for slices = 4x5x256 at 1.5 mm).',
+        '--latent-channels',
+        metavar='N',
+    )
+    alpha: float = setting(0.005, 'Weight of the siamese similarity term.', '--alpha', metavar='A')
+    loss: str = setting(
+        '',
+        'Reconstruction loss l1, l2 or ssim (default: l2 for patch models, l1 for slice models).',
+        '--loss',
+        metavar='LOSS',
+    )
+    siamese_metric: str = setting(
+        'cosine', 'Siamese similarity: cosine or l2.', '--siamese-metric', choices=('cosine', 'l2')
+    )
+    variational: bool = setting(
+        False, 'Use a variational (VAE) latent head.', '--variational', is_flag=True
+    )
     beta: float = setting(1.0, 'KL weight of the variational head.', '--beta', metavar='B')
 
 
@@ -143,27 +241,46 @@ class TrainingConfig:
 class ScoringConfig:
     """Anomaly scores, normative models, thresholds and regions."""
 
-    neighbourhood: int = setting(1, 'Radius in voxels of the cube pooled into each voxel\'s '
-                                 'normative model (1: 3x3x3).', '--neighbourhood', metavar='R')
+    neighbourhood: int = setting(
+        1,
+        "Radius in voxels of the cube pooled into each voxel's normative model (1: 3x3x3).",
+        '--neighbourhood',
+        metavar='R',
+    )
     nu: float = setting(0.03, 'One-class SVM nu.', '--nu', metavar='NU')
-    gamma: float = setting(0.0, 'One-class SVM RBF gamma (0: 1 / (dim * variance)).',
-                           '--gamma', metavar='G')
+    gamma: float = setting(
+        0.0, 'One-class SVM RBF gamma (0: 1 / (dim * variance)).', '--gamma', metavar='G'
+    )
     threshold_quantile: float = setting(
-        0.98, 'Quantile of the calibration controls\' voxel scores above which a voxel is '
-        'abnormal.', '--threshold-quantile', metavar='Q')
+        0.98,
+        "Quantile of the calibration controls' voxel scores above which a voxel is abnormal.",
+        '--threshold-quantile',
+        metavar='Q',
+    )
     native_space: bool = setting(
-        False, 'Also write score maps and abnormal masks on each participant\'s native T1w '
-        'grid (through the inverse of its registration to the template).', '--native-space',
-        is_flag=True)
-    atlas: tuple[Path, ...] = setting((), 'Extra atlas (BIDS dseg NIfTI) for regional tables; '
-                                      'repeat with --atlas-labels.', '--atlas', multiple=True,
-                                      metavar='PATH')
-    atlas_labels: tuple[Path, ...] = setting((), 'TSV (index, name) for each --atlas.',
-                                             '--atlas-labels', multiple=True, metavar='PATH')
+        False,
+        "Also write score maps and abnormal masks on each participant's native T1w "
+        'grid (through the inverse of its registration to the template).',
+        '--native-space',
+        is_flag=True,
+    )
+    atlas: tuple[Path, ...] = setting(
+        (),
+        'Extra atlas (BIDS dseg NIfTI) for regional tables; repeat with --atlas-labels.',
+        '--atlas',
+        multiple=True,
+        metavar='PATH',
+    )
+    atlas_labels: tuple[Path, ...] = setting(
+        (), 'TSV (index, name) for each --atlas.', '--atlas-labels', multiple=True, metavar='PATH'
+    )
     latent_maps: bool = setting(
-        False, 'Also write the latent code of every brain voxel as a 4D NIfTI on the template '
-        'grid (patch models; about 0.55 GB in memory at 1.5 mm).', '--latent-maps',
-        is_flag=True)
+        False,
+        'Also write the latent code of every brain voxel as a 4D NIfTI on the template '
+        'grid (patch models; about 0.55 GB in memory at 1.5 mm).',
+        '--latent-maps',
+        is_flag=True,
+    )
 
 
 @dataclass
@@ -171,10 +288,17 @@ class AnalysisConfig:
     """Group-level latent-space analysis."""
 
     embedding_methods: tuple[str, ...] = setting(
-        EMBEDDING_METHODS, 'Embedding methods, comma separated.', '--embedding-methods',
-        metavar='LIST')
-    embedding_max_points: int = setting(5000, 'Cap on points per embedding (seeded subsample).',
-                                        '--embedding-max-points', metavar='N')
+        EMBEDDING_METHODS,
+        'Embedding methods, comma separated.',
+        '--embedding-methods',
+        metavar='LIST',
+    )
+    embedding_max_points: int = setting(
+        5000,
+        'Cap on points per embedding (seeded subsample).',
+        '--embedding-max-points',
+        metavar='N',
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -202,8 +326,13 @@ class RunConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     @classmethod
-    def build(cls, bids_dir: Path, output_dir: Path, analysis_level: str,
-              settings: dict[str, dict[str, Any]]) -> RunConfig:
+    def build(
+        cls,
+        bids_dir: Path,
+        output_dir: Path,
+        analysis_level: str,
+        settings: dict[str, dict[str, Any]],
+    ) -> RunConfig:
         """Build from ``{section: {name: value}}``, rejecting unknown sections and names."""
         sections = {}
         for name, klass in SECTIONS.items():
@@ -211,8 +340,10 @@ class RunConfig:
             known = {f.name: f for f in dataclasses.fields(klass)}
             unknown = set(values) - set(known)
             if unknown:
-                raise ValueError(f'unknown setting(s) {sorted(unknown)} in section [{name}]; '
-                                 f'known: {sorted(known)}')
+                raise ValueError(
+                    f'unknown setting(s) {sorted(unknown)} in section [{name}]; '
+                    f'known: {sorted(known)}'
+                )
             sections[name] = klass(**{k: _coerce(known[k].type, v) for k, v in values.items()})
         extra = set(settings) - set(SECTIONS)
         if extra:
@@ -234,33 +365,45 @@ class RunConfig:
         if train.loss not in ('', 'l1', 'l2', 'ssim'):
             raise ValueError(f'--loss {train.loss}: use l1, l2 or ssim')
         device = self.execution.device
-        if not (device in ('auto', 'cpu', 'cuda') or
-                (device.startswith('cuda:') and device[5:].isdigit())):
+        if not (
+            device in ('auto', 'cpu', 'cuda')
+            or (device.startswith('cuda:') and device[5:].isdigit())
+        ):
             raise ValueError(f'--device {device}: use auto, cpu, cuda or cuda:N')
-        for flag, value in (('--calibration-fraction', train.calibration_fraction),
-                            ('--threshold-quantile', score.threshold_quantile),
-                            ('--nu', score.nu)):
+        for flag, value in (
+            ('--calibration-fraction', train.calibration_fraction),
+            ('--threshold-quantile', score.threshold_quantile),
+            ('--nu', score.nu),
+        ):
             if not 0 < value < 1:
                 raise ValueError(f'{flag} {value}: must be between 0 and 1 (exclusive)')
-        for flag, value in (('--nprocs', self.execution.nprocs),
-                            ('--omp-nthreads', self.execution.omp_nthreads),
-                            ('--epochs', train.epochs), ('--batch-size', train.batch_size),
-                            ('--latent-channels', train.latent_channels),
-                            ('--neighbourhood', score.neighbourhood),
-                            ('--mem', self.execution.mem_gb), ('--gamma', score.gamma)):
+        for flag, value in (
+            ('--nprocs', self.execution.nprocs),
+            ('--omp-nthreads', self.execution.omp_nthreads),
+            ('--epochs', train.epochs),
+            ('--batch-size', train.batch_size),
+            ('--latent-channels', train.latent_channels),
+            ('--neighbourhood', score.neighbourhood),
+            ('--mem', self.execution.mem_gb),
+            ('--gamma', score.gamma),
+        ):
             if value < 0:
                 raise ValueError(f'{flag} {value}: must not be negative')
-        for flag, value in (('--patch-size', train.patch_size),
-                            ('--patches-per-subject', train.patches_per_subject),
-                            ('--embedding-max-points', self.analysis.embedding_max_points),
-                            ('--learning-rate', train.learning_rate)):
+        for flag, value in (
+            ('--patch-size', train.patch_size),
+            ('--patches-per-subject', train.patches_per_subject),
+            ('--embedding-max-points', self.analysis.embedding_max_points),
+            ('--learning-rate', train.learning_rate),
+        ):
             if value <= 0:
                 raise ValueError(f'{flag} {value}: must be positive')
         if train.patch_size % 2 == 0:
             raise ValueError(f'--patch-size {train.patch_size}: must be odd (centred on a voxel)')
         if len(score.atlas) != len(score.atlas_labels):
-            raise ValueError(f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '
-                             '--atlas-labels: give one labels TSV per atlas')
+            raise ValueError(
+                f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '
+                '--atlas-labels: give one labels TSV per atlas'
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, TOML- and JSON-serialisable values (paths as strings, tuples as lists)."""

@@ -22,8 +22,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ''.join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{suffix}',
-                                    dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f'.{path.name}.', suffix=f'.tmp{suffix}', dir=path.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -29,13 +29,22 @@ from bids_anomaly.io import write_json, write_text
 from bids_anomaly.preprocessing.templates import RESOLUTIONS, Template, load_template
 from bids_anomaly.simulation.anatomy import HeadModel, generate_t1w, head_model
 from bids_anomaly.simulation.anomalies import (
-    Anomaly, label_points, parkinson_anomalies, rasterise, sample_lesions,
+    Anomaly,
+    label_points,
+    parkinson_anomalies,
+    rasterise,
+    sample_lesions,
 )
 from bids_anomaly.simulation.diffusion import (
-    DiffusionModel, diffusion_model, generate_dwi, gradient_scheme,
+    DiffusionModel,
+    diffusion_model,
+    generate_dwi,
+    gradient_scheme,
 )
 from bids_anomaly.simulation.transforms import (
-    SubjectTransform, random_subject_transform, scanner_grid,
+    SubjectTransform,
+    random_subject_transform,
+    scanner_grid,
 )
 
 #: Field of view of the native grids (mm), like a sagittal 3D T1w and an axial DWI.
@@ -62,13 +71,18 @@ is provided "as is" without express or implied warranty.
 """
 _PARTICIPANTS_JSON = {
     'participant_id': {'Description': 'Unique participant identifier'},
-    'group': {'Description': 'Simulated group',
-              'Levels': {'control': 'no anomaly',
-                         'patient': 'Parkinson-like changes and focal lesions, see '
-                                    'derivatives/groundtruth'}},
+    'group': {
+        'Description': 'Simulated group',
+        'Levels': {
+            'control': 'no anomaly',
+            'patient': 'Parkinson-like changes and focal lesions, see derivatives/groundtruth',
+        },
+    },
     'age': {'Description': 'Simulated age (no effect on the images)', 'Units': 'year'},
-    'sex': {'Description': 'Simulated sex (no effect on the images)',
-            'Levels': {'M': 'male', 'F': 'female'}},
+    'sex': {
+        'Description': 'Simulated sex (no effect on the images)',
+        'Levels': {'M': 'male', 'F': 'female'},
+    },
 }
 
 
@@ -103,8 +117,9 @@ def build_cohort(template_resolution: float = 1.5, dwi: bool = False) -> Cohort:
     """
     template = load_template(template_resolution)
     bvals, bvecs = gradient_scheme()
-    cohort = Cohort(template, head_model(template),
-                    diffusion_model(template) if dwi else None, bvals, bvecs)
+    cohort = Cohort(
+        template, head_model(template), diffusion_model(template) if dwi else None, bvals, bvecs
+    )
     for model in filter(None, (cohort, cohort.head, cohort.diffusion)):
         for value in vars(model).values():
             if isinstance(value, np.ndarray):
@@ -112,9 +127,14 @@ def build_cohort(template_resolution: float = 1.5, dwi: bool = False) -> Cohort:
     return cohort
 
 
-def generate_participant(cohort: Cohort, patient: bool, random_state: np.random.Generator,
-                         resolution: float = 1.5, skull: bool = False,
-                         dwi_resolution: float = 2.5) -> SimulatedParticipant:
+def generate_participant(
+    cohort: Cohort,
+    patient: bool,
+    random_state: np.random.Generator,
+    resolution: float = 1.5,
+    skull: bool = False,
+    dwi_resolution: float = 2.5,
+) -> SimulatedParticipant:
     """Draw one participant: pose and deformation, anomalies (patients), T1w, DWI if modelled."""
     head = cohort.head
     extent = np.array([[-f / 2, f / 2] for f in T1W_FOV_MM])  # holds the DWI box too
@@ -122,8 +142,13 @@ def generate_participant(cohort: Cohort, patient: bool, random_state: np.random.
     anomalies: list[Anomaly] = []
     if patient:
         anomalies = parkinson_anomalies(random_state)
-        anomalies += sample_lesions(random_state, head.depth_mm, head.affine,
-                                    int(random_state.integers(1, 4)), avoid=anomalies)
+        anomalies += sample_lesions(
+            random_state,
+            head.depth_mm,
+            head.affine,
+            int(random_state.integers(1, 4)),
+            avoid=anomalies,
+        )
     shape, affine = scanner_grid(resolution, T1W_FOV_MM)
     points = transform.template_points(shape, affine)
     t1w = generate_t1w(head, points, affine, random_state, anomalies, skull)
@@ -131,43 +156,71 @@ def generate_participant(cohort: Cohort, patient: bool, random_state: np.random.
     dwi = None
     if cohort.diffusion is not None:
         dwi_shape, dwi_affine = scanner_grid(dwi_resolution, DWI_FOV_MM)
-        data = generate_dwi(cohort.diffusion, transform.template_points(dwi_shape, dwi_affine),
-                            dwi_affine, transform.rotation, cohort.bvals, cohort.bvecs,
-                            random_state, anomalies)
+        data = generate_dwi(
+            cohort.diffusion,
+            transform.template_points(dwi_shape, dwi_affine),
+            dwi_affine,
+            transform.rotation,
+            cohort.bvals,
+            cohort.bvecs,
+            random_state,
+            anomalies,
+        )
         dwi = _image(data, dwi_affine, np.int16)
-    return SimulatedParticipant(_image(t1w, affine, np.int16), dwi, anomalies, native_labels,
-                                transform)
+    return SimulatedParticipant(
+        _image(t1w, affine, np.int16), dwi, anomalies, native_labels, transform
+    )
 
 
-def generate_participants_table(n_controls: int, n_patients: int,
-                                random_state: np.random.Generator) -> pd.DataFrame:
+def generate_participants_table(
+    n_controls: int, n_patients: int, random_state: np.random.Generator
+) -> pd.DataFrame:
     """participants.tsv content: groups in random order, age and sex matched across groups."""
     groups = random_state.permutation(['control'] * n_controls + ['patient'] * n_patients)
     n = len(groups)
     width = max(2, len(str(n)))
-    return pd.DataFrame({
-        'participant_id': [f'sub-{i:0{width}d}' for i in range(1, n + 1)],
-        'group': groups,
-        'age': np.clip(np.rint(random_state.normal(63, 8, n)), 45, 85).astype(int),
-        'sex': random_state.choice(['M', 'F'], n),
-    })
+    return pd.DataFrame(
+        {
+            'participant_id': [f'sub-{i:0{width}d}' for i in range(1, n + 1)],
+            'group': groups,
+            'age': np.clip(np.rint(random_state.normal(63, 8, n)), 45, 85).astype(int),
+            'sex': random_state.choice(['M', 'F'], n),
+        }
+    )
 
 
-def simulate_command(n_controls: int, n_patients: int, random_state: int, resolution: float,
-                     template_resolution: float, dwi: bool, skull: bool,
-                     dwi_resolution: float) -> str:
+def simulate_command(
+    n_controls: int,
+    n_patients: int,
+    random_state: int,
+    resolution: float,
+    template_resolution: float,
+    dwi: bool,
+    skull: bool,
+    dwi_resolution: float,
+) -> str:
     """The command line that regenerates a dataset (output folder left as ``OUT_DIR``)."""
     dwi_option = f'--dwi --dwi-resolution {dwi_resolution:g}' if dwi else '--no-dwi'
     skull_option = '--skull' if skull else '--no-skull'
-    return (f'bids_anomaly-simulate OUT_DIR --n-controls {n_controls} --n-patients {n_patients} '
-            f'--seed {random_state} --resolution {resolution:g} '
-            f'--template-resolution {template_resolution:g} {dwi_option} {skull_option}')
+    return (
+        f'bids_anomaly-simulate OUT_DIR --n-controls {n_controls} --n-patients {n_patients} '
+        f'--seed {random_state} --resolution {resolution:g} '
+        f'--template-resolution {template_resolution:g} {dwi_option} {skull_option}'
+    )
 
 
-def create_fake_bids_dataset(out_dir: str | Path, n_controls: int = 8, n_patients: int = 4,
-                             random_state: int = 0, resolution: float = 1.5, dwi: bool = False,
-                             skull: bool = False, template_resolution: float = 1.5,
-                             dwi_resolution: float = 2.5, overwrite: bool = False) -> Path:
+def create_fake_bids_dataset(
+    out_dir: str | Path,
+    n_controls: int = 8,
+    n_patients: int = 4,
+    random_state: int = 0,
+    resolution: float = 1.5,
+    dwi: bool = False,
+    skull: bool = False,
+    template_resolution: float = 1.5,
+    dwi_resolution: float = 2.5,
+    overwrite: bool = False,
+) -> Path:
     """Write a synthetic BIDS dataset with ground truth and return its path.
 
     Parameters
@@ -194,21 +247,35 @@ def create_fake_bids_dataset(out_dir: str | Path, n_controls: int = 8, n_patient
     """
     out_dir = Path(out_dir)
     if n_controls < 0 or n_patients < 0 or n_controls + n_patients == 0:
-        raise ValueError(f'need at least one participant (got {n_controls} controls, '
-                         f'{n_patients} patients)')
+        raise ValueError(
+            f'need at least one participant (got {n_controls} controls, {n_patients} patients)'
+        )
     if min(resolution, dwi_resolution) <= 0:
         raise ValueError(f'voxel sizes must be positive, got {resolution}, {dwi_resolution}')
     _prepare_output(out_dir, overwrite)
-    command = simulate_command(n_controls, n_patients, random_state, resolution,
-                               template_resolution, dwi, skull, dwi_resolution)
+    command = simulate_command(
+        n_controls,
+        n_patients,
+        random_state,
+        resolution,
+        template_resolution,
+        dwi,
+        skull,
+        dwi_resolution,
+    )
     cohort = build_cohort(template_resolution, dwi)
     seeds = np.random.SeedSequence(random_state).spawn(n_controls + n_patients + 1)
     table = generate_participants_table(n_controls, n_patients, np.random.default_rng(seeds[0]))
     _write_dataset_files(out_dir, table, command)
     for seed, row in zip(seeds[1:], table.itertuples()):
-        participant = generate_participant(cohort, row.group == 'patient',
-                                           np.random.default_rng(seed), resolution, skull,
-                                           dwi_resolution)
+        participant = generate_participant(
+            cohort,
+            row.group == 'patient',
+            np.random.default_rng(seed),
+            resolution,
+            skull,
+            dwi_resolution,
+        )
         _write_participant(out_dir, row.participant_id, participant, cohort)
     return out_dir
 
@@ -218,11 +285,15 @@ def _prepare_output(out_dir: Path, overwrite: bool) -> None:
         raise CannotCreateError(f'{out_dir} exists and is not a directory')
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
-            raise CannotCreateError(f'{out_dir} is not empty; choose another folder or pass '
-                                    '--overwrite to replace a previous simulation')
+            raise CannotCreateError(
+                f'{out_dir} is not empty; choose another folder or pass '
+                '--overwrite to replace a previous simulation'
+            )
         if not _is_simulation(out_dir):
-            raise CannotCreateError(f'refusing to overwrite {out_dir}: it is not a dataset '
-                                    'written by bids_anomaly-simulate')
+            raise CannotCreateError(
+                f'refusing to overwrite {out_dir}: it is not a dataset '
+                'written by bids_anomaly-simulate'
+            )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -241,24 +312,29 @@ def _description(name: str, dataset_type: str, command: str) -> dict:
         'BIDSVersion': BIDS_VERSION,
         'DatasetType': dataset_type,
         'License': 'ICBM 2009a template terms (free use with copyright notice, see README)',
-        'GeneratedBy': [{'Name': APP_NAME, 'Version': __version__, 'CodeURL': CODE_URL,
-                         'Description': command}],
+        'GeneratedBy': [
+            {'Name': APP_NAME, 'Version': __version__, 'CodeURL': CODE_URL, 'Description': command}
+        ],
     }
 
 
 def _write_dataset_files(out_dir: Path, table: pd.DataFrame, command: str) -> None:
-    write_json(out_dir / 'dataset_description.json',
-               _description('bids_anomaly synthetic cohort', 'raw', command))
+    write_json(
+        out_dir / 'dataset_description.json',
+        _description('bids_anomaly synthetic cohort', 'raw', command),
+    )
     write_text(out_dir / 'README.md', _README.format(command=command))
     table.to_csv(out_dir / 'participants.tsv', sep='\t', index=False, lineterminator='\n')
     write_json(out_dir / 'participants.json', _PARTICIPANTS_JSON)
-    write_json(out_dir / GROUNDTRUTH_DIR / 'dataset_description.json',
-               _description('bids_anomaly synthetic cohort: anomaly ground truth', 'derivative',
-                            command))
+    write_json(
+        out_dir / GROUNDTRUTH_DIR / 'dataset_description.json',
+        _description('bids_anomaly synthetic cohort: anomaly ground truth', 'derivative', command),
+    )
 
 
-def _write_participant(out_dir: Path, participant_id: str, participant: SimulatedParticipant,
-                       cohort: Cohort) -> None:
+def _write_participant(
+    out_dir: Path, participant_id: str, participant: SimulatedParticipant, cohort: Cohort
+) -> None:
     label = participant_id.removeprefix('sub-')
     nib.save(participant.t1w, _mkdir(out_dir / build_path({'sub': label}, 'T1w', '.nii.gz')))
     if participant.dwi is not None:
@@ -266,43 +342,60 @@ def _write_participant(out_dir: Path, participant_id: str, participant: Simulate
         nib.save(participant.dwi, path)
         stem = str(path).removesuffix('.nii.gz')
         write_text(stem + '.bval', ' '.join(f'{b:g}' for b in cohort.bvals) + '\n')
-        write_text(stem + '.bvec', '\n'.join(' '.join(f'{v:.6f}' for v in row)
-                                             for row in cohort.bvecs.T) + '\n')
+        write_text(
+            stem + '.bvec',
+            '\n'.join(' '.join(f'{v:.6f}' for v in row) for row in cohort.bvecs.T) + '\n',
+        )
     if not participant.anomalies:
         return
     template = cohort.template
     anomalies = [a.describe(i) for i, a in enumerate(participant.anomalies, start=1)]
     root = out_dir / GROUNDTRUTH_DIR
-    entities = {'sub': label, 'space': template.name, 'res': template.res_label,
-                'desc': 'anomalies'}
+    entities = {
+        'sub': label,
+        'space': template.name,
+        'res': template.res_label,
+        'desc': 'anomalies',
+    }
     labels = rasterise(participant.anomalies, template.shape, template.affine)
-    _write_labels(root / build_path(entities, 'dseg', '.nii.gz'),
-                  _image(labels, template.affine, np.uint8, code=4), anomalies,
-                  f'Anomalies on the {template.name} grid at {template.resolution:g} mm.')
+    _write_labels(
+        root / build_path(entities, 'dseg', '.nii.gz'),
+        _image(labels, template.affine, np.uint8, code=4),
+        anomalies,
+        f'Anomalies on the {template.name} grid at {template.resolution:g} mm.',
+    )
     for anomaly, description in zip(participant.anomalies, anomalies):
         point = participant.transform.scanner_point(np.asarray(anomaly.center_mm))
         description['CenterScannerMM'] = [round(float(c), 3) for c in point]
-    _write_labels(root / build_path({'sub': label, 'desc': 'anomalies'}, 'dseg', '.nii.gz'),
-                  participant.native_labels, anomalies,
-                  'Anomalies on the grid of the raw T1w: each voxel is labelled by its template '
-                  'position, so this is exact, not a resampled mask. CenterMM is in template '
-                  'space, CenterScannerMM in the T1w world space.')
+    _write_labels(
+        root / build_path({'sub': label, 'desc': 'anomalies'}, 'dseg', '.nii.gz'),
+        participant.native_labels,
+        anomalies,
+        'Anomalies on the grid of the raw T1w: each voxel is labelled by its template '
+        'position, so this is exact, not a resampled mask. CenterMM is in template '
+        'space, CenterScannerMM in the T1w world space.',
+    )
 
 
-def _write_labels(path: Path, image: nib.Nifti1Image, anomalies: list[dict],
-                  description: str) -> None:
+def _write_labels(
+    path: Path, image: nib.Nifti1Image, anomalies: list[dict], description: str
+) -> None:
     """Label image, its look-up table (index, name) and a sidecar describing each anomaly."""
     nib.save(image, _mkdir(path))
     stem = str(path).removesuffix('.nii.gz')
-    table = pd.DataFrame({'index': [a['Label'] for a in anomalies],
-                          'name': [a['Name'] for a in anomalies]})
+    table = pd.DataFrame(
+        {'index': [a['Label'] for a in anomalies], 'name': [a['Name'] for a in anomalies]}
+    )
     table.to_csv(stem + '.tsv', sep='\t', index=False, lineterminator='\n')
-    write_json(stem + '.json', {
-        'Description': f'Ground truth of the simulated anomalies (0: none, k: anomaly k). '
-                       f'{description} Contrast is the relative intensity change inside each '
-                       'anomaly per modality (FA, MD: of the DTI maps).',
-        'Anomalies': anomalies,
-    })
+    write_json(
+        stem + '.json',
+        {
+            'Description': f'Ground truth of the simulated anomalies (0: none, k: anomaly k). '
+            f'{description} Contrast is the relative intensity change inside each '
+            'anomaly per modality (FA, MD: of the DTI maps).',
+            'Anomalies': anomalies,
+        },
+    )
 
 
 def _image(data: np.ndarray, affine: np.ndarray, dtype: type, code: int = 1) -> nib.Nifti1Image:
@@ -321,39 +414,77 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-@click.command(context_settings={'help_option_names': ['-h', '--help'],
-                                 'show_default': True})
+@click.command(context_settings={'help_option_names': ['-h', '--help'], 'show_default': True})
 @click.argument('out_dir', type=click.Path(file_okay=False, path_type=Path))
 @click.option('--n-controls', type=click.IntRange(0), default=8, help='Number of controls.')
 @click.option('--n-patients', type=click.IntRange(0), default=4, help='Number of patients.')
-@click.option('--seed', type=click.IntRange(0), default=0,
-              help='Random seed: same seed, same bytes.')
-@click.option('--resolution', type=click.FloatRange(0.5, 4.0), default=1.5, metavar='MM',
-              help='Voxel size of the T1w images.')
-@click.option('--template-resolution', type=click.Choice([f'{r:g}' for r in RESOLUTIONS]),
-              default='1.5', help='Template grid of the anatomy and of the ground truth.')
+@click.option(
+    '--seed', type=click.IntRange(0), default=0, help='Random seed: same seed, same bytes.'
+)
+@click.option(
+    '--resolution',
+    type=click.FloatRange(0.5, 4.0),
+    default=1.5,
+    metavar='MM',
+    help='Voxel size of the T1w images.',
+)
+@click.option(
+    '--template-resolution',
+    type=click.Choice([f'{r:g}' for r in RESOLUTIONS]),
+    default='1.5',
+    help='Template grid of the anatomy and of the ground truth.',
+)
 @click.option('--dwi/--no-dwi', default=False, help='Add a DWI run (2 b0 + 32 directions).')
-@click.option('--dwi-resolution', type=click.FloatRange(0.5, 8.0), default=2.5, metavar='MM',
-              help='Voxel size of the DWI images.')
-@click.option('--skull/--no-skull', default=False,
-              help='Keep a synthetic skull and scalp (default: skull-stripped).')
+@click.option(
+    '--dwi-resolution',
+    type=click.FloatRange(0.5, 8.0),
+    default=2.5,
+    metavar='MM',
+    help='Voxel size of the DWI images.',
+)
+@click.option(
+    '--skull/--no-skull',
+    default=False,
+    help='Keep a synthetic skull and scalp (default: skull-stripped).',
+)
 @click.option('--overwrite', is_flag=True, help='Replace a previous simulation in OUT_DIR.')
-def main(out_dir: Path, n_controls: int, n_patients: int, seed: int, resolution: float,
-         template_resolution: str, dwi: bool, dwi_resolution: float, skull: bool,
-         overwrite: bool) -> None:
+def main(
+    out_dir: Path,
+    n_controls: int,
+    n_patients: int,
+    seed: int,
+    resolution: float,
+    template_resolution: str,
+    dwi: bool,
+    dwi_resolution: float,
+    skull: bool,
+    overwrite: bool,
+) -> None:
     """Write a synthetic BIDS cohort with anomaly ground truth to OUT_DIR."""
     if n_controls + n_patients == 0:
         raise click.BadParameter('need at least one participant', param_hint='--n-controls')
     start = time.perf_counter()
     try:
-        create_fake_bids_dataset(out_dir, n_controls, n_patients, seed, resolution, dwi, skull,
-                                 float(template_resolution), dwi_resolution, overwrite)
+        create_fake_bids_dataset(
+            out_dir,
+            n_controls,
+            n_patients,
+            seed,
+            resolution,
+            dwi,
+            skull,
+            float(template_resolution),
+            dwi_resolution,
+            overwrite,
+        )
     except AppError as err:
         failure = click.ClickException(str(err))
         failure.exit_code = err.exit_code
         raise failure from None
-    click.echo(f'wrote {n_controls} controls and {n_patients} patients to {out_dir} '
-               f'in {time.perf_counter() - start:.1f} s')
+    click.echo(
+        f'wrote {n_controls} controls and {n_patients} patients to {out_dir} '
+        f'in {time.perf_counter() - start:.1f} s'
+    )
 
 
 if __name__ == '__main__':

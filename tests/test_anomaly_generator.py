@@ -7,7 +7,12 @@ import pytest
 
 from bids_anomaly.analysis.evaluation import dice
 from bids_anomaly.simulation.anomalies import (
-    Anomaly, brain_depth, insert_anomalies, place_spheres, rasterise, region_ellipsoid,
+    Anomaly,
+    brain_depth,
+    insert_anomalies,
+    place_spheres,
+    rasterise,
+    region_ellipsoid,
 )
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -47,8 +52,9 @@ def test_place_spheres_is_seeded_inside_apart_and_in_order(brain):
 def test_place_spheres_keeps_to_centres_and_avoids(brain):
     depth = brain_depth(brain > 0, AFFINE)
     other = Anomaly('structure', 'atrophy', (0.0, 12.0, 0.0), (6.0, 8.0, 5.0), shrink=0.3)
-    spheres = place_spheres(np.random.default_rng(0), depth, AFFINE, SPHERES,
-                            centres=brain > 0.3, avoid=[other])
+    spheres = place_spheres(
+        np.random.default_rng(0), depth, AFFINE, SPHERES, centres=brain > 0.3, avoid=[other]
+    )
     inverse = np.linalg.inv(AFFINE)
     for sphere in spheres:
         voxel = np.round(inverse[:3, :3] @ sphere.center_mm + inverse[:3, 3]).astype(int)
@@ -59,8 +65,7 @@ def test_place_spheres_keeps_to_centres_and_avoids(brain):
 
 def test_place_spheres_applies_each_contrast(brain):
     depth = brain_depth(brain > 0, AFFINE)
-    spheres = place_spheres(np.random.default_rng(1), depth, AFFINE, SPHERES,
-                            centres=brain > 0.3)
+    spheres = place_spheres(np.random.default_rng(1), depth, AFFINE, SPHERES, centres=brain > 0.3)
     out = insert_anomalies(brain, AFFINE, spheres, 'T1w')
     labels = rasterise(spheres, SHAPE, AFFINE)
     for label, sphere in enumerate(spheres, start=1):
@@ -70,8 +75,9 @@ def test_place_spheres_applies_each_contrast(brain):
         ratio = out[tuple(centre)] / brain[tuple(centre)]
         assert ratio == pytest.approx(1 + sphere.contrast['T1w'], abs=1e-5)
         assert np.all(np.sign(out[deep] - brain[deep]) == np.sign(sphere.contrast['T1w']))
-    grown = [Anomaly(a.name, 'sphere', a.center_mm, tuple(r + 2 for r in a.radii_mm))
-             for a in spheres]
+    grown = [
+        Anomaly(a.name, 'sphere', a.center_mm, tuple(r + 2 for r in a.radii_mm)) for a in spheres
+    ]
     outside = rasterise(grown, SHAPE, AFFINE) == 0
     assert np.array_equal(out[outside], brain[outside])  # the soft edge is 1 mm wide
 
@@ -81,8 +87,7 @@ def test_place_spheres_refuses_what_cannot_fit(brain):
     with pytest.raises(ValueError, match='deeper than'):
         place_spheres(np.random.default_rng(0), depth, AFFINE, [(40.0, 0.2)])
     with pytest.raises(ValueError, match='could not place sphere'):
-        place_spheres(np.random.default_rng(0), depth, AFFINE, [(20.0, 0.2)] * 2,
-                      max_tries=50)
+        place_spheres(np.random.default_rng(0), depth, AFFINE, [(20.0, 0.2)] * 2, max_tries=50)
     with pytest.raises(ValueError, match='unknown modality'):
         place_spheres(np.random.default_rng(0), depth, AFFINE, SPHERES, modality='T2w')
 
@@ -99,7 +104,7 @@ def test_region_ellipsoid_recovers_an_ellipsoid_and_its_atrophy_truth():
     assert dice(rasterise([atrophy], SHAPE, AFFINE) == 1, region) > 0.95
     image = region.astype(np.float32)
     shrunk = insert_anomalies(image, AFFINE, [atrophy], 'T1w')
-    assert shrunk.sum() / image.sum() == pytest.approx(0.7 ** 3, rel=0.15)
+    assert shrunk.sum() / image.sum() == pytest.approx(0.7**3, rel=0.15)
     assert np.all(shrunk[~region] < 0.5)  # nothing grows outside the structure
 
 

@@ -45,10 +45,20 @@ def test_run_in_child_reports_the_stage_traceback(speed):
 
 
 def test_markdown_table(speed):
-    stages = [{'stage': 'scoring', 'peak_gib': 1.234, 'failed': False,
-               'rows': [('score one participant', 42.123, 's'), ('bundle size', 512.4, 'MB')]},
-              {'stage': 'preprocessing', 'peak_gib': None, 'failed': False,
-               'rows': [('skipped: no data', float('nan'), '')]}]
+    stages = [
+        {
+            'stage': 'scoring',
+            'peak_gib': 1.234,
+            'failed': False,
+            'rows': [('score one participant', 42.123, 's'), ('bundle size', 512.4, 'MB')],
+        },
+        {
+            'stage': 'preprocessing',
+            'peak_gib': None,
+            'failed': False,
+            'rows': [('skipped: no data', float('nan'), '')],
+        },
+    ]
     lines = speed.markdown({'cores': 2}, stages).splitlines()
     assert lines[0] == '- cores: 2'
     assert '| scoring | score one participant | 42.1 | s | 1.23 |' in lines

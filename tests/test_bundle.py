@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bids_anomaly.io import sha256
 from bids_anomaly.models import (
     BundleError,
     ModelCard,
@@ -24,7 +25,6 @@ from bids_anomaly.models import (
     save_bundle,
 )
 from bids_anomaly.models.bundle import main
-from bids_anomaly.io import sha256
 
 GRID = (97, 115, 97)
 
@@ -50,8 +50,13 @@ def bundle(tmp_path: Path) -> Path:
 
 
 def test_round_trip_is_bit_identical(bundle: Path, tmp_path: Path) -> None:
-    loaded = load_bundle(bundle, template='MNI152NLin2009cSym', resolution=2,
-                         modalities=['FA', 'MD'], grid_shape=GRID)
+    loaded = load_bundle(
+        bundle,
+        template='MNI152NLin2009cSym',
+        resolution=2,
+        modalities=['FA', 'MD'],
+        grid_shape=GRID,
+    )
     assert loaded.card == read_card(bundle) and loaded.card.description == 'toy model'
     assert loaded.card.history == ({'epoch': 1, 'train_loss': 0.5, 'val_loss': None},)
     assert not loaded.model.training
@@ -68,12 +73,15 @@ def test_round_trip_is_bit_identical(bundle: Path, tmp_path: Path) -> None:
     assert document['participants'] == {'training': ['01', '02', '03'], 'calibration': ['04']}
 
 
-@pytest.mark.parametrize(('expected', 'what'), [
-    ({'template': 'MNI152NLin6Asym'}, 'template'),
-    ({'resolution': 1.5}, 'resolution'),
-    ({'modalities': ('MD', 'FA')}, 'modalities'),
-    ({'grid_shape': (121, 145, 121)}, 'grid'),
-])
+@pytest.mark.parametrize(
+    ('expected', 'what'),
+    [
+        ({'template': 'MNI152NLin6Asym'}, 'template'),
+        ({'resolution': 1.5}, 'resolution'),
+        ({'modalities': ('MD', 'FA')}, 'modalities'),
+        ({'grid_shape': (121, 145, 121)}, 'grid'),
+    ],
+)
 def test_mismatched_data_are_refused_in_one_line(bundle: Path, expected: dict, what: str) -> None:
     with pytest.raises(BundleError, match=f'model.json: model trained for {what}') as info:
         load_bundle(bundle, **expected)
@@ -119,8 +127,11 @@ def test_identical_arrays_are_stored_once(bundle: Path) -> None:
     small = np.float32([0.3])  # under SHARED_MIN_BYTES: stored again
     add_arrays(bundle, 'ocsvm', {'location_': mean, 'offset_': small})
     alone = (bundle / 'ocsvm.safetensors').stat().st_size
-    add_arrays(bundle, 'gaussian', {'location_': mean.copy(), 'offset_': small,
-                                    'variance_': np.ones(3, np.float32)})
+    add_arrays(
+        bundle,
+        'gaussian',
+        {'location_': mean.copy(), 'offset_': small, 'variance_': np.ones(3, np.float32)},
+    )
     assert (bundle / 'gaussian.safetensors').stat().st_size < alone / 100
     loaded, _ = load_arrays(bundle, 'gaussian')
     assert sorted(loaded) == ['location_', 'offset_', 'variance_']
@@ -156,8 +167,15 @@ def test_card_needs_one_modality_per_channel() -> None:
 def test_inspect_prints_the_model_card(bundle: Path) -> None:
     result = CliRunner().invoke(main, ['inspect', str(bundle)])
     assert result.exit_code == 0, result.output
-    for text in ('sae-patch', 'MNI152NLin2009cSym at 2 mm', 'FA, MD', '64 values',
-                 'weights.safetensors (sha256 ok)', '3 training: 01 02 03', 'toy model'):
+    for text in (
+        'sae-patch',
+        'MNI152NLin2009cSym at 2 mm',
+        'FA, MD',
+        '64 values',
+        'weights.safetensors (sha256 ok)',
+        '3 training: 01 02 03',
+        'toy model',
+    ):
         assert text in result.output
     raw = CliRunner().invoke(main, ['inspect', '--json', str(bundle)])
     assert json.loads(raw.output)['family'] == 'sae-patch'

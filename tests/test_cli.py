@@ -29,8 +29,12 @@ def assert_one_line(err: str, *needles: str) -> None:
 
 
 def test_version_console_script() -> None:
-    out = subprocess.run([sys.executable, '-m', 'bids_anomaly', '--version'],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, '-m', 'bids_anomaly', '--version'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == f'bids_anomaly {__version__}'
 
 
@@ -39,34 +43,56 @@ def test_help_lists_nipreps_options(capsys: pytest.CaptureFixture) -> None:
         main(['--help'])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ('--participant-label', '--session-label', '--bids-filter-file',
-                 '--skip-bids-validation', '--work-dir', '--nprocs', '--omp-nthreads', '--mem',
-                 '--config-file', '--verbose', '--device', '--batch-size', '--seed', '--model',
-                 '--train', '--models', '--group-column', '--control-label', '--atlas',
-                 '--resolution'):
+    for flag in (
+        '--participant-label',
+        '--session-label',
+        '--bids-filter-file',
+        '--skip-bids-validation',
+        '--work-dir',
+        '--nprocs',
+        '--omp-nthreads',
+        '--mem',
+        '--config-file',
+        '--verbose',
+        '--device',
+        '--batch-size',
+        '--seed',
+        '--model',
+        '--train',
+        '--models',
+        '--group-column',
+        '--control-label',
+        '--atlas',
+        '--resolution',
+    ):
         assert flag in out, flag
 
 
-@pytest.mark.parametrize('extra, needle', [
-    (['--resolution', '3'], '--resolution'),
-    (['--models', 'sae-patch,vae'], '--models'),
-    (['--device', 'gpu'], '--device'),
-    (['--calibration-fraction', '1.5'], '--calibration-fraction'),
-    (['--atlas', 'a.nii.gz'], '--atlas-labels'),
-    (['--registration', 'rigid'], 'rigid'),
-    (['--patch-size', '14'], '--patch-size'),
-    (['--no-such-option'], '--no-such-option'),
-])
-def test_bad_option_values_exit_64(tiny_bids: Path, tmp_path: Path, extra: list[str],
-                                   needle: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    'extra, needle',
+    [
+        (['--resolution', '3'], '--resolution'),
+        (['--models', 'sae-patch,vae'], '--models'),
+        (['--device', 'gpu'], '--device'),
+        (['--calibration-fraction', '1.5'], '--calibration-fraction'),
+        (['--atlas', 'a.nii.gz'], '--atlas-labels'),
+        (['--registration', 'rigid'], 'rigid'),
+        (['--patch-size', '14'], '--patch-size'),
+        (['--no-such-option'], '--no-such-option'),
+    ],
+)
+def test_bad_option_values_exit_64(
+    tiny_bids: Path, tmp_path: Path, extra: list[str], needle: str, capsys: pytest.CaptureFixture
+) -> None:
     code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', *extra], capsys)
     assert code == 64
     assert_one_line(err, needle)
     assert not (tmp_path / 'out').exists()
 
 
-def test_unknown_level_exits_64(tiny_bids: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture) -> None:
+def test_unknown_level_exits_64(
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, err = run_cli([tiny_bids, tmp_path / 'out', 'session'], capsys)
     assert code == 64 and 'session' in err
 
@@ -80,10 +106,12 @@ def test_output_inside_bids_exits_64(read_only: Path, capsys: pytest.CaptureFixt
     assert tree_snapshot(read_only) == before
 
 
-def test_work_dir_inside_bids_exits_64(read_only: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture) -> None:
-    code, err = run_cli([read_only, tmp_path / 'out', 'participant', '-w', read_only / 'work'],
-                        capsys)
+def test_work_dir_inside_bids_exits_64(
+    read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, err = run_cli(
+        [read_only, tmp_path / 'out', 'participant', '-w', read_only / 'work'], capsys
+    )
     assert code == 64
     assert_one_line(err, 'work dir', '-w')
 
@@ -94,8 +122,9 @@ def test_missing_bids_dir_exits_66(tmp_path: Path, capsys: pytest.CaptureFixture
     assert_one_line(err, str(tmp_path / 'nope'))
 
 
-def test_output_cannot_be_created_exits_73(tiny_bids: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_output_cannot_be_created_exits_73(
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder')
     code, err = run_cli([tiny_bids, blocker / 'out', 'participant'], capsys)
@@ -116,13 +145,17 @@ def test_invalid_bids_exits_16(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert_one_line(err, 'dataset_description.json')
 
 
-@pytest.mark.parametrize('extra, needle', [
-    (['--participant-label', '99'], '99'),
-    (['--participant-label', 'sub-01', '07'], '07'),
-    (['--session-label', 'B'], 'B'),
-])
-def test_selection_matching_nothing_exits_18(read_only: Path, tmp_path: Path, extra: list[str],
-                                             needle: str, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    'extra, needle',
+    [
+        (['--participant-label', '99'], '99'),
+        (['--participant-label', 'sub-01', '07'], '07'),
+        (['--session-label', 'B'], 'B'),
+    ],
+)
+def test_selection_matching_nothing_exits_18(
+    read_only: Path, tmp_path: Path, extra: list[str], needle: str, capsys: pytest.CaptureFixture
+) -> None:
     code, err = run_cli([read_only, tmp_path / 'out', 'participant', *extra], capsys)
     assert code == 18
     assert_one_line(err, needle)
@@ -137,8 +170,7 @@ def test_participant_without_t1w_exits_66(tmp_path: Path, capsys: pytest.Capture
     assert_one_line(err, 'sub-02', 'T1w')
 
 
-def test_training_without_controls_exits_66(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_training_without_controls_exits_66(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bids = write_tiny_bids(tmp_path / 'bids', {'01': 'patient', '02': 'patient'})
     code, err = run_cli([bids, tmp_path / 'out', 'group', '--train'], capsys)
     assert code == 66
@@ -149,11 +181,13 @@ def test_training_without_controls_exits_66(tmp_path: Path,
     assert_one_line(err, 'participants.tsv', '--group-column')
 
 
-def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_config_file_and_command_line_precedence(
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = tmp_path / 'config.toml'
-    config.write_text('[preprocessing]\nresolution = 2.0\nregistration = "affine"\n'
-                      '[execution]\nseed = 7\n')
+    config.write_text(
+        '[preprocessing]\nresolution = 2.0\nregistration = "affine"\n[execution]\nseed = 7\n'
+    )
     from click.testing import CliRunner
 
     from bids_anomaly import cli as cli_module
@@ -167,10 +201,25 @@ def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path
     original = cli_module.build_config
     cli_module.build_config = fake_build
     try:
-        result = CliRunner().invoke(cli_module.cli, [
-            str(tiny_bids), str(tmp_path / 'out'), 'participant', '--config-file', str(config),
-            '--registration', 'syn', '--participant-label', '01', '02', '--models',
-            'sae-patch,ae-slice', '--native-space', '--latent-maps'])
+        result = CliRunner().invoke(
+            cli_module.cli,
+            [
+                str(tiny_bids),
+                str(tmp_path / 'out'),
+                'participant',
+                '--config-file',
+                str(config),
+                '--registration',
+                'syn',
+                '--participant-label',
+                '01',
+                '02',
+                '--models',
+                'sae-patch,ae-slice',
+                '--native-space',
+                '--latent-maps',
+            ],
+        )
     finally:
         cli_module.build_config = original
     assert result.exit_code == 0, result.output
@@ -183,40 +232,53 @@ def test_config_file_and_command_line_precedence(tiny_bids: Path, tmp_path: Path
     assert cfg.scoring.native_space and cfg.scoring.latent_maps
 
 
-def test_bad_config_file_exits_64(tiny_bids: Path, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture) -> None:
+def test_bad_config_file_exits_64(
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = tmp_path / 'config.toml'
     config.write_text('[preprocessing]\nresolutoin = 2.0\n')
-    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', '--config-file', config],
-                        capsys)
+    code, err = run_cli(
+        [tiny_bids, tmp_path / 'out', 'participant', '--config-file', config], capsys
+    )
     assert code == 64
     assert_one_line(err, 'resolutoin')
 
 
-def test_bids_filter_file_errors_exit_64(tiny_bids: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_bids_filter_file_errors_exit_64(
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     filters = tmp_path / 'filters.json'
     filters.write_text(json.dumps({'bold': {'task': 'rest'}}))
-    code, err = run_cli([tiny_bids, tmp_path / 'out', 'participant', '--bids-filter-file',
-                         filters], capsys)
+    code, err = run_cli(
+        [tiny_bids, tmp_path / 'out', 'participant', '--bids-filter-file', filters], capsys
+    )
     assert code == 64
     assert_one_line(err, 'bold')
     assert not (tmp_path / 'out').exists()
 
 
 def test_refused_bundle_stops_participant_level_before_preprocessing(
-        tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from bids_anomaly.models import ModelCard, ModelSpec, TrainParams, build_model, save_bundle
 
     spec = ModelSpec('ae-slice', in_channels=1, grid_shape=(91, 109, 91))
-    card = ModelCard(spec=spec, params=TrainParams(epochs=1).resolved(spec),
-                     modalities=('T1w',), template='MNI152NLin2009cAsym', resolution=2.0,
-                     normalisation={'method': 'quantile'}, training_participants=('01',),
-                     calibration_participants=('02',), description='another template')
+    card = ModelCard(
+        spec=spec,
+        params=TrainParams(epochs=1).resolved(spec),
+        modalities=('T1w',),
+        template='MNI152NLin2009cAsym',
+        resolution=2.0,
+        normalisation={'method': 'quantile'},
+        training_participants=('01',),
+        calibration_participants=('02',),
+        description='another template',
+    )
     bundle = save_bundle(tmp_path / 'ae-slice', build_model(spec), card)
     out = tmp_path / 'out'
-    code, err = run_cli([tiny_bids, out, 'participant', '--resolution', '2', '--model', bundle],
-                        capsys)
+    code, err = run_cli(
+        [tiny_bids, out, 'participant', '--resolution', '2', '--model', bundle], capsys
+    )
     assert code == 66
     assert_one_line(err, 'MNI152NLin2009cAsym')
     assert not list(out.rglob('*_T1w.nii.gz'))  # refused before any preprocessing

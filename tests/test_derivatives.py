@@ -18,11 +18,13 @@ SPACE = {'space': 'MNI152NLin2009aSym', 'res': '1p5'}
 
 
 def test_entity_order_and_validation() -> None:
-    name = build_name({'desc': 'preproc', 'sub': '01', 'res': '2', 'space': 'X', 'ses': 'A'},
-                      'T1w', '.nii.gz')
+    name = build_name(
+        {'desc': 'preproc', 'sub': '01', 'res': '2', 'space': 'X', 'ses': 'A'}, 'T1w', '.nii.gz'
+    )
     assert name == 'sub-01_ses-A_space-X_res-2_desc-preproc_T1w.nii.gz'
     assert build_path({'sub': '01', 'ses': 'A'}, 'T1w', '.json', 'anat') == Path(
-        'sub-01/ses-A/anat/sub-01_ses-A_T1w.json')
+        'sub-01/ses-A/anat/sub-01_ses-A_T1w.json'
+    )
     with pytest.raises(ValueError, match='letters and digits'):
         build_name({'sub': '01', 'model': 'sae-patch'}, 'statmap', '.nii.gz')
     with pytest.raises(ValueError, match='unknown BIDS entities'):
@@ -41,8 +43,9 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
 def test_written_dataset_indexes_with_pybids(tmp_path: Path) -> None:
     from bids import BIDSLayout
 
-    writer = DerivativesWriter(tmp_path / 'out', configuration={'seed': 3},
-                               source_dataset=tmp_path / 'bids')
+    writer = DerivativesWriter(
+        tmp_path / 'out', configuration={'seed': 3}, source_dataset=tmp_path / 'bids'
+    )
     writer.ensure_dataset()
     img = nib.Nifti1Image(np.zeros((3, 3, 3), np.float32), np.eye(4))
     cases = [
@@ -50,22 +53,31 @@ def test_written_dataset_indexes_with_pybids(tmp_path: Path) -> None:
         ({'sub': '01', 'ses': 'A', **SPACE, 'desc': 'brain'}, 'mask', 'anat'),
         ({'sub': '01', **SPACE, 'model': 'tensor', 'param': 'FA'}, 'dwimap', 'dwi'),
         ({'sub': '01', **SPACE, 'model': 'saepatch', 'stat': 'ocsvm'}, 'statmap', 'anat'),
-        ({'sub': '01', **SPACE, 'model': 'aeslice', 'label': 'abnormal', 'desc': 'recon'},
-         'mask', 'anat'),
+        (
+            {'sub': '01', **SPACE, 'model': 'aeslice', 'label': 'abnormal', 'desc': 'recon'},
+            'mask',
+            'anat',
+        ),
     ]
     written = {}
     for entities, suffix, datatype in cases:
-        path = writer.write_image(img, entities=entities, suffix=suffix, datatype=datatype,
-                                  sidecar={'Note': suffix})
+        path = writer.write_image(
+            img, entities=entities, suffix=suffix, datatype=datatype, sidecar={'Note': suffix}
+        )
         written[path] = (entities, suffix)
     table = pd.DataFrame({'region': ['SN'], 'pct_abnormal': [2.5]})
     entities = {'sub': '01', **SPACE, 'atlas': 'AAL3', 'model': 'saepatch'}
-    path = writer.write_table(table, entities=entities, suffix='regions',
-                              columns={'region': 'atlas region', 'pct_abnormal': '% voxels'})
+    path = writer.write_table(
+        table,
+        entities=entities,
+        suffix='regions',
+        columns={'region': 'atlas region', 'pct_abnormal': '% voxels'},
+    )
     written[path] = (entities, 'regions')
     group = pd.DataFrame({'atlas': ['AAL3'], 'model': ['saepatch'], 'score_type': ['ocsvm']})
-    writer.write_group_table('group_stats_AAL3.tsv', group,
-                             columns={c: f'{c}.' for c in group.columns})
+    writer.write_group_table(
+        'group_stats_AAL3.tsv', group, columns={c: f'{c}.' for c in group.columns}
+    )
     xfm = tmp_path / 'xfm.h5'
     xfm.write_bytes(b'\x89HDF')
     entities = {'sub': '01', 'from': 'T1w', 'to': 'MNI152NLin2009aSym', 'mode': 'image'}
@@ -92,14 +104,19 @@ def test_written_dataset_indexes_with_pybids(tmp_path: Path) -> None:
 def test_table_columns_must_be_described(tmp_path: Path) -> None:
     writer = DerivativesWriter(tmp_path, configuration={})
     with pytest.raises(ValueError, match='pct_abnormal'):
-        writer.write_table(pd.DataFrame({'pct_abnormal': [1.0]}), entities={'sub': '01'},
-                           suffix='regions', columns={})
+        writer.write_table(
+            pd.DataFrame({'pct_abnormal': [1.0]}),
+            entities={'sub': '01'},
+            suffix='regions',
+            columns={},
+        )
     assert not list(tmp_path.rglob('*.tsv'))
 
 
 def test_table_columns_may_not_be_named_like_our_entities(tmp_path: Path) -> None:
     writer = DerivativesWriter(tmp_path, configuration={})
     with pytest.raises(ValueError, match=r"\['stat'\].*pybids"):
-        writer.write_group_table('group_x.tsv', pd.DataFrame({'stat': ['ocsvm']}),
-                                 columns={'stat': 'Score type.'})
+        writer.write_group_table(
+            'group_x.tsv', pd.DataFrame({'stat': ['ocsvm']}), columns={'stat': 'Score type.'}
+        )
     assert not list(tmp_path.rglob('*.tsv'))

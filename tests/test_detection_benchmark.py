@@ -1,8 +1,11 @@
-"""The detection benchmark's own metric logic (the benchmark itself runs by hand, not here)."""
+"""The detection benchmark's own logic: metrics, moments, cells and ground truth.
+
+The benchmark itself runs by hand on ../shared/data (hours); these check that the numbers it
+prints mean what its page says.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,69 +13,126 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from bids_anomaly.analysis.evaluation import best_dice, detection_metrics, dice
-from bids_anomaly.simulation.anomalies import Anomaly
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / 'detection.py'
+import detection_anomalies as anomalies  # noqa: E402
+import detection_methods as methods  # noqa: E402
+from detection_metrics import (  # noqa: E402
+    auroc_with_interval,
+    bootstrap_ap_difference,
+    negative_sample,
+    weighted_ap,
+    weighted_quantile,
+)
 
-
-@pytest.fixture(scope='module')
-def detection():
-    """benchmarks/detection.py as a module (benchmarks/ is not a package)."""
-    sys.path.insert(0, str(SCRIPT.parent))  # for the modules beside it, as when run
-    spec = importlib.util.spec_from_file_location('detection_benchmark', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
-    sys.path.remove(str(SCRIPT.parent))
+from bids_anomaly.scoring.normative import neighbour_table  # noqa: E402
 
 
 @pytest.mark.parametrize('seed', [0, 1])
-def test_ranked_metrics_equal_the_pooled_ones_ties_included(detection, seed):
+def test_weighted_ap_equals_scikit_learn_with_unit_weights_ties_included(seed):
     rng = np.random.default_rng(seed)
     negatives = np.round(rng.normal(size=4000), 1)  # rounded: many ties
     positives = np.round(rng.normal(1.0, size=150), 1)
-    scores = np.concatenate([negatives, positives])
-    truth = np.arange(scores.size) >= negatives.size
-    got = detection.ranked_metrics(np.sort(negatives), positives, threshold=0.95)
-    assert got['voxel_ap'] == pytest.approx(average_precision_score(truth, scores))
-    assert got['best_dice'] == pytest.approx(best_dice(scores, truth))
-    assert got['dice_calibrated'] == pytest.approx(dice(scores > 0.95, truth))
-    assert got['sensitivity'] == pytest.approx(np.mean(positives > 0.95))
-    assert np.isnan(detection.ranked_metrics(np.sort(negatives), positives[:0], 0.0)['voxel_ap'])
+    truth = np.r_[np.zeros(negatives.size), np.ones(positives.size)]
+    expected = average_precision_score(truth, np.r_[negatives, positives])
+    got = weighted_ap(
+        positives, np.ones(positives.size), np.sort(negatives), np.ones(negatives.size)
+    )
+    assert got == pytest.approx(expected)
 
 
-def test_split_metrics_pool_brains_and_split_groups(detection):
+def test_subsampled_negatives_estimate_the_full_ap():
+    rng = np.random.default_rng(0)
+    negatives = rng.normal(size=200_000)
+    positives = rng.normal(2.5, size=300)
+    full = weighted_ap(positives, np.ones(300), np.sort(negatives), np.ones(negatives.size))
+    values, weights = negative_sample(negatives, rng)
+    assert weights.sum() == pytest.approx(negatives.size)
+    assert weighted_ap(positives, np.ones(300), values, weights) == pytest.approx(full, rel=0.02)
+    assert weighted_quantile(values, weights, 0.999) == pytest.approx(
+        np.quantile(negatives, 0.999), abs=1e-3
+    )
+
+
+def test_bootstrap_interval_excludes_zero_only_for_a_real_difference():
+    rng = np.random.default_rng(0)
+    n_hosts, m = 12, 2000
+    negs = [(np.sort(v), np.ones(m)) for v in rng.normal(size=(n_hosts, m))]
+    pos_host = np.repeat(np.arange(n_hosts), 30)
+    strong = rng.normal(3.0, size=pos_host.size)
+    pos = {'good': strong, 'same': strong.copy(), 'base': rng.normal(1.0, size=pos_host.size)}
+    intervals = bootstrap_ap_difference(
+        pos,
+        pos_host,
+        {k: negs for k in pos},
+        n_hosts,
+        [('good', 'base'), ('same', 'good')],
+        200,
+        0,
+    )
+    assert intervals[('good', 'base')][0] > 0
+    assert intervals[('same', 'good')] == pytest.approx((0.0, 0.0))
+
+
+def test_auroc_interval_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    auc, low, high = auroc_with_interval(rng.normal(size=30), rng.normal(1, size=30), 200, 0)
+    assert low <= auc <= high and auc > 0.6
+
+
+def test_pooled_moments_equal_the_statistics_of_the_pooled_samples():
     rng = np.random.default_rng(0)
     mask = np.zeros((6, 6, 6), dtype=bool)
     mask[1:5, 1:5, 1:5] = True
-    hyper = Anomaly('a', 'sphere', (0.0, 0.0, 0.0), (3.0,) * 3, {'T1w': 0.2})
-    hypo = Anomaly('b', 'sphere', (0.0, 0.0, 0.0), (6.0,) * 3, {'T1w': -0.4})
-    brains = []
-    for _ in range(2):
-        labels = np.zeros(mask.shape, dtype=np.int16)
-        labels[1, 1, 1:3], labels[4, 4, 1:4] = 1, 2
-        brains.append(detection.TestBrain('sub-x', None, None, labels, [hyper, hypo]))
-    maps = [rng.random(mask.shape) for _ in range(4)]
-    for brain, values in zip(brains, maps[2:]):
-        values[brain.labels == 2] += 1  # only the hypo-intense spheres stand out
-    scores = {('m', 'recon'): [v[mask] for v in maps]}
-    overall, grouped = detection.split_metrics(scores, {('m', 'recon'): 0.9}, brains, mask)
-    truths = [np.zeros(mask.sum(), bool)] * 2 + [b.labels[mask] > 0 for b in brains]
-    expected = detection_metrics(scores[('m', 'recon')], truths, 0.9)
-    assert {k: overall[0][k] for k in expected} == pytest.approx(expected, nan_ok=True)
-    rows = {(r['dimension'], r['group']): r for r in grouped}
-    assert set(rows) == {('kind', 'hyper'), ('kind', 'hypo'), ('radius', '3 mm'),
-                         ('radius', '6 mm'), ('contrast', '20%'), ('contrast', '40%'),
-                         ('cell', 'hyper 3 mm 20%'), ('cell', 'hypo 6 mm 40%')}
-    assert rows[('kind', 'hyper')]['n_voxels'] == 4 and rows[('kind', 'hypo')]['n_voxels'] == 6
-    assert rows[('kind', 'hypo')]['voxel_ap'] == pytest.approx(1.0)
-    assert rows[('kind', 'hyper')]['voxel_ap'] < 1.0
-    # negatives are the anomaly-free voxels of the anomalous brains only
-    values = np.concatenate([v[mask] for v in maps[2:]])
-    labels = np.concatenate([b.labels[mask] for b in brains])
-    keep = labels != 2
-    assert rows[('kind', 'hyper')]['voxel_ap'] == pytest.approx(
-        average_precision_score(labels[keep] == 1, values[keep]))
+    features = rng.normal(size=(5, int(mask.sum()), 3))
+    moments = sum((methods.Moments.of(f) for f in features[1:]), methods.Moments.of(features[0]))
+    score = methods.Score('g', 'x', 'mahalanobis', radius=1)
+    model = score.fit(moments, mask)
+    table = neighbour_table(mask, 1)
+    pooled = features[:, table].transpose(1, 0, 2, 3).reshape(len(table), -1, 3)
+    np.testing.assert_allclose(model.mean, pooled.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(model.variance, pooled.var(1, ddof=1), rtol=1e-4)
+    # the cross-fitted model (moments minus one part) is the model of the rest
+    rest = moments - methods.Moments.of(features[0])
+    np.testing.assert_allclose(
+        score.fit(rest, mask).mean, features[1:, table].mean((0, 2)), rtol=1e-5
+    )
+
+
+def test_moderated_variance_lifts_a_voxel_without_spread():
+    mask = np.ones((7, 7, 7), dtype=bool)
+    variance = np.full((mask.sum(), 1), 0.04)
+    variance[171] = 0.0  # e.g. every normal saturated at this voxel
+    moderated = methods.moderate(variance, 5, mask)
+    assert moderated[171, 0] > 0.02
+    assert moderated[0, 0] == pytest.approx(0.04, rel=1e-2)  # far from it: unchanged
+
+
+def test_each_cell_is_used_evenly_and_never_twice_in_a_copy():
+    cells = anomalies.make_cells(('sharp', 'blurred'), (3.0, 10.0), (0.1, 0.4))
+    assigned = anomalies.assign_cells([f'sub-{i}' for i in range(12)], cells, 8, 0)
+    counts = {}
+    for chosen in assigned.values():
+        assert len(chosen) == len(set(chosen)) == 8
+        for cell in chosen:
+            counts[cell] = counts.get(cell, 0) + 1
+    assert set(counts) == set(cells) and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_ground_truth_ignores_tissue_that_barely_changed():
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    volume = np.full((40, 40, 40), 0.8, dtype=np.float32)
+    volume[:, :, :20] = 0.1  # "CSF" below z = 20
+    brain = np.ones(volume.shape, dtype=bool)
+    cell = anomalies.Cell('sharp', 'hyper', 6.0, 0.2)
+    sphere = anomalies.Anomaly(
+        'a1', 'sphere', (30.0, 30.0, 30.0), (6.0,) * 3, {'T1w': 0.2}, edge_mm=cell.edge_mm
+    )
+    changed = anomalies.insert_anomalies(volume, affine, [sphere], 'T1w')
+    fraction, support = anomalies.change_truth(volume, changed, [sphere], brain, affine)
+    labels = anomalies.truth_labels(fraction, support)
+    inside = anomalies.rasterise([sphere], volume.shape, affine) > 0
+    assert np.all(labels[inside & (volume > 0.5) & (fraction >= 0.5)] == 1)
+    assert np.all(labels[inside & (volume < 0.5)] == anomalies.IGNORE)  # 0.1 x 20 % is tiny
+    assert not np.any(labels[~inside & (support == 0)])

@@ -41,9 +41,22 @@ def help_options(help_text: str) -> set[str]:
 def test_docs_build_strict_and_offline(tmp_path: Path) -> None:
     site = tmp_path / 'site'
     result = subprocess.run(
-        [sys.executable, '-m', 'mkdocs', 'build', '--strict', '--config-file',
-         str(ROOT / 'mkdocs.yml'), '--site-dir', str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            '-m',
+            'mkdocs',
+            'build',
+            '--strict',
+            '--config-file',
+            str(ROOT / 'mkdocs.yml'),
+            '--site-dir',
+            str(site),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     pages = {p.parent.name for p in site.glob('*/index.html')}
     assert {'usage', 'outputs', 'methods', 'models', 'troubleshooting'} <= pages
@@ -52,8 +65,13 @@ def test_docs_build_strict_and_offline(tmp_path: Path) -> None:
 
 
 def test_usage_documents_every_bids_app_option() -> None:
-    result = subprocess.run([sys.executable, '-m', 'bids_anomaly', '--help'], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, '-m', 'bids_anomaly', '--help'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     options = help_options(result.stdout)
     assert {'--participant-label', '--config-file', '--atlas-labels', '--help'} <= options

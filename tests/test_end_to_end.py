@@ -19,10 +19,27 @@ from bids_anomaly.cli import main
 from bids_anomaly.preprocessing.templates import load_template
 from tests.conftest import tree_snapshot
 
-FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--omp-nthreads', '1',
-        '--seed', '0']
-TRAIN = ['--train', '--models', 'sae-patch,ae-slice', '--epochs', '1',
-         '--patches-per-subject', '300']
+FAST = [
+    '--resolution',
+    '2',
+    '--registration',
+    'affine',
+    '--nprocs',
+    '2',
+    '--omp-nthreads',
+    '1',
+    '--seed',
+    '0',
+]
+TRAIN = [
+    '--train',
+    '--models',
+    'sae-patch,ae-slice',
+    '--epochs',
+    '1',
+    '--patches-per-subject',
+    '300',
+]
 EXTRA = ['--native-space', '--latent-maps']  # the training run only: its 4 participants
 EMBED = ['--embedding-methods', 'pca,spectral', '--embedding-max-points', '300']
 
@@ -38,16 +55,29 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from bids_anomaly.simulate import create_fake_bids_dataset
 
     root = tmp_path_factory.mktemp('e2e')
-    bids = create_fake_bids_dataset(root / 'bids', n_controls=5, n_patients=1, random_state=3,
-                                    resolution=2.0)
+    bids = create_fake_bids_dataset(
+        root / 'bids', n_controls=5, n_patients=1, random_state=3, resolution=2.0
+    )
     before = tree_snapshot(bids)
     out = root / 'out'
     assert _run(str(bids), str(out), 'participant', *FAST) == 0
     table = pd.read_csv(bids / 'participants.tsv', sep='\t')
     controls = sorted(table.loc[table['group'] == 'control', 'participant_id'])
     trained = controls[:4]  # 2 train (siamese pairs), 2 calibrate; the 5th is held out
-    assert _run(str(bids), str(out), 'group', *FAST, *TRAIN, *EMBED, *EXTRA,
-                '--participant-label', *trained) == 0
+    assert (
+        _run(
+            str(bids),
+            str(out),
+            'group',
+            *FAST,
+            *TRAIN,
+            *EMBED,
+            *EXTRA,
+            '--participant-label',
+            *trained,
+        )
+        == 0
+    )
     assert _run(str(bids), str(out), 'group', *FAST, *EMBED) == 0
     assert tree_snapshot(bids) == before
     return {'bids': bids, 'out': out}
@@ -84,8 +114,9 @@ def test_native_space_and_latent_maps(chain: dict[str, Path]) -> None:
     out = chain['out']
     template = load_template(2.0)
     mask = template.mask_array()
-    native_maps = sorted(p for p in out.glob('sub-*/anat/*_statmap.nii.gz')
-                         if '_space-' not in p.name)
+    native_maps = sorted(
+        p for p in out.glob('sub-*/anat/*_statmap.nii.gz') if '_space-' not in p.name
+    )
     assert len(native_maps) == 4 * 5  # the participants scored with EXTRA
     statmap = native_maps[0]
     t1w = nib.load(statmap.parent / (statmap.name.split('_')[0] + '_desc-preproc_T1w.nii.gz'))
@@ -101,20 +132,29 @@ def test_native_space_and_latent_maps(chain: dict[str, Path]) -> None:
     folder, stem = latent_maps[0].parent, latent_maps[0].name.split('_model-')[0]
     sample = pd.read_csv(folder / f'{stem}_model-saepatch_desc-voxels_latent.tsv', sep='\t')
     z_columns = [f'z{d:03d}' for d in range(64)]
-    np.testing.assert_allclose(codes[sample['i'], sample['j'], sample['k']],
-                               sample[z_columns].to_numpy(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(
+        codes[sample['i'], sample['j'], sample['k']],
+        sample[z_columns].to_numpy(np.float32),
+        rtol=1e-6,
+    )
     # region-averaged codes, for every participant, over the regional tables' voxels
-    assert len(list(out.glob('sub-*/anat/*_atlas-AAL3_model-saepatch_desc-regions_latent.tsv'))
-               ) == 6
-    averaged = pd.read_csv(folder / f'{stem}_atlas-AAL3_model-saepatch_desc-regions_latent.tsv',
-                           sep='\t', na_values='n/a')
-    regions = pd.read_csv(folder / f'{stem}_atlas-AAL3_model-saepatch_regions.tsv', sep='\t',
-                          na_values='n/a')
+    assert (
+        len(list(out.glob('sub-*/anat/*_atlas-AAL3_model-saepatch_desc-regions_latent.tsv'))) == 6
+    )
+    averaged = pd.read_csv(
+        folder / f'{stem}_atlas-AAL3_model-saepatch_desc-regions_latent.tsv',
+        sep='\t',
+        na_values='n/a',
+    )
+    regions = pd.read_csv(
+        folder / f'{stem}_atlas-AAL3_model-saepatch_regions.tsv', sep='\t', na_values='n/a'
+    )
     recon = regions[regions['score_type'] == 'recon']
     assert averaged['n_voxels'].tolist() == recon['n_voxels'].tolist()
     whole = averaged.loc[averaged['region'] == 'whole_brain', z_columns].to_numpy(float)[0]
-    np.testing.assert_allclose(whole, codes[mask].mean(axis=0, dtype=np.float64), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        whole, codes[mask].mean(axis=0, dtype=np.float64), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:
@@ -129,8 +169,9 @@ def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:
 
 def test_group_tables_and_report(chain: dict[str, Path]) -> None:
     out = chain['out']
-    regions = pd.read_csv(out / 'group_atlas-AAL3macro_model-saepatch_stat-ocsvm_regions.tsv',
-                          sep='\t')
+    regions = pd.read_csv(
+        out / 'group_atlas-AAL3macro_model-saepatch_stat-ocsvm_regions.tsv', sep='\t'
+    )
     assert len(regions) == 6 and {'cohort', 'held_out', 'whole_brain'} <= set(regions.columns)
     assert regions['held_out'].sum() == 2  # the 5th control and the patient
     assert (out / 'group_latent_metrics.tsv').is_file()

@@ -19,19 +19,30 @@ from bids_anomaly.reports.figures import (
 def coords() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     n_points = 60
-    return pd.concat([pd.DataFrame({
-        'x': rng.normal(size=n_points), 'y': rng.normal(size=n_points), 'method': method,
-        'group': np.where(np.arange(n_points) % 3 == 0, 'patient', 'control'),
-        'region': [f'region{i % 25}' for i in range(n_points)],
-        'score': rng.random(n_points)}) for method in ('pca', 'umap', 'tsne', 'spectral', 'x')])
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    'x': rng.normal(size=n_points),
+                    'y': rng.normal(size=n_points),
+                    'method': method,
+                    'group': np.where(np.arange(n_points) % 3 == 0, 'patient', 'control'),
+                    'region': [f'region{i % 25}' for i in range(n_points)],
+                    'score': rng.random(n_points),
+                }
+            )
+            for method in ('pca', 'umap', 'tsne', 'spectral', 'x')
+        ]
+    )
 
 
 @pytest.fixture
 def table() -> pd.DataFrame:
     rng = np.random.default_rng(0)
     regions = ['frontal', 'subcortical', 'whole_brain']
-    table = pd.DataFrame(rng.gamma(2.0, size=(10, 3)), columns=regions,
-                         index=[f'sub-{i:02d}' for i in range(10)])
+    table = pd.DataFrame(
+        rng.gamma(2.0, size=(10, 3)), columns=regions, index=[f'sub-{i:02d}' for i in range(10)]
+    )
     return table.assign(group=np.where(np.arange(10) % 2, 'control', 'PD'))
 
 
@@ -61,8 +72,14 @@ def test_plot_regional_heatmap_puts_controls_first(tmp_path, table):
 
 
 def test_plot_group_statistics_one_panel_per_model(tmp_path):
-    stats = pd.DataFrame({'model': ['sae', 'sae', 'ae', 'ae'], 'region': ['a', 'b'] * 2,
-                          'auc': [0.9, 0.6, 0.7, np.nan], 'gmean': [0.8, 0.5, 0.6, np.nan]})
+    stats = pd.DataFrame(
+        {
+            'model': ['sae', 'sae', 'ae', 'ae'],
+            'region': ['a', 'b'] * 2,
+            'auc': [0.9, 0.6, 0.7, np.nan],
+            'gmean': [0.8, 0.5, 0.6, np.nan],
+        }
+    )
     output = tmp_path / 'stats.png'
     fig = plot_group_statistics(stats, output_file=output)
     assert [ax.get_ylabel() for ax in fig.axes] == ['sae', 'ae']
@@ -71,10 +88,14 @@ def test_plot_group_statistics_one_panel_per_model(tmp_path):
 
 
 def test_plot_latent_metrics_puts_models_side_by_side(tmp_path):
-    metrics = pd.DataFrame({'model': ['sae'] * 4 + ['ae'] * 4,
-                            'method': ['latent', 'pca'] * 4,
-                            'metric': (['trustworthiness'] * 2 + ['co_location'] * 2) * 2,
-                            'value': [1.0, 0.9, 0.7, 0.6, 1.0, 0.8, 0.2, np.nan]})
+    metrics = pd.DataFrame(
+        {
+            'model': ['sae'] * 4 + ['ae'] * 4,
+            'method': ['latent', 'pca'] * 4,
+            'metric': (['trustworthiness'] * 2 + ['co_location'] * 2) * 2,
+            'value': [1.0, 0.9, 0.7, 0.6, 1.0, 0.8, 0.2, np.nan],
+        }
+    )
     output = tmp_path / 'metrics.png'
     fig = plot_latent_metrics(metrics, output_file=output)
     assert [ax.get_ylabel() for ax in fig.axes] == ['trustworthiness', 'co location']
@@ -92,8 +113,13 @@ def test_plot_score_overlay(tmp_path):
     scores = np.zeros_like(anat)
     scores[8:12, 10:14, 8:12] = 3.0
     output = tmp_path / 'overlay.png'
-    fig = plot_score_overlay(nib.Nifti1Image(scores, affine), nib.Nifti1Image(anat, affine),
-                             threshold=1.0, title='sub-01', output_file=output)
+    fig = plot_score_overlay(
+        nib.Nifti1Image(scores, affine),
+        nib.Nifti1Image(anat, affine),
+        threshold=1.0,
+        title='sub-01',
+        output_file=output,
+    )
     assert len(fig.axes) >= 3
     assert _is_png(output)
 

@@ -10,13 +10,15 @@ from bids_anomaly.analysis.group import COLUMN_DESCRIPTIONS, best_gmean, group_s
 
 @pytest.fixture
 def table() -> pd.DataFrame:
-    return pd.DataFrame({
-        'participant_id': [f'sub-{i:02d}' for i in range(8)],
-        'group': ['control'] * 4 + ['PD'] * 4,
-        'separated': [0.5, 1.0, 1.5, 2.0, 5.0, 6.0, 7.0, 8.0],
-        'overlapping': [1.0, 4.0, 2.0, 6.0, 3.0, 5.0, 0.5, 7.0],
-        'constant': [2.0] * 8,
-    })
+    return pd.DataFrame(
+        {
+            'participant_id': [f'sub-{i:02d}' for i in range(8)],
+            'group': ['control'] * 4 + ['PD'] * 4,
+            'separated': [0.5, 1.0, 1.5, 2.0, 5.0, 6.0, 7.0, 8.0],
+            'overlapping': [1.0, 4.0, 2.0, 6.0, 3.0, 5.0, 0.5, 7.0],
+            'constant': [2.0] * 8,
+        }
+    )
 
 
 def test_clear_separation_gives_auc_and_gmean_one(table):
@@ -52,8 +54,10 @@ def test_best_gmean_by_hand():
 
 def test_benjamini_hochberg_by_hand():
     rng = np.random.default_rng(0)
-    columns = {f'r{i}': np.r_[rng.normal(0, 1, 6), rng.normal(shift, 1, 6)]
-               for i, shift in enumerate([0.0, 0.5, 1.0, 2.0, 4.0])}
+    columns = {
+        f'r{i}': np.r_[rng.normal(0, 1, 6), rng.normal(shift, 1, 6)]
+        for i, shift in enumerate([0.0, 0.5, 1.0, 2.0, 4.0])
+    }
     table = pd.DataFrame({'group': ['control'] * 6 + ['patient'] * 6, **columns})
     stats = group_statistics(table)
     p = stats['p_value'].to_numpy()
@@ -73,8 +77,9 @@ def test_degenerate_regions_get_nan_and_a_note(table):
 
     small = group_statistics(table.iloc[[0, 1, 2, 4]]).set_index('region')
     assert small['auc'].isna().all()
-    assert small.loc['separated', 'note'] == ('needs at least 2 controls and 2 patients, '
-                                              'got 3 and 1')
+    assert small.loc['separated', 'note'] == (
+        'needs at least 2 controls and 2 patients, got 3 and 1'
+    )
 
 
 def test_missing_values_and_labels(table):

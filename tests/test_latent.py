@@ -22,8 +22,14 @@ def one_openmp_thread():
         yield
 
 
-def make_codes(n_participants: int = 6, n_positions: int = 20, n_features: int = 8,
-               noise: float = 0.1, shift: float = 0.0, random_state: int = 0):
+def make_codes(
+    n_participants: int = 6,
+    n_positions: int = 20,
+    n_features: int = 8,
+    noise: float = 0.1,
+    shift: float = 0.0,
+    random_state: int = 0,
+):
     """Codes = one centre per position + noise; patients (second half) moved by ``shift``."""
     rng = np.random.default_rng(random_state)
     centres = rng.normal(size=(n_positions, n_features))
@@ -31,12 +37,16 @@ def make_codes(n_participants: int = 6, n_positions: int = 20, n_features: int =
     for participant in range(n_participants):
         patient = participant >= n_participants // 2
         for position in range(n_positions):
-            codes.append(centres[position] + noise * rng.normal(size=n_features)
-                         + shift * patient)
-            rows.append({'participant': f'sub-{participant}',
-                         'group': 'patient' if patient else 'control',
-                         'region': f'region{position % 2}', 'position': position,
-                         'score': rng.random()})
+            codes.append(centres[position] + noise * rng.normal(size=n_features) + shift * patient)
+            rows.append(
+                {
+                    'participant': f'sub-{participant}',
+                    'group': 'patient' if patient else 'control',
+                    'region': f'region{position % 2}',
+                    'position': position,
+                    'score': rng.random(),
+                }
+            )
     return np.asarray(codes), pd.DataFrame(rows)
 
 
@@ -45,8 +55,9 @@ def test_pca_places_patients_on_the_control_map():
     coords = embed(codes, meta, method='pca', random_state=0)
     controls = (meta['group'] == 'control').to_numpy()
     pca = PCA(n_components=2, random_state=0).fit(codes[controls])
-    np.testing.assert_allclose(coords[['x', 'y']].to_numpy()[~controls],
-                               pca.transform(codes[~controls]))
+    np.testing.assert_allclose(
+        coords[['x', 'y']].to_numpy()[~controls], pca.transform(codes[~controls])
+    )
     assert coords.loc[controls, 'placement'].eq('fit').all()
     assert coords.loc[~controls, 'placement'].eq('transform').all()
     assert coords['method'].eq('pca').all()
@@ -58,16 +69,23 @@ def test_umap_places_patients_next_to_matching_controls():
     centres = np.array([np.zeros(8), np.full(8, 10.0)])
     cluster = np.r_[np.arange(80) % 2, np.zeros(20, int)]  # patients all from cluster 0
     codes = centres[cluster] + rng.normal(size=(100, 8))
-    meta = pd.DataFrame({'participant': np.arange(100) % 10, 'region': 'r', 'score': 0.0,
-                         'group': ['control'] * 80 + ['patient'] * 20,
-                         'position': np.arange(100) // 10})
+    meta = pd.DataFrame(
+        {
+            'participant': np.arange(100) % 10,
+            'region': 'r',
+            'score': 0.0,
+            'group': ['control'] * 80 + ['patient'] * 20,
+            'position': np.arange(100) // 10,
+        }
+    )
     coords = embed(codes, meta, method='umap', n_neighbors=10, random_state=0)
     xy = coords[['x', 'y']].to_numpy()
     assert coords['placement'].iloc[80:].eq('transform').all()
     centre_0, centre_1 = (xy[:80][cluster[:80] == k].mean(axis=0) for k in (0, 1))
     patients = xy[80:]
-    closer = (np.linalg.norm(patients - centre_0, axis=1)
-              < np.linalg.norm(patients - centre_1, axis=1))
+    closer = np.linalg.norm(patients - centre_0, axis=1) < np.linalg.norm(
+        patients - centre_1, axis=1
+    )
     assert closer.all()
 
 
@@ -118,8 +136,7 @@ def test_embedding_metrics_on_constructed_embeddings():
     codes, meta = make_codes(n_participants=8, n_positions=25, shift=20.0)
     pca = embed(codes, meta, method='pca', random_state=0)
     rng = np.random.default_rng(0)
-    noise = pca.assign(x=rng.normal(size=len(pca)), y=rng.normal(size=len(pca)),
-                       method='random')
+    noise = pca.assign(x=rng.normal(size=len(pca)), y=rng.normal(size=len(pca)), method='random')
     metrics = embedding_metrics(codes, pd.concat([pca, noise]), random_state=0)
     value = metrics.set_index(['method', 'metric'])['value']
     assert set(metrics['method']) == {'latent', 'pca', 'random'}
@@ -134,8 +151,9 @@ def test_embedding_metrics_on_constructed_embeddings():
 
 def test_analyse_latents_returns_tidy_tables(one_openmp_thread):
     codes, meta = make_codes(n_participants=4, n_positions=30)
-    coords, metrics = analyse_latents(codes, meta, model='sae-patch', methods=('pca', 'tsne'),
-                                      max_points=60, random_state=0)
+    coords, metrics = analyse_latents(
+        codes, meta, model='sae-patch', methods=('pca', 'tsne'), max_points=60, random_state=0
+    )
     assert len(coords) == 2 * 60
     assert coords['model'].eq('sae-patch').all()
     assert list(metrics.columns) == ['model', 'method', 'metric', 'value']

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from bids_anomaly.bids.layout import (
-    discover, is_control, load_filters, load_layout, parse_labels, read_groups, validate_dataset,
+    discover,
+    is_control,
+    load_filters,
+    load_layout,
+    parse_labels,
+    read_groups,
+    validate_dataset,
 )
 from bids_anomaly.config import DEFAULT_CONTROL_LABELS
 from bids_anomaly.errors import InvalidBidsError, MissingInputError, NoMatchError, UsageError
@@ -19,7 +25,12 @@ def test_parse_labels_with_prefix_spaces_commas_and_files(tmp_path: Path) -> Non
     listing = tmp_path / 'labels.txt'
     listing.write_text('sub-03\n04\n\n')
     assert parse_labels(['sub-01', '02,sub-05', str(listing), '01'], 'sub-') == [
-        '01', '02', '05', '03', '04']
+        '01',
+        '02',
+        '05',
+        '03',
+        '04',
+    ]
 
 
 def test_control_labels_are_case_insensitive() -> None:
@@ -33,8 +44,12 @@ def test_discover_groups_dwi_and_read_only(read_only: Path, tmp_path: Path) -> N
     before = tree_snapshot(read_only)
     validate_dataset(read_only)
     layout = load_layout(read_only, tmp_path / 'db')
-    found = discover(layout, bids_dir=read_only, queries=load_filters(None),
-                     control_labels=DEFAULT_CONTROL_LABELS)
+    found = discover(
+        layout,
+        bids_dir=read_only,
+        queries=load_filters(None),
+        control_labels=DEFAULT_CONTROL_LABELS,
+    )
     assert [p.label for p in found] == ['01', '02', '03', '04']
     assert [p.is_control for p in found] == [True, True, False, False]
     assert found[0].dwi is not None and found[0].dwi.bval.name == 'sub-01_dwi.bval'
@@ -49,20 +64,29 @@ def test_inherited_bval_bvec(tmp_path: Path) -> None:
     dwi = bids / 'sub-01' / 'dwi'
     for ext in ('bval', 'bvec'):
         (dwi / f'sub-01_dwi.{ext}').rename(bids / f'dwi.{ext}')
-    found = discover(load_layout(bids, tmp_path / 'db'), bids_dir=bids,
-                     queries=load_filters(None))
+    found = discover(load_layout(bids, tmp_path / 'db'), bids_dir=bids, queries=load_filters(None))
     assert found[0].dwi is not None and found[0].dwi.bval == bids / 'dwi.bval'
 
 
 def test_sessions_and_selection(tmp_path: Path) -> None:
-    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control', '02': 'patient'},
-                           sessions=('A', 'B'))
+    bids = write_tiny_bids(
+        tmp_path / 'bids', {'01': 'control', '02': 'patient'}, sessions=('A', 'B')
+    )
     layout = load_layout(bids, tmp_path / 'db')
     found = discover(layout, bids_dir=bids, queries=load_filters(None))
-    assert [p.name for p in found] == ['sub-01_ses-A', 'sub-01_ses-B', 'sub-02_ses-A',
-                                       'sub-02_ses-B']
-    found = discover(layout, bids_dir=bids, participant_label=['sub-02'],
-                     session_label=['ses-B'], queries=load_filters(None))
+    assert [p.name for p in found] == [
+        'sub-01_ses-A',
+        'sub-01_ses-B',
+        'sub-02_ses-A',
+        'sub-02_ses-B',
+    ]
+    found = discover(
+        layout,
+        bids_dir=bids,
+        participant_label=['sub-02'],
+        session_label=['ses-B'],
+        queries=load_filters(None),
+    )
     assert [p.entities for p in found] == [{'sub': '02', 'ses': 'B'}]
     with pytest.raises(NoMatchError, match='C'):
         discover(layout, bids_dir=bids, session_label=['C'], queries=load_filters(None))
@@ -107,8 +131,12 @@ def test_validation_rejects_bad_names(tmp_path: Path) -> None:
 def test_discover_real_dataset(tmp_path: Path) -> None:
     bids = SHARED_DATA / 'ds002748'
     validate_dataset(bids)
-    found = discover(load_layout(bids, tmp_path / 'db'), bids_dir=bids,
-                     queries=load_filters(None), control_labels=DEFAULT_CONTROL_LABELS)
+    found = discover(
+        load_layout(bids, tmp_path / 'db'),
+        bids_dir=bids,
+        queries=load_filters(None),
+        control_labels=DEFAULT_CONTROL_LABELS,
+    )
     assert len(found) == 24
     assert sum(p.is_control for p in found) == 12
     assert {p.group for p in found} == {'control', 'depr'}

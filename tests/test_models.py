@@ -49,8 +49,17 @@ def test_patch_network_follows_the_published_layers() -> None:
         x = layer(x)
         if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.Upsample)):
             sizes.append((x.shape[1], x.shape[-1]))
-    assert sizes == [(16, 13), (16, 6), (16, 4), (16, 2), (16, 4), (16, 6), (16, 12), (16, 14),
-                     (2, 15)]
+    assert sizes == [
+        (16, 13),
+        (16, 6),
+        (16, 4),
+        (16, 2),
+        (16, 4),
+        (16, 6),
+        (16, 12),
+        (16, 14),
+        (2, 15),
+    ]
     kernels = [m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert kernels == [(3, 3)] * 6 + [(2, 2)]
 
@@ -96,8 +105,12 @@ def test_spec_defaults_and_validation() -> None:
     assert TrainParams(epochs=5).resolved(slice_).batch_size == 40
     assert TrainParams().resolved(slice_).epochs == 160
     assert ModelSpec.from_dict(patch.to_dict()) == patch
-    for bad in ({'family': 'gan'}, {'family': 'ae-patch', 'loss': 'huber'},
-                {'family': 'sae-slice', 'metric': 'dot'}, {'family': 'ae-patch', 'patch_size': 9}):
+    for bad in (
+        {'family': 'gan'},
+        {'family': 'ae-patch', 'loss': 'huber'},
+        {'family': 'sae-slice', 'metric': 'dot'},
+        {'family': 'ae-patch', 'patch_size': 9},
+    ):
         with pytest.raises(ValueError, match=repr(next(reversed(bad.values())))):
             ModelSpec(**bad)
     with pytest.raises(ValueError, match='epochs'):
@@ -110,8 +123,11 @@ def test_siamese_objective_is_two_reconstructions_minus_alpha_cosine() -> None:
     x, recon = torch.rand(8, 1, 15, 15), torch.rand(8, 1, 15, 15)
     z = torch.randn(8, 64)
     loss = objective(spec, x, AutoEncoderOutput(recon, z, None))
-    expected = (F.mse_loss(recon[:4], x[:4]) + F.mse_loss(recon[4:], x[4:])
-                - 0.005 * F.cosine_similarity(z[:4], z[4:]).mean())
+    expected = (
+        F.mse_loss(recon[:4], x[:4])
+        + F.mse_loss(recon[4:], x[4:])
+        - 0.005 * F.cosine_similarity(z[:4], z[4:]).mean()
+    )
     assert torch.isclose(loss, expected)
     plain = objective(ModelSpec('ae-slice'), x, AutoEncoderOutput(recon, z, None))
     assert torch.isclose(plain, F.l1_loss(recon, x))
@@ -145,10 +161,16 @@ def test_training_loss_decreases(family: str) -> None:
     grid = (32, 36, 12)
     volumes, mask = _smooth_volumes(4, grid)
     spec = ModelSpec(family, grid_shape=grid)
-    params = TrainParams(epochs=4, batch_size=64 if spec.is_patch else 4, learning_rate=3e-3,
-                         patches_per_subject=256, val_patches_per_subject=64)
-    result = train_model(spec, params, volumes[:3], mask, volumes[2:], device='cpu',
-                         progress=False)
+    params = TrainParams(
+        epochs=4,
+        batch_size=64 if spec.is_patch else 4,
+        learning_rate=3e-3,
+        patches_per_subject=256,
+        val_patches_per_subject=64,
+    )
+    result = train_model(
+        spec, params, volumes[:3], mask, volumes[2:], device='cpu', progress=False
+    )
     train = [row.train_loss for row in result.history]
     val = [row.val_loss for row in result.history]
     assert train[-1] < 0.8 * train[0]

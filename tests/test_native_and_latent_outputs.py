@@ -15,7 +15,11 @@ from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.levels.outputs import (
-    find_native_space, latent_volume, regional_codes, write_dense_latents, write_native,
+    find_native_space,
+    latent_volume,
+    regional_codes,
+    write_dense_latents,
+    write_native,
 )
 
 TEMPLATE = 'TPL'
@@ -38,20 +42,21 @@ def _grid_affine(spacing: float, origin: tuple[float, float, float]) -> np.ndarr
 
 
 def test_native_space_maps_follow_the_template_to_t1w_transform(
-        writer: DerivativesWriter, participant: Participant) -> None:
+    writer: DerivativesWriter, participant: Participant
+) -> None:
     import ants
 
     # template grid (2 mm) with a Gaussian blob centred on the world origin
     tpl_affine = _grid_affine(2.0, (-20.0, -20.0, -20.0))
     ijk = np.stack(np.meshgrid(*[np.arange(21)] * 3, indexing='ij'), -1)
     world = nib.affines.apply_affine(tpl_affine, ijk)
-    blob = np.exp(-(world ** 2).sum(-1) / (2 * 3.0 ** 2)).astype(np.float32)
+    blob = np.exp(-(world**2).sum(-1) / (2 * 3.0**2)).astype(np.float32)
     space = {'sub': '01', 'space': TEMPLATE, 'res': '2', 'model': 'm', 'stat': 'recon'}
-    map_path = writer.write_image(nib.Nifti1Image(blob, tpl_affine), entities=space,
-                                  suffix='statmap')
+    map_path = writer.write_image(
+        nib.Nifti1Image(blob, tpl_affine), entities=space, suffix='statmap'
+    )
     abnormal = nib.Nifti1Image((blob > 0.5).astype(np.uint8), tpl_affine)
-    mask_path = writer.write_image(abnormal, entities={**space, 'desc': 'abnormal'},
-                                   suffix='mask')
+    mask_path = writer.write_image(abnormal, entities={**space, 'desc': 'abnormal'}, suffix='mask')
     # native grid (1.5 mm) and a template -> T1w transform that is a pure translation t: ANTs
     # maps native points p to template points p + t (LPS), so the blob lands at p = -t =
     # (-4, 6, -3) LPS = (4, -6, -3) RAS, the centre of native voxel (14, 16, 12)
@@ -59,20 +64,37 @@ def test_native_space_maps_follow_the_template_to_t1w_transform(
     reference = writer.path({'sub': '01', 'desc': 'preproc'}, 'T1w', '.nii.gz')
     reference.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(np.ones((30, 32, 28), np.float32), native_affine), reference)
-    transform = writer.path({'sub': '01', 'from': TEMPLATE, 'to': 'T1w', 'mode': 'image'},
-                            'xfm', '.h5')
-    ants.write_transform(ants.create_ants_transform(
-        transform_type='AffineTransform', dimension=3, translation=(4.0, -6.0, 3.0)),
-        str(transform))
+    transform = writer.path(
+        {'sub': '01', 'from': TEMPLATE, 'to': 'T1w', 'mode': 'image'}, 'xfm', '.h5'
+    )
+    ants.write_transform(
+        ants.create_ants_transform(
+            transform_type='AffineTransform', dimension=3, translation=(4.0, -6.0, 3.0)
+        ),
+        str(transform),
+    )
 
     native = find_native_space(writer, participant, TEMPLATE)
     assert native is not None and native.transform == transform
     entities = {'sub': '01', 'model': 'm', 'stat': 'recon'}
-    out = write_native(writer, map_path, native, entities=entities, suffix='statmap',
-                       interpolation='linear', sidecar={'Model': 'm'})
-    mask_out = write_native(writer, mask_path, native,
-                            entities={**entities, 'desc': 'abnormal'}, suffix='mask',
-                            interpolation='genericLabel', sidecar={'Model': 'm'})
+    out = write_native(
+        writer,
+        map_path,
+        native,
+        entities=entities,
+        suffix='statmap',
+        interpolation='linear',
+        sidecar={'Model': 'm'},
+    )
+    mask_out = write_native(
+        writer,
+        mask_path,
+        native,
+        entities={**entities, 'desc': 'abnormal'},
+        suffix='mask',
+        interpolation='genericLabel',
+        sidecar={'Model': 'm'},
+    )
 
     assert out.name == 'sub-01_model-m_stat-recon_statmap.nii.gz'
     assert mask_out.name == 'sub-01_model-m_stat-recon_desc-abnormal_mask.nii.gz'
@@ -92,12 +114,16 @@ def test_native_space_maps_follow_the_template_to_t1w_transform(
         'Sources': [f'bids::sub-01/anat/{map_path.name}'],
         'SpatialReference': 'bids::sub-01/anat/sub-01_desc-preproc_T1w.nii.gz',
         'Transform': f'bids::sub-01/anat/sub-01_from-{TEMPLATE}_to-T1w_mode-image_xfm.h5',
-        'Interpolation': 'linear'}
+        'Interpolation': 'linear',
+    }
 
 
 def test_native_space_without_transform_warns_and_is_skipped(
-        writer: DerivativesWriter, participant: Participant, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    writer: DerivativesWriter,
+    participant: Participant,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(logging.getLogger('bids_anomaly'), 'propagate', True)
     reference = writer.path({'sub': '01', 'desc': 'preproc'}, 'T1w', '.nii.gz')
     reference.parent.mkdir(parents=True)
@@ -151,8 +177,9 @@ def test_regional_codes_by_hand(toy) -> None:
     assert table['n_voxels'].tolist() == [11, 4, 0, 17]  # 2 brain voxels are unlabelled
     whole = table.iloc[-1]
     assert pd.isna(whole['index'])
-    np.testing.assert_allclose(whole[['z000', 'z001', 'z002']].to_numpy(float),
-                               codes.astype(float).mean(axis=0))
+    np.testing.assert_allclose(
+        whole[['z000', 'z001', 'z002']].to_numpy(float), codes.astype(float).mean(axis=0)
+    )
 
 
 def test_dense_latents_are_written_with_their_sidecars(writer: DerivativesWriter, toy) -> None:
@@ -164,11 +191,15 @@ def test_dense_latents_are_written_with_their_sidecars(writer: DerivativesWriter
     stem = f'sub-01_space-{TEMPLATE}_res-2'
     assert sorted(p.name for p in folder.iterdir()) == [
         f'{stem}_atlas-toy_model-m_desc-regions_latent.json',
-        f'{stem}_atlas-toy_model-m_desc-regions_latent.tsv']
-    written = pd.read_csv(folder / f'{stem}_atlas-toy_model-m_desc-regions_latent.tsv',
-                          sep='\t', na_values='n/a')
-    np.testing.assert_allclose(written.iloc[:, 3:].to_numpy(),
-                               regional_codes(codes, mask, atlas).iloc[:, 3:].to_numpy(float))
+        f'{stem}_atlas-toy_model-m_desc-regions_latent.tsv',
+    ]
+    written = pd.read_csv(
+        folder / f'{stem}_atlas-toy_model-m_desc-regions_latent.tsv', sep='\t', na_values='n/a'
+    )
+    np.testing.assert_allclose(
+        written.iloc[:, 3:].to_numpy(),
+        regional_codes(codes, mask, atlas).iloc[:, 3:].to_numpy(float),
+    )
 
     write_dense_latents(writer, entities, codes, mask, affine, [atlas], latent_maps=True)
     img = nib.load(folder / f'{stem}_model-m_desc-codes_latent.nii.gz')

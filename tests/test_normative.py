@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import safetensors.numpy
+import torch
 from sklearn.base import clone
 from sklearn.covariance import OAS, EmpiricalCovariance, LedoitWolf
 from sklearn.exceptions import NotFittedError
@@ -26,8 +26,9 @@ from bids_anomaly.scoring.normative import (
 ESTIMATORS = [VoxelOneClassSVM, VoxelGaussian, VoxelZScore]
 
 
-def clustered_codes(n_voxels: int, n_samples: int, n_features: int, n_queries: int,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clustered_codes(
+    n_voxels: int, n_samples: int, n_features: int, n_queries: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Training codes in subject clusters with a per-voxel shape; queries in and beyond."""
     rng = np.random.default_rng(seed)
     mixing = rng.normal(size=(n_voxels, 1, n_features, n_features)) / np.sqrt(n_features)
@@ -36,8 +37,12 @@ def clustered_codes(n_voxels: int, n_samples: int, n_features: int, n_queries: i
     latent = groups[:, :n_samples] + 0.5 * rng.normal(size=(n_voxels, n_samples, n_features))
     X = centre + (latent[:, :, None, :] @ mixing)[:, :, 0]
     spread = rng.uniform(0.3, 3, size=(n_voxels, n_queries, 1))
-    Z = centre + ((spread * rng.normal(size=(n_voxels, n_queries, n_features)))[:, :, None]
-                  @ mixing)[:, :, 0]
+    Z = (
+        centre
+        + ((spread * rng.normal(size=(n_voxels, n_queries, n_features)))[:, :, None] @ mixing)[
+            :, :, 0
+        ]
+    )
     return X.astype(np.float32), Z.astype(np.float32)
 
 
@@ -51,8 +56,9 @@ def ocsvm(codes: tuple[np.ndarray, np.ndarray]) -> VoxelOneClassSVM:
     return VoxelOneClassSVM(nu=0.05, working_set=24, chunk_size=10).fit(codes[0])
 
 
-@pytest.mark.parametrize(('nu', 'gamma', 'working_set'),
-                         [(0.05, 'scale', 24), (0.03, 'scale', 512), (0.1, 0.05, 16)])
+@pytest.mark.parametrize(
+    ('nu', 'gamma', 'working_set'), [(0.05, 'scale', 24), (0.03, 'scale', 512), (0.1, 0.05, 16)]
+)
 def test_ocsvm_agrees_with_sklearn(codes, nu, gamma, working_set):
     X, Z = codes
     model = VoxelOneClassSVM(nu=nu, gamma=gamma, working_set=working_set).fit(X)
@@ -63,8 +69,7 @@ def test_ocsvm_agrees_with_sklearn(codes, nu, gamma, working_set):
         theirs = reference.decision_function(Z[v])
         agree.append(np.mean(np.sign(ours[v]) == np.sign(theirs)))
         error.append(np.abs(ours[v] - theirs).max() / np.abs(theirs).max())
-        assert model.offset_[v] * nu * X.shape[1] == pytest.approx(reference.offset_[0],
-                                                                     rel=0.02)
+        assert model.offset_[v] * nu * X.shape[1] == pytest.approx(reference.offset_[0], rel=0.02)
     assert np.mean(agree) >= 0.99
     assert np.median(error) < 0.01
 
@@ -79,8 +84,9 @@ def test_ocsvm_dual_is_feasible_and_nu_bounds_outliers(ocsvm, codes):
     X = codes[0]
     n, nu = X.shape[1], ocsvm.nu
     ends = np.cumsum(ocsvm.n_support_)
-    np.testing.assert_allclose(np.add.reduceat(ocsvm.dual_coef_, ends - ocsvm.n_support_), 1,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.add.reduceat(ocsvm.dual_coef_, ends - ocsvm.n_support_), 1, rtol=1e-5
+    )
     assert np.all(ocsvm.dual_coef_ > 0)
     assert np.all(ocsvm.dual_coef_ <= 1 / (nu * n) * (1 + 1e-6))
     # nu bounds the fraction of margin errors (at the bound) from above, of SVs from below
@@ -112,9 +118,10 @@ def test_worker_processes_change_nothing():
         np.testing.assert_array_equal(getattr(two, name), getattr(one, name))
 
 
-@pytest.mark.parametrize(('shrinkage', 'reference'),
-                         [('ledoit_wolf', LedoitWolf()), ('oas', OAS()),
-                          (None, EmpiricalCovariance())])
+@pytest.mark.parametrize(
+    ('shrinkage', 'reference'),
+    [('ledoit_wolf', LedoitWolf()), ('oas', OAS()), (None, EmpiricalCovariance())],
+)
 def test_gaussian_matches_sklearn_mahalanobis(codes, shrinkage, reference):
     X, Z = codes
     model = VoxelGaussian(shrinkage=shrinkage, chunk_size=7).fit(X)
@@ -141,8 +148,7 @@ def test_gaussian_lowrank_and_diag(codes):
     lowrank = VoxelGaussian(shrinkage=0.2, covariance_type='lowrank', n_components=k).fit(X)
     np.testing.assert_allclose(-lowrank.score_samples(Z)[v], expected, rtol=1e-3)
     diag = VoxelGaussian(shrinkage=0.2, covariance_type='diag').fit(X)
-    np.testing.assert_allclose(-diag.score_samples(Z)[v], (r**2 / np.diag(cov)).sum(1),
-                               rtol=1e-3)
+    np.testing.assert_allclose(-diag.score_samples(Z)[v], (r**2 / np.diag(cov)).sum(1), rtol=1e-3)
 
 
 def test_gaussian_training_outlier_fraction_is_contamination(codes):
@@ -191,9 +197,15 @@ def test_sign_convention(Estimator, codes):
     assert np.all(model.anomaly_score(far).min(1) > model.anomaly_score(X[:, :5]).max(1))
 
 
-@pytest.mark.parametrize('Estimator, params', [
-    (VoxelOneClassSVM, {}), (VoxelGaussian, {'covariance_type': 'lowrank'}),
-    (VoxelGaussian, {'covariance_type': 'diag'}), (VoxelZScore, {})])
+@pytest.mark.parametrize(
+    'Estimator, params',
+    [
+        (VoxelOneClassSVM, {}),
+        (VoxelGaussian, {'covariance_type': 'lowrank'}),
+        (VoxelGaussian, {'covariance_type': 'diag'}),
+        (VoxelZScore, {}),
+    ],
+)
 def test_serialisation_round_trip(Estimator, params, codes, tmp_path):
     X, Z = codes
     model = Estimator(chunk_size=10, **params).fit(X)
@@ -222,8 +234,9 @@ def test_per_voxel_encoding_keeps_relative_precision():
         encoded, unit = encode_per_voxel(values, counts, dtype)
         assert encoded.dtype == dtype and unit.shape == (4,)
         decoded = decode_per_voxel(encoded, unit, counts)
-        peak = np.repeat([np.abs(v).max() for v in np.split(values, np.cumsum(counts)[:-1])],
-                         counts)[:, None]
+        peak = np.repeat(
+            [np.abs(v).max() for v in np.split(values, np.cumsum(counts)[:-1])], counts
+        )[:, None]
         assert np.all(np.abs(decoded - values) <= step * peak * 1.01)
         assert np.all(decoded[-2:] == 0)
     assert np.abs(encode_per_voxel(values, counts, np.int8)[0]).max() == 127

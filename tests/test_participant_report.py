@@ -39,8 +39,10 @@ class FakeScorer:
 
 
 SCORERS = [
-    FakeScorer('saepatch', {('saepatch', 'recon'): 2.0, ('saepatch', 'ocsvm'): -0.2,
-                            ('baseline', 'zscore'): 2.0}),
+    FakeScorer(
+        'saepatch',
+        {('saepatch', 'recon'): 2.0, ('saepatch', 'ocsvm'): -0.2, ('baseline', 'zscore'): 2.0},
+    ),
     FakeScorer('aeslice', {('aeslice', 'recon'): 2.0, ('baseline', 'zscore'): 99.0}),
 ]
 
@@ -59,14 +61,30 @@ def atlases(template: Template) -> list[Atlas]:
     i, j, _ = np.indices(SHAPE)
     fine = (1 + (i >= SHAPE[0] // 2) + 2 * (j >= SHAPE[1] // 2)) * template.mask_array()
     macro = np.where(fine > 2, 2, fine)
-    return [Atlas('tiny', fine.astype(np.int32), AFFINE,
-                  pd.DataFrame({'index': [1, 2, 3, 4], 'name': NAMES})),
-            Atlas('tinymacro', macro.astype(np.int32), AFFINE,
-                  pd.DataFrame({'index': [1, 2], 'name': ['front', 'back']}))]
+    return [
+        Atlas(
+            'tiny',
+            fine.astype(np.int32),
+            AFFINE,
+            pd.DataFrame({'index': [1, 2, 3, 4], 'name': NAMES}),
+        ),
+        Atlas(
+            'tinymacro',
+            macro.astype(np.int32),
+            AFFINE,
+            pd.DataFrame({'index': [1, 2], 'name': ['front', 'back']}),
+        ),
+    ]
 
 
-def write_derivatives(root: Path, participant: Participant, template: Template,
-                      atlases: list[Atlas], *, preprocessing: bool) -> None:
+def write_derivatives(
+    root: Path,
+    participant: Participant,
+    template: Template,
+    atlases: list[Atlas],
+    *,
+    preprocessing: bool,
+) -> None:
     """Score maps with a lesion in region 'lesioned', their tables, optionally QC outputs."""
     rng = np.random.default_rng(0)
     writer = DerivativesWriter(root, configuration={})
@@ -78,29 +96,50 @@ def write_derivatives(root: Path, participant: Participant, template: Template,
         scores = ((rng.normal(size=SHAPE) + offset + 5.0 * lesion) * brain).astype(np.float32)
         abnormal = (scores > threshold) & brain
         entities = {**space, 'model': model, 'stat': stat}
-        writer.write_image(nib.Nifti1Image(scores, AFFINE), entities=entities, suffix='statmap',
-                           sidecar={'Threshold': threshold, 'Description': f'{stat} score.'})
-        writer.write_image(nib.Nifti1Image(abnormal.astype(np.uint8), AFFINE),
-                           entities={**entities, 'desc': 'abnormal'}, suffix='mask')
+        writer.write_image(
+            nib.Nifti1Image(scores, AFFINE),
+            entities=entities,
+            suffix='statmap',
+            sidecar={'Threshold': threshold, 'Description': f'{stat} score.'},
+        )
+        writer.write_image(
+            nib.Nifti1Image(abnormal.astype(np.uint8), AFFINE),
+            entities={**entities, 'desc': 'abnormal'},
+            suffix='mask',
+        )
         for atlas in atlases:
             table = regional_table(scores, abnormal, atlas, brain).assign(score_type=stat)
-            path = writer.path({**space, 'atlas': atlas.name, 'model': model}, 'regions',
-                               '.tsv')
+            path = writer.path({**space, 'atlas': atlas.name, 'model': model}, 'regions', '.tsv')
             if path.is_file():
                 table = pd.concat([pd.read_csv(path, sep='\t', na_values='n/a'), table])
-            writer.write_table(table, entities={**space, 'atlas': atlas.name, 'model': model},
-                               suffix='regions', columns={c: c for c in table.columns})
+            writer.write_table(
+                table,
+                entities={**space, 'atlas': atlas.name, 'model': model},
+                suffix='regions',
+                columns={c: c for c in table.columns},
+            )
     if preprocessing:
-        writer.write_image(template.t1w, entities={**space, 'desc': 'preproc'}, suffix='T1w',
-                           sidecar={'Registration': 'SyN', 'RegistrationQuality': {
-                               'PearsonR': 0.9312, 'MaskDice': 0.9745}})
+        writer.write_image(
+            template.t1w,
+            entities={**space, 'desc': 'preproc'},
+            suffix='T1w',
+            sidecar={
+                'Registration': 'SyN',
+                'RegistrationQuality': {'PearsonR': 0.9312, 'MaskDice': 0.9745},
+            },
+        )
         for extension in ('.svg', '.png'):
             fig = Figure(figsize=(2, 2))
             fig.subplots().plot([0, 1], [1, 0])
             source = root.parent / f'qc{extension}'
             fig.savefig(source)
-            writer.write_file(source, entities={**space, 'desc': 'registration'}, suffix='T1w',
-                              extension=extension, datatype='figures')
+            writer.write_file(
+                source,
+                entities={**space, 'desc': 'registration'},
+                suffix='T1w',
+                extension=extension,
+                datatype='figures',
+            )
 
 
 def split_sections(html: str) -> dict[str, str]:
@@ -109,19 +148,23 @@ def split_sections(html: str) -> dict[str, str]:
     return {part.split('</h2>')[0]: part for part in parts}
 
 
-def test_report_embeds_everything_offline(tmp_path: Path, template: Template,
-                                          atlases: list[Atlas]) -> None:
+def test_report_embeds_everything_offline(
+    tmp_path: Path, template: Template, atlases: list[Atlas]
+) -> None:
     participant = Participant('01', None, 'PD', False, tmp_path / 'T1w.nii.gz', None)
     root = tmp_path / 'out'
     write_derivatives(root, participant, template, atlases, preprocessing=True)
-    path = write_participant_report(root, participant, template, SCORERS, atlases,
-                                    quantile=0.98)
+    path = write_participant_report(root, participant, template, SCORERS, atlases, quantile=0.98)
 
     assert path == root / 'sub-01_report.html'
     html = path.read_text(encoding='utf-8')
     sections = split_sections(html)
-    assert list(sections) == ['Preprocessing quality', 'Anomaly maps', 'Regional anomalies',
-                              'Flags']
+    assert list(sections) == [
+        'Preprocessing quality',
+        'Anomaly maps',
+        'Regional anomalies',
+        'Flags',
+    ]
     qc = sections['Preprocessing quality']
     assert '0.9312' in qc and 'SyN' in qc
     svg = next(root.glob('sub-01/figures/*.svg')).read_bytes()
@@ -137,13 +180,15 @@ def test_report_embeds_everything_offline(tmp_path: Path, template: Template,
     assert '://' not in re.sub(r'data:[^"]*', '', html)
 
 
-def test_report_without_preprocessing_outputs(tmp_path: Path, template: Template,
-                                              atlases: list[Atlas]) -> None:
+def test_report_without_preprocessing_outputs(
+    tmp_path: Path, template: Template, atlases: list[Atlas]
+) -> None:
     participant = Participant('02', 'A', 'control', True, tmp_path / 'T1w.nii.gz', None)
     root = tmp_path / 'out'
     write_derivatives(root, participant, template, atlases, preprocessing=False)
-    path = write_participant_report(root, participant, template, SCORERS[:1], atlases,
-                                    quantile=0.98)
+    path = write_participant_report(
+        root, participant, template, SCORERS[:1], atlases, quantile=0.98
+    )
 
     assert path == root / 'sub-02_ses-A_report.html'
     qc = split_sections(path.read_text(encoding='utf-8'))['Preprocessing quality']
@@ -152,28 +197,44 @@ def test_report_without_preprocessing_outputs(tmp_path: Path, template: Template
 
 def test_calibrated_thresholds_keep_the_first_scorers_baseline() -> None:
     assert calibrated_thresholds(SCORERS) == {
-        ('saepatch', 'recon'): 2.0, ('saepatch', 'ocsvm'): -0.2, ('baseline', 'zscore'): 2.0,
-        ('aeslice', 'recon'): 2.0}
+        ('saepatch', 'recon'): 2.0,
+        ('saepatch', 'ocsvm'): -0.2,
+        ('baseline', 'zscore'): 2.0,
+        ('aeslice', 'recon'): 2.0,
+    }
 
 
 def test_top_regions_rank_by_abnormal_fraction() -> None:
-    table = pd.DataFrame({'region': ['a', 'b', 'c', 'd', WHOLE_BRAIN],
-                          'n_voxels': [10, 10, 0, 10, 30],
-                          'pct_abnormal': [5.0, 50.0, np.nan, 20.0, 99.0],
-                          'mean_score': [0.0, 1.0, np.nan, 0.5, 0.6]})
+    table = pd.DataFrame(
+        {
+            'region': ['a', 'b', 'c', 'd', WHOLE_BRAIN],
+            'n_voxels': [10, 10, 0, 10, 30],
+            'pct_abnormal': [5.0, 50.0, np.nan, 20.0, 99.0],
+            'mean_score': [0.0, 1.0, np.nan, 0.5, 0.6],
+        }
+    )
     assert top_regions(table)['region'].tolist() == ['b', 'd', 'a', 'c']
     assert top_regions(table, n=2)['region'].tolist() == ['b', 'd']
 
 
 def test_flag_regions_rule() -> None:
-    table = pd.DataFrame({'region': ['big', 'tiny', 'mild', 'empty', WHOLE_BRAIN],
-                          'n_voxels': [50, 5, 50, 0, 105],
-                          'pct_abnormal': [7.0, 80.0, 5.9, np.nan, 7.0]})
-    flags = flag_regions({('atlas', 'model', 'recon'): table,
-                          ('atlas', 'model', 'ocsvm'): table.assign(pct_abnormal=1.0)},
-                         expected_pct=2.0)
+    table = pd.DataFrame(
+        {
+            'region': ['big', 'tiny', 'mild', 'empty', WHOLE_BRAIN],
+            'n_voxels': [50, 5, 50, 0, 105],
+            'pct_abnormal': [7.0, 80.0, 5.9, np.nan, 7.0],
+        }
+    )
+    flags = flag_regions(
+        {
+            ('atlas', 'model', 'recon'): table,
+            ('atlas', 'model', 'ocsvm'): table.assign(pct_abnormal=1.0),
+        },
+        expected_pct=2.0,
+    )
     assert flags[['atlas', 'model', 'stat', 'region']].values.tolist() == [
-        ['atlas', 'model', 'recon', 'big']]
+        ['atlas', 'model', 'recon', 'big']
+    ]
     assert flags['times_expected'].tolist() == [3.5]
 
 

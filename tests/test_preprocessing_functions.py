@@ -66,16 +66,19 @@ def test_load_t1w_accepts_a_single_volume_4d(tmp_path):
     assert validation.load_t1w(path).ndim == 3
 
 
-@pytest.mark.parametrize('case, fragment', [
-    ('empty_file', 'empty file'),
-    ('corrupt_gzip', 'cannot read'),
-    ('truncated_gzip', 'cannot read'),
-    ('four_d', 'must be 3D'),
-    ('nan', 'NaN'),
-    ('blank', 'empty or constant'),
-    ('voxel_size', 'implausible voxel size'),
-    ('missing', 'not found'),
-])
+@pytest.mark.parametrize(
+    'case, fragment',
+    [
+        ('empty_file', 'empty file'),
+        ('corrupt_gzip', 'cannot read'),
+        ('truncated_gzip', 'cannot read'),
+        ('four_d', 'must be 3D'),
+        ('nan', 'NaN'),
+        ('blank', 'empty or constant'),
+        ('voxel_size', 'implausible voxel size'),
+        ('missing', 'not found'),
+    ],
+)
 def test_load_t1w_rejects_bad_input_naming_the_file(tmp_path, case, fragment):
     path = tmp_path / f'sub-x_{case}_T1w.nii.gz'
     data = ellipsoid()
@@ -111,8 +114,8 @@ def directions(n: int) -> np.ndarray:
     """``(3, n)`` well-spread unit vectors (golden-spiral on the half sphere)."""
     i = np.arange(n) + 0.5
     z = 1 - i / n
-    phi = np.pi * (1 + 5 ** 0.5) * i
-    r = np.sqrt(1 - z ** 2)
+    phi = np.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z**2)
     return np.stack([r * np.cos(phi), r * np.sin(phi), z])
 
 
@@ -125,12 +128,15 @@ def test_read_gradients_accepts_both_layouts(tmp_path):
     assert np.all(bvecs[:, 0] == 0)
 
 
-@pytest.mark.parametrize('case, fragment, culprit', [
-    ('count', '8 b-values for 9', 'bval'),
-    ('bvec_count', 'expected \\(3, 9\\)', 'bvec'),
-    ('no_b0', 'no b=0', 'bval'),
-    ('collinear', 'six non-collinear', 'bvec'),
-])
+@pytest.mark.parametrize(
+    'case, fragment, culprit',
+    [
+        ('count', '8 b-values for 9', 'bval'),
+        ('bvec_count', 'expected \\(3, 9\\)', 'bvec'),
+        ('no_b0', 'no b=0', 'bval'),
+        ('collinear', 'six non-collinear', 'bvec'),
+    ],
+)
 def test_read_gradients_rejects_bad_tables(tmp_path, case, fragment, culprit):
     bvals, vecs = [0] + [1000] * 8, np.hstack([np.zeros((3, 1)), directions(8)])
     if case == 'count':
@@ -148,8 +154,9 @@ def test_read_gradients_rejects_bad_tables(tmp_path, case, fragment, culprit):
 
 
 def test_load_dwi_rejects_a_3d_series(tmp_path):
-    bval, bvec = write_gradients(tmp_path, [0] + [1000] * 8,
-                                 np.hstack([np.zeros((3, 1)), directions(8)]))
+    bval, bvec = write_gradients(
+        tmp_path, [0] + [1000] * 8, np.hstack([np.zeros((3, 1)), directions(8)])
+    )
     path = save(tmp_path / 'dwi.nii.gz', ellipsoid())
     with pytest.raises(InvalidInputError, match='must be 4D'):
         validation.load_dwi(path, bval, bvec)
@@ -169,8 +176,9 @@ def test_n4_removes_a_smooth_bias(tmp_path):
     data = ellipsoid(radii=(16, 19, 16))
     x = np.linspace(-1, 1, data.shape[0])[:, None, None]
     biased = data * (1.0 + 0.4 * x)
-    out_file = bias_field.n4_bias_correct(save(tmp_path / 'in.nii.gz', biased),
-                                          newpath=str(tmp_path))
+    out_file = bias_field.n4_bias_correct(
+        save(tmp_path / 'in.nii.gz', biased), newpath=str(tmp_path)
+    )
     corrected = np.asarray(nib.load(out_file).dataobj)
     assert np.array_equal(corrected != 0, biased != 0)
     shell = (data > 95) & (data < 105)  # the uniform outer tissue
@@ -221,7 +229,10 @@ def test_stage_arguments():
 
 def test_registration_stages():
     assert [s.transform.split('[')[0] for s in registration.registration_stages('syn')] == [
-        'Rigid', 'Affine', 'SyN']
+        'Rigid',
+        'Affine',
+        'SyN',
+    ]
     assert len(registration.registration_stages('affine')) == 2
     quick = registration.registration_stages('syn', quick=True)
     assert max(max(s.iterations) for s in quick) == 10
@@ -243,16 +254,19 @@ def test_rigid_registration_recovers_a_shift(tmp_path, grid_mm):
     moving = ndimage.shift(fixed, (3, -2, 1), order=1)
     fixed_file = save(tmp_path / 'fixed.nii.gz', fixed)
     moving_file = save(tmp_path / 'moving.nii.gz', moving)
-    forward, inverse = registration.register(moving_file, fixed_file, kind='rigid',
-                                             grid_mm=grid_mm, newpath=str(tmp_path))
-    warped = registration.apply_transforms(moving_file, fixed_file, [forward],
-                                           newpath=str(tmp_path))
+    forward, inverse = registration.register(
+        moving_file, fixed_file, kind='rigid', grid_mm=grid_mm, newpath=str(tmp_path)
+    )
+    warped = registration.apply_transforms(
+        moving_file, fixed_file, [forward], newpath=str(tmp_path)
+    )
     aligned = np.asarray(nib.load(warped).dataobj)
     mask = fixed > 0
     before = np.abs(moving - fixed)[mask].mean()
     assert np.abs(aligned - fixed)[mask].mean() < 0.3 * before
-    back = registration.apply_transforms(fixed_file, moving_file, [inverse],
-                                         out_name='back.nii.gz', newpath=str(tmp_path))
+    back = registration.apply_transforms(
+        fixed_file, moving_file, [inverse], out_name='back.nii.gz', newpath=str(tmp_path)
+    )
     assert np.abs(np.asarray(nib.load(back).dataobj) - moving)[moving > 0].mean() < 0.3 * before
 
 
@@ -282,9 +296,13 @@ def test_registration_is_reproducible_with_seed_zero(tmp_path):
         (tmp_path / f'out{run}').mkdir()
     # One ITK thread (read once per process, hence the subprocess): threads add their own noise.
     env = {**os.environ, 'ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS': '1'}
-    result = subprocess.run([sys.executable, '-c', REGISTER_TWICE, moving_file, fixed_file,
-                             str(tmp_path / 'out')], env=env, capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, '-c', REGISTER_TWICE, moving_file, fixed_file, str(tmp_path / 'out')],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert float(result.stdout.split()[-1]) == 0.0
 
 
@@ -293,8 +311,9 @@ def test_apply_transforms_without_transforms_resamples(tmp_path):
     source = save(tmp_path / 'fine.nii.gz', data)
     coarse_affine = np.diag([4.0, 4.0, 4.0, 1.0])
     reference = save(tmp_path / 'coarse.nii.gz', np.zeros((20, 24, 20)), coarse_affine)
-    out = registration.apply_transforms(source, reference, [], interpolation='genericLabel',
-                                        newpath=str(tmp_path))
+    out = registration.apply_transforms(
+        source, reference, [], interpolation='genericLabel', newpath=str(tmp_path)
+    )
     img = nib.load(out)
     assert img.shape == (20, 24, 20)
     np.testing.assert_allclose(img.affine, coarse_affine, atol=1e-4)
@@ -331,8 +350,9 @@ def test_normalise_intensity_checks_method_and_shapes(tmp_path):
         intensity.normalise_intensity(image, small, newpath=str(tmp_path))
     with pytest.raises(ValueError, match='unknown intensity normalisation'):
         intensity.normalise_intensity(image, image, method='minmax', newpath=str(tmp_path))
-    out, parameters = intensity.normalise_intensity(image, image, method='zscore',
-                                                    newpath=str(tmp_path))
+    out, parameters = intensity.normalise_intensity(
+        image, image, method='zscore', newpath=str(tmp_path)
+    )
     assert parameters['Method'] == 'zscore' and Path(out).is_file()
 
 
@@ -371,10 +391,13 @@ def synthetic_dwi(shape=(12, 12, 10)) -> tuple[np.ndarray, np.ndarray, np.ndarra
     bvecs = np.hstack([np.zeros((3, 2)), directions(12)])
     evals = np.zeros(shape + (3,))
     evals[: shape[0] // 2] = 1e-3
-    evals[shape[0] // 2:] = (1.7e-3, 0.3e-3, 0.3e-3)
+    evals[shape[0] // 2 :] = (1.7e-3, 0.3e-3, 0.3e-3)
     g = bvecs.T
-    adc = evals[..., 0, None] * g[:, 0] ** 2 + evals[..., 1, None] * g[:, 1] ** 2 \
+    adc = (
+        evals[..., 0, None] * g[:, 0] ** 2
+        + evals[..., 1, None] * g[:, 1] ** 2
         + evals[..., 2, None] * g[:, 2] ** 2
+    )
     signal = 1000.0 * np.exp(-bvals * adc)
     return signal.astype(np.float32), bvals, bvecs, evals
 
@@ -386,8 +409,9 @@ def test_tensor_maps_recover_fa_and_md():
     np.testing.assert_allclose(md, evals.mean(-1), rtol=1e-3)
     assert np.allclose(fa[:6], 0, atol=1e-3)
     l1, l2, l3 = 1.7e-3, 0.3e-3, 0.3e-3
-    expected = np.sqrt(0.5 * ((l1 - l2) ** 2 + (l2 - l3) ** 2 + (l3 - l1) ** 2)
-                       / (l1 ** 2 + l2 ** 2 + l3 ** 2))
+    expected = np.sqrt(
+        0.5 * ((l1 - l2) ** 2 + (l2 - l3) ** 2 + (l3 - l1) ** 2) / (l1**2 + l2**2 + l3**2)
+    )
     np.testing.assert_allclose(fa[6:], expected, rtol=1e-3)
 
 

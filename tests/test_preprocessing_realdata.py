@@ -25,8 +25,12 @@ def test_real_participant(tmp_path):
     writer = DerivativesWriter(tmp_path / 'out', configuration={})
     table = run_preprocessing(
         [Participant('52', None, 'control', True, t1w, None)],
-        preprocessing=PreprocessingConfig(), execution=ExecutionConfig(nprocs=2, omp_nthreads=2),
-        writer=writer, work_dir=tmp_path / 'work', log_dir=tmp_path / 'out' / 'logs')
+        preprocessing=PreprocessingConfig(),
+        execution=ExecutionConfig(nprocs=2, omp_nthreads=2),
+        writer=writer,
+        work_dir=tmp_path / 'work',
+        log_dir=tmp_path / 'out' / 'logs',
+    )
     assert list(table['status']) == ['ok']
     anat = tmp_path / 'out' / 'sub-52' / 'anat'
     sidecar = json.loads((anat / f'sub-52_{STD}_desc-preproc_T1w.json').read_text())

@@ -38,9 +38,16 @@ STD = f'space-{TEMPLATE}_res-2'
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory) -> Path:
     """One simulated control with DWI: skull-stripped T1w at 2 mm, DWI at 4 mm."""
-    return create_fake_bids_dataset(tmp_path_factory.mktemp('sim') / 'bids', n_controls=1,
-                                    n_patients=0, random_state=0, resolution=2.0, dwi=True,
-                                    template_resolution=2.0, dwi_resolution=4.0)
+    return create_fake_bids_dataset(
+        tmp_path_factory.mktemp('sim') / 'bids',
+        n_controls=1,
+        n_patients=0,
+        random_state=0,
+        resolution=2.0,
+        dwi=True,
+        template_resolution=2.0,
+        dwi_resolution=4.0,
+    )
 
 
 def good_participant(root: Path) -> Participant:
@@ -70,8 +77,10 @@ def bad_participants(root: Path, folder: Path) -> dict[str, tuple[Participant, P
             nib.save(nib.Nifti1Image(nan, img.affine), path)
         cases[label] = (Participant(label, None, 'control', True, path, None), path)
     bvec = folder / 'sub-06_dwi.bvec'
-    bvec.write_text('\n'.join(' '.join(line.split()[:-1])
-                              for line in good.dwi.bvec.read_text().splitlines()) + '\n')
+    bvec.write_text(
+        '\n'.join(' '.join(line.split()[:-1]) for line in good.dwi.bvec.read_text().splitlines())
+        + '\n'
+    )
     dwi = DwiRun(good.dwi.dwi, good.dwi.bval, bvec)
     cases['06'] = (Participant('06', None, 'patient', False, good.t1w, dwi), bvec)
     return cases
@@ -89,9 +98,14 @@ class Records(logging.Handler):
 def run(participants, out: Path, root: Path, *, stop: bool = False, force: bool = False):
     writer = DerivativesWriter(out, configuration={'test': True}, source_dataset=root)
     return run_preprocessing(
-        participants, preprocessing=PreprocessingConfig(resolution=2.0, registration='affine'),
+        participants,
+        preprocessing=PreprocessingConfig(resolution=2.0, registration='affine'),
         execution=ExecutionConfig(nprocs=2, omp_nthreads=1, seed=0, stop_on_first_crash=stop),
-        writer=writer, work_dir=out.parent / 'work', log_dir=out / 'logs', force=force)
+        writer=writer,
+        work_dir=out.parent / 'work',
+        log_dir=out / 'logs',
+        force=force,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -104,12 +118,19 @@ def first_run(dataset, tmp_path_factory):
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
     try:
-        table = run([good_participant(dataset), *(p for p, _ in bad.values())], base / 'out',
-                    dataset)
+        table = run(
+            [good_participant(dataset), *(p for p, _ in bad.values())], base / 'out', dataset
+        )
     finally:
         logger.removeHandler(records)
-    return SimpleNamespace(table=table.set_index('participant'), out=base / 'out', bad=bad,
-                           messages=records.messages, work=base / 'work', root=dataset)
+    return SimpleNamespace(
+        table=table.set_index('participant'),
+        out=base / 'out',
+        bad=bad,
+        messages=records.messages,
+        work=base / 'work',
+        root=dataset,
+    )
 
 
 def test_good_participant_is_written(first_run):
@@ -130,23 +151,34 @@ def test_good_participant_is_written(first_run):
     assert sidecar['IntensityNormalisation']['Method'] == 'quantile'
     assert sidecar['Sources'] == ['bids:raw:sub-01/anat/sub-01_T1w.nii.gz']
     assert sidecar['GeneratedBy']['Configuration'] == {'test': True}
-    for name in ('sub-01_desc-preproc_T1w.nii.gz', 'sub-01_desc-brain_mask.nii.gz',
-                 f'sub-01_from-T1w_to-{TEMPLATE}_mode-image_xfm.h5',
-                 f'sub-01_from-{TEMPLATE}_to-T1w_mode-image_xfm.h5'):
+    for name in (
+        'sub-01_desc-preproc_T1w.nii.gz',
+        'sub-01_desc-brain_mask.nii.gz',
+        f'sub-01_from-T1w_to-{TEMPLATE}_mode-image_xfm.h5',
+        f'sub-01_from-{TEMPLATE}_to-T1w_mode-image_xfm.h5',
+    ):
         assert (anat / name).is_file(), name
     for param in ('FA', 'MD'):
         fa = nib.load(dwi / f'sub-01_{STD}_model-tensor_param-{param}_dwimap.nii.gz')
         assert fa.shape == template.shape and np.asarray(fa.dataobj).max() == 1
     figures = sorted(p.name for p in (first_run.out / 'sub-01' / 'figures').glob('*.svg'))
-    assert figures == [f'sub-01_{STD}_desc-registration_T1w.svg',
-                       f'sub-01_{STD}_model-tensor_param-FA_desc-registration_dwimap.svg']
+    assert figures == [
+        f'sub-01_{STD}_desc-registration_T1w.svg',
+        f'sub-01_{STD}_model-tensor_param-FA_desc-registration_dwimap.svg',
+    ]
     assert any(m.startswith('sub-01: done in') for m in first_run.messages)
 
 
-@pytest.mark.parametrize('label, fragment', [
-    ('02', 'cannot read'), ('03', 'empty file'), ('04', 'must be 3D'), ('05', 'NaN'),
-    ('06', 'b-vectors of shape'),
-])
+@pytest.mark.parametrize(
+    'label, fragment',
+    [
+        ('02', 'cannot read'),
+        ('03', 'empty file'),
+        ('04', 'must be 3D'),
+        ('05', 'NaN'),
+        ('06', 'b-vectors of shape'),
+    ],
+)
 def test_bad_input_fails_with_one_line_naming_the_file(first_run, label, fragment):
     participant, culprit = first_run.bad[label]
     row = first_run.table.loc[f'sub-{label}']
@@ -159,8 +191,14 @@ def test_bad_input_fails_with_one_line_naming_the_file(first_run, label, fragmen
 
 def test_status_table_is_saved(first_run):
     saved = pd.read_csv(first_run.out / 'logs' / STATUS_FILE, sep='\t')
-    assert list(saved['participant']) == ['sub-01', 'sub-02', 'sub-03', 'sub-04', 'sub-05',
-                                          'sub-06']
+    assert list(saved['participant']) == [
+        'sub-01',
+        'sub-02',
+        'sub-03',
+        'sub-04',
+        'sub-05',
+        'sub-06',
+    ]
     assert list(saved['status']) == ['ok'] + ['failed'] * 5
 
 
@@ -192,14 +230,20 @@ def test_precomputed_derivatives_are_reused(first_run, tmp_path):
     space = 'space-MNI152NLin2009cAsym'
     for desc, suffix in (('preproc', 'T1w'), ('brain', 'mask')):
         (fmriprep / f'sub-07_{space}_desc-{desc}_{suffix}.nii.gz').write_bytes(
-            (anat / f'sub-01_{STD}_desc-{desc}_{suffix}.nii.gz').read_bytes())
-    participant = Participant('07', None, 'control', True, good_participant(first_run.root).t1w,
-                              None)
+            (anat / f'sub-01_{STD}_desc-{desc}_{suffix}.nii.gz').read_bytes()
+        )
+    participant = Participant(
+        '07', None, 'control', True, good_participant(first_run.root).t1w, None
+    )
     writer = DerivativesWriter(tmp_path / 'out', configuration={})
     table = run_preprocessing(
-        [participant], writer=writer, work_dir=tmp_path / 'work', log_dir=tmp_path / 'logs',
+        [participant],
+        writer=writer,
+        work_dir=tmp_path / 'work',
+        log_dir=tmp_path / 'logs',
         preprocessing=PreprocessingConfig(resolution=2.0, derivatives=(tmp_path / 'fmriprep',)),
-        execution=ExecutionConfig(nprocs=2, omp_nthreads=1))
+        execution=ExecutionConfig(nprocs=2, omp_nthreads=1),
+    )
     assert list(table['status']) == ['ok']
     out = tmp_path / 'out' / 'sub-07' / 'anat'
     sidecar = json.loads((out / f'sub-07_{STD}_desc-preproc_T1w.json').read_text())
@@ -212,8 +256,9 @@ def test_precomputed_derivatives_are_reused(first_run, tmp_path):
 
 def test_stop_on_first_crash(first_run, tmp_path):
     broken = first_run.bad['03'][0]
-    table = run([broken, good_participant(first_run.root)], tmp_path / 'out', first_run.root,
-                stop=True)
+    table = run(
+        [broken, good_participant(first_run.root)], tmp_path / 'out', first_run.root, stop=True
+    )
     assert list(table['participant']) == ['sub-03']
 
 
@@ -222,16 +267,28 @@ def test_syn_registration_of_the_simulated_t1w(first_run, tmp_path):
     t1w = str(good_participant(first_run.root).t1w)
     img = nib.load(t1w)
     t1w_mask = str(tmp_path / 'brain_mask.nii.gz')
-    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine),
-             t1w_mask)
+    nib.save(nib.Nifti1Image((np.asarray(img.dataobj) > 0).astype(np.uint8), img.affine), t1w_mask)
     template, template_mask = write_template(2.0, newpath=str(tmp_path))
-    forward, inverse = register(t1w, template, kind='syn', moving_mask=t1w_mask,
-                                fixed_mask=template_mask, grid_mm=GRID_MM, quick=True,
-                                newpath=str(tmp_path))
+    forward, inverse = register(
+        t1w,
+        template,
+        kind='syn',
+        moving_mask=t1w_mask,
+        fixed_mask=template_mask,
+        grid_mm=GRID_MM,
+        quick=True,
+        newpath=str(tmp_path),
+    )
     assert Path(forward).suffix == Path(inverse).suffix == '.h5'
     std = apply_transforms(t1w, template, [forward], newpath=str(tmp_path))
-    mask = apply_transforms(t1w_mask, template, [forward], interpolation='genericLabel',
-                            out_name='mask.nii.gz', newpath=str(tmp_path))
+    mask = apply_transforms(
+        t1w_mask,
+        template,
+        [forward],
+        interpolation='genericLabel',
+        out_name='mask.nii.gz',
+        newpath=str(tmp_path),
+    )
     syn = registration_metrics(std, mask, template, template_mask)
     sidecar = first_run.out / 'sub-01' / 'anat' / f'sub-01_{STD}_desc-preproc_T1w.json'
     affine = json.loads(sidecar.read_text())['RegistrationQuality']
@@ -241,14 +298,20 @@ def test_syn_registration_of_the_simulated_t1w(first_run, tmp_path):
 
 def test_template_brain_extraction_of_a_full_head(tmp_path):
     """A simulated head (skull, scalp) against the same participant simulated skull-stripped."""
-    kwargs = {'n_controls': 1, 'n_patients': 0, 'random_state': 3, 'resolution': 2.0,
-              'template_resolution': 2.0}
+    kwargs = {
+        'n_controls': 1,
+        'n_patients': 0,
+        'random_state': 3,
+        'resolution': 2.0,
+        'template_resolution': 2.0,
+    }
     head = create_fake_bids_dataset(tmp_path / 'head', skull=True, **kwargs)
     brain = create_fake_bids_dataset(tmp_path / 'brain', skull=False, **kwargs)
     t1w = 'sub-01/anat/sub-01_T1w.nii.gz'
     template, template_mask = write_template(2.0, newpath=str(tmp_path))
-    mask_file, stripped = brain_mask(str(head / t1w), template, template_mask, quick=True,
-                                     newpath=str(tmp_path))
+    mask_file, stripped = brain_mask(
+        str(head / t1w), template, template_mask, quick=True, newpath=str(tmp_path)
+    )
     assert not stripped
     truth = np.asarray(nib.load(brain / t1w).dataobj) > 0
     assert dice(np.asarray(nib.load(mask_file).dataobj) > 0, truth) > 0.9
@@ -263,28 +326,43 @@ def test_collect_results_reads_passed_through_inputs(tmp_path):
     anat_wf.inputs.inputnode.t1w_mask = str(tmp_path / 'mask.nii.gz')
     outer.add_nodes([anat_wf])
     assert collect_results(outer, graph=pe.Workflow('empty')._graph) == {
-        'anat_wf': {'t1w_mask': str(tmp_path / 'mask.nii.gz')}}
+        'anat_wf': {'t1w_mask': str(tmp_path / 'mask.nii.gz')}
+    }
 
 
 def test_error_summary():
-    trace = ('Traceback (most recent call last):\n  File "x.py", line 1\n'
-             'nipype.pipeline.engine.nodes.NodeExecutionError: Exception raised while executing '
-             'Node validate.\n\nTraceback:\n\tFile "y.py"\n'
-             '\tbids_anomaly.preprocessing.validation.InvalidInputError: /data/T1w.nii.gz: '
-             'empty file (0 bytes)\n')
+    trace = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        'nipype.pipeline.engine.nodes.NodeExecutionError: Exception raised while executing '
+        'Node validate.\n\nTraceback:\n\tFile "y.py"\n'
+        '\tbids_anomaly.preprocessing.validation.InvalidInputError: /data/T1w.nii.gz: '
+        'empty file (0 bytes)\n'
+    )
     assert error_summary(RuntimeError(trace)) == '/data/T1w.nii.gz: empty file (0 bytes)'
     assert error_summary(RuntimeError('RuntimeError: antsRegistration failed')) == (
-        'RuntimeError: antsRegistration failed')
+        'RuntimeError: antsRegistration failed'
+    )
     assert error_summary(KeyError('x')) == "'x'"
 
 
 def test_update_status_table_merges_rows(tmp_path):
     path = tmp_path / 'status.tsv'
-    row = {'participant': 'sub-01', 'session': None, 'stage': 'validate', 'status': 'failed',
-           'seconds': 1.0, 'message': 'x', 'finished': 't0'}
-    update_status_table(path, pd.DataFrame([{**row, 'participant': 'sub-02'}, row,
-                                            {**row, 'session': 'A'}]))
+    row = {
+        'participant': 'sub-01',
+        'session': None,
+        'stage': 'validate',
+        'status': 'failed',
+        'seconds': 1.0,
+        'message': 'x',
+        'finished': 't0',
+    }
+    update_status_table(
+        path, pd.DataFrame([{**row, 'participant': 'sub-02'}, row, {**row, 'session': 'A'}])
+    )
     update_status_table(path, pd.DataFrame([{**row, 'status': 'ok', 'stage': 'all'}]))
     table = pd.read_csv(path, sep='\t', keep_default_na=False)
     assert list(zip(table['participant'], table['session'], table['status'])) == [
-        ('sub-01', 'n/a', 'ok'), ('sub-01', 'A', 'failed'), ('sub-02', 'n/a', 'failed')]
+        ('sub-01', 'n/a', 'ok'),
+        ('sub-01', 'A', 'failed'),
+        ('sub-02', 'n/a', 'failed'),
+    ]

@@ -16,8 +16,11 @@ from bids_anomaly.preprocessing.precomputed import Precomputed
 def edges(workflow) -> set[tuple[str, str, str, str]]:
     """``(source, output, destination, input)`` of every connection, with full node names."""
     graph = workflow._create_flat_graph()
-    return {(u.fullname, out, v.fullname, inp) for u, v, data in graph.edges(data=True)
-            for out, inp in data['connect']}
+    return {
+        (u.fullname, out, v.fullname, inp)
+        for u, v, data in graph.edges(data=True)
+        for out, inp in data['connect']
+    }
 
 
 def node_names(workflow) -> set[str]:
@@ -27,12 +30,28 @@ def node_names(workflow) -> set[str]:
 @pytest.mark.parametrize('registration', ['affine', 'syn'])
 @pytest.mark.parametrize('intensity_norm', ['quantile', 'zscore'])
 def test_anat_wf_graph(registration, intensity_norm):
-    wf = init_anat_wf(resolution=1.5, registration=registration, intensity_norm=intensity_norm,
-                      omp_nthreads=3, seed=7)
+    wf = init_anat_wf(
+        resolution=1.5,
+        registration=registration,
+        intensity_norm=intensity_norm,
+        omp_nthreads=3,
+        seed=7,
+    )
     assert wf.name == 'anat_wf'
     assert {n.split('.', 1)[1] for n in node_names(wf)} == {
-        'inputnode', 'outputnode', 'template', 'validate', 'n4', 'brain_mask', 'register',
-        't1w_std', 'mask_std', 'normalise', 'qc_metrics', 'qc_figure'}
+        'inputnode',
+        'outputnode',
+        'template',
+        'validate',
+        'n4',
+        'brain_mask',
+        'register',
+        't1w_std',
+        'mask_std',
+        'normalise',
+        'qc_metrics',
+        'qc_figure',
+    }
     register = wf.get_node('register')
     assert register.inputs.kind == registration and register.inputs.seed == 7
     assert register.inputs.grid_mm == 2.0
@@ -70,10 +89,13 @@ def test_anat_wf_precomputed_skips_registration():
     assert wf.get_node('mask_std').inputs.interpolation == 'genericLabel'
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    ({'resolution': 3}, 'resolution 3 mm'),
-    ({'resolution': 2, 'registration': 'bspline'}, 'unknown registration'),
-])
+@pytest.mark.parametrize(
+    'kwargs, message',
+    [
+        ({'resolution': 3}, 'resolution 3 mm'),
+        ({'resolution': 2, 'registration': 'bspline'}, 'unknown registration'),
+    ],
+)
 def test_anat_wf_rejects_bad_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         init_anat_wf(**kwargs)
@@ -106,8 +128,9 @@ def test_dwi_wf_graph(intensity_norm):
 
 def participant(tmp_path: Path, *, dwi: bool, session: str | None = None) -> Participant:
     run = DwiRun(tmp_path / 'dwi.nii.gz', tmp_path / 'dwi.bval', tmp_path / 'dwi.bvec')
-    return Participant('01', session, 'control', True, tmp_path / 'T1w.nii.gz',
-                       run if dwi else None)
+    return Participant(
+        '01', session, 'control', True, tmp_path / 'T1w.nii.gz', run if dwi else None
+    )
 
 
 @pytest.mark.parametrize('dwi', [False, True])
@@ -121,18 +144,26 @@ def test_participant_wf(tmp_path, dwi):
     if dwi:
         links = edges(wf)
         prefix = 'sub_01_ses_A_wf.'
-        assert (prefix + 'anat_wf.outputnode', 't1w2std_xfm', prefix + 'dwi_wf.inputnode',
-                't1w2std_xfm') in links
-        assert (prefix + 'anat_wf.outputnode', 'std_mask', prefix + 'dwi_wf.inputnode',
-                'std_mask') in links
+        assert (
+            prefix + 'anat_wf.outputnode',
+            't1w2std_xfm',
+            prefix + 'dwi_wf.inputnode',
+            't1w2std_xfm',
+        ) in links
+        assert (
+            prefix + 'anat_wf.outputnode',
+            'std_mask',
+            prefix + 'dwi_wf.inputnode',
+            'std_mask',
+        ) in links
         assert wf.get_node('dwi_wf').get_node('inputnode').inputs.bval == str(
-            tmp_path / 'dwi.bval')
+            tmp_path / 'dwi.bval'
+        )
 
 
 def test_participant_wf_with_precomputed(tmp_path):
     found = Precomputed('MNI152NLin2009cAsym', tmp_path / 'std.nii.gz', tmp_path / 'mask.nii.gz')
-    wf = init_participant_wf(participant(tmp_path, dwi=False), resolution=2,
-                             precomputed=found)
+    wf = init_participant_wf(participant(tmp_path, dwi=False), resolution=2, precomputed=found)
     inputs = wf.get_node('anat_wf').get_node('inputnode').inputs
     assert inputs.std_t1w == str(tmp_path / 'std.nii.gz')
     assert wf.get_node('anat_wf').get_node('register') is None

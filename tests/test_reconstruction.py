@@ -9,7 +9,10 @@ import torch
 from bids_anomaly.models.networks import build_model
 from bids_anomaly.models.spec import ModelSpec
 from bids_anomaly.scoring.reconstruction import (
-    _grid_centres, _hann_window, score_patches, score_slices,
+    _grid_centres,
+    _hann_window,
+    score_patches,
+    score_slices,
 )
 
 
@@ -31,7 +34,7 @@ def test_dense_codes_equal_per_patch_codes() -> None:
     padded = np.pad(volume, ((0, 0), (7, 7), (7, 7), (0, 0)))
     for k in (0, 57, int(mask.sum()) - 1):
         x, y, z = np.argwhere(mask)[k]
-        patch = torch.from_numpy(padded[:, x:x + 15, y:y + 15, z][None].copy())
+        patch = torch.from_numpy(padded[:, x : x + 15, y : y + 15, z][None].copy())
         with torch.no_grad():
             assert np.allclose(out.codes[k], model.encode(patch)[0].numpy(), atol=2e-3)
 
@@ -49,10 +52,10 @@ def test_patch_error_is_hann_average_of_grid_patches(family: str) -> None:
     recon = np.zeros_like(padded)
     weight = np.zeros(padded.shape[1:])
     for x, y in zip(*_grid_centres(mask[:, :, z], 7, 4)):  # loop over patches, no a trous
-        patch = torch.from_numpy(padded[:, x:x + 15, y:y + 15][None].copy())
+        patch = torch.from_numpy(padded[:, x : x + 15, y : y + 15][None].copy())
         with torch.no_grad():
-            recon[:, x:x + 15, y:y + 15] += model(patch).recon[0].numpy() * window
-        weight[x:x + 15, y:y + 15] += window
+            recon[:, x : x + 15, y : y + 15] += model(patch).recon[0].numpy() * window
+        weight[x : x + 15, y : y + 15] += window
     recon = recon[:, 7:-7, 7:-7] / weight[7:-7, 7:-7]
     expected = ((recon - volume[:, :, :, z]) ** 2).mean(0)
     inside = mask[:, :, z]

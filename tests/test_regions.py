@@ -24,9 +24,10 @@ CIT168 = ATLASES / 'tpl-MNI152NLin2009cAsym_res-01_atlas-CIT168_dseg.nii.gz'
 CIT168_TSV = ATLASES / 'tpl-MNI152NLin2009cAsym_atlas-CIT168_dseg.tsv'
 
 # the MNI152 2009 grid at 4 mm: small, but the real field of view
-GRID_4MM = nib.Nifti1Image(np.zeros((50, 59, 48), np.uint8),
-                           np.diag([4.0, 4.0, 4.0, 1.0]) + np.c_[np.zeros((4, 3)),
-                                                                 [-98, -134, -72, 0]])
+GRID_4MM = nib.Nifti1Image(
+    np.zeros((50, 59, 48), np.uint8),
+    np.diag([4.0, 4.0, 4.0, 1.0]) + np.c_[np.zeros((4, 3)), [-98, -134, -72, 0]],
+)
 
 
 @pytest.fixture
@@ -67,8 +68,9 @@ def test_regional_table_without_whole_brain(toy_atlas):
 
 def test_regional_table_rejects_other_grid(toy_atlas):
     with pytest.raises(ValueError, match='score_map has shape'):
-        regional_table(np.zeros((3, 3, 3)), np.zeros((2, 2, 3), bool), toy_atlas,
-                       np.ones((2, 2, 3), bool))
+        regional_table(
+            np.zeros((3, 3, 3)), np.zeros((2, 2, 3), bool), toy_atlas, np.ones((2, 2, 3), bool)
+        )
 
 
 def test_macro_atlas_groups_labels_and_adds_white_matter(toy_atlas):
@@ -112,8 +114,7 @@ def _write_atlas(folder: Path, labels: np.ndarray, table: pd.DataFrame) -> tuple
 
 
 def test_load_atlas_reads_bids_dseg(tmp_path, toy_atlas):
-    dseg, tsv = _write_atlas(tmp_path, toy_atlas.labels,
-                             toy_atlas.table.assign(color='#ff0000'))
+    dseg, tsv = _write_atlas(tmp_path, toy_atlas.labels, toy_atlas.table.assign(color='#ff0000'))
     atlas = load_atlas(dseg, tsv)
     assert atlas.name == 'Mine'
     np.testing.assert_array_equal(atlas.labels, toy_atlas.labels)
@@ -128,12 +129,23 @@ def test_load_atlas_resamples_to_template(tmp_path, toy_atlas):
     assert set(np.unique(atlas.labels)) == {0, 1, 2}  # nearest neighbour: no new labels
 
 
-@pytest.mark.parametrize(('table', 'empty', 'message'), [
-    (pd.DataFrame({'index': [1, 2], 'label': ['a', 'b']}), False, r"missing \['name'\]"),
-    (pd.DataFrame({'index': [1, 1], 'name': ['a', 'b']}), False, r'duplicate label indices \[1\]'),
-    (pd.DataFrame({'index': [1], 'name': ['a']}), False, r'image labels \[2\] are not listed'),
-    (pd.DataFrame({'index': [1, 2], 'name': ['a', 'b']}), True, 'none of the atlas TSV labels'),
-])
+@pytest.mark.parametrize(
+    ('table', 'empty', 'message'),
+    [
+        (pd.DataFrame({'index': [1, 2], 'label': ['a', 'b']}), False, r"missing \['name'\]"),
+        (
+            pd.DataFrame({'index': [1, 1], 'name': ['a', 'b']}),
+            False,
+            r'duplicate label indices \[1\]',
+        ),
+        (pd.DataFrame({'index': [1], 'name': ['a']}), False, r'image labels \[2\] are not listed'),
+        (
+            pd.DataFrame({'index': [1, 2], 'name': ['a', 'b']}),
+            True,
+            'none of the atlas TSV labels',
+        ),
+    ],
+)
 def test_load_atlas_errors_name_the_file(tmp_path, toy_atlas, table, empty, message):
     labels = np.zeros_like(toy_atlas.labels) if empty else toy_atlas.labels
     dseg, tsv = _write_atlas(tmp_path, labels, table)

@@ -35,7 +35,7 @@ def _naive_patch(volumes: np.ndarray, subject: int, centre: np.ndarray, size: in
     half = size // 2
     padded = np.pad(volumes[subject], ((0, 0), (half, half), (half, half), (0, 0)))
     x, y, z = centre
-    return padded[:, x:x + size, y:y + size, z]
+    return padded[:, x : x + size, y : y + size, z]
 
 
 def test_extract_patches_matches_slicing_with_zero_padding() -> None:
@@ -54,8 +54,15 @@ def test_extract_patches_matches_slicing_with_zero_padding() -> None:
 
 def test_pair_sampler_pairs_the_same_voxel_of_two_different_subjects() -> None:
     volumes, mask = _coded_volumes(), _mask()
-    sampler = PatchSampler(volumes, mask, patch_size=5, samples_per_subject=50, batch_size=16,
-                           pairs=True, random_state=3)
+    sampler = PatchSampler(
+        volumes,
+        mask,
+        patch_size=5,
+        samples_per_subject=50,
+        batch_size=16,
+        pairs=True,
+        random_state=3,
+    )
     batches = list(sampler.epoch(0))
     assert len(batches) == len(sampler) == 13  # ceil(4 * 50 / 16)
     anchors = []
@@ -78,8 +85,9 @@ def test_epochs_are_reproducible_and_differ_from_each_other() -> None:
     volumes, mask = _coded_volumes(2, 1), _mask()
 
     def draw(seed: int, epoch: int) -> torch.Tensor:
-        sampler = PatchSampler(volumes, mask, patch_size=3, samples_per_subject=30,
-                               batch_size=64, random_state=seed)
+        sampler = PatchSampler(
+            volumes, mask, patch_size=3, samples_per_subject=30, batch_size=64, random_state=seed
+        )
         return torch.cat([batch.x for batch in sampler.epoch(epoch)])
 
     assert torch.equal(draw(0, 1), draw(0, 1))

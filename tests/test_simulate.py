@@ -13,20 +13,40 @@ import pytest
 from click.testing import CliRunner
 
 from bids_anomaly.simulate import (
-    GROUNDTRUTH_DIR, T1W_FOV_MM, build_cohort, create_fake_bids_dataset, main,
+    GROUNDTRUTH_DIR,
+    T1W_FOV_MM,
+    build_cohort,
+    create_fake_bids_dataset,
+    main,
 )
 from bids_anomaly.simulation.anatomy import generate_t1w
 from bids_anomaly.simulation.anomalies import (
-    PARKINSON_TARGETS, Anomaly, apply_atrophy, insert_anomalies, label_points,
-    normalised_radius, parkinson_anomalies, rasterise, sample_lesions,
+    PARKINSON_TARGETS,
+    Anomaly,
+    apply_atrophy,
+    insert_anomalies,
+    label_points,
+    normalised_radius,
+    parkinson_anomalies,
+    rasterise,
+    sample_lesions,
 )
 from bids_anomaly.simulation.diffusion import (
-    bvecs_to_world, dwi_signal, generate_dwi, gradient_scheme, insert_diffusion_anomalies,
+    bvecs_to_world,
+    dwi_signal,
+    generate_dwi,
+    gradient_scheme,
+    insert_diffusion_anomalies,
     tensor_along,
 )
 from bids_anomaly.simulation.transforms import (
-    SmoothField, SubjectTransform, grid_axes, random_smooth_field, random_subject_transform,
-    scanner_grid, world_to_voxels,
+    SmoothField,
+    SubjectTransform,
+    grid_axes,
+    random_smooth_field,
+    random_subject_transform,
+    scanner_grid,
+    world_to_voxels,
 )
 
 SMALL = {'resolution': 3.0, 'template_resolution': 2.0, 'dwi_resolution': 5.0}
@@ -41,8 +61,9 @@ def cohort():
 @pytest.fixture(scope='module')
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('sim') / 'bids'
-    return create_fake_bids_dataset(out, n_controls=2, n_patients=2, random_state=3, dwi=True,
-                                    **SMALL)
+    return create_fake_bids_dataset(
+        out, n_controls=2, n_patients=2, random_state=3, dwi=True, **SMALL
+    )
 
 
 def _identity() -> SubjectTransform:
@@ -63,6 +84,7 @@ def _fa(values: np.ndarray) -> np.ndarray:
 
 # -- anomalies ------------------------------------------------------------------------------
 
+
 def test_insert_anomalies_scales_inside_only():
     image = np.ones((40, 40, 40), dtype=np.float32)
     hypo = Anomaly('hypo', 'sphere', (10.0, 20.0, 20.0), (5.0, 5.0, 5.0), {'T1w': -0.3})
@@ -78,23 +100,33 @@ def test_insert_anomalies_scales_inside_only():
         insert_anomalies(image, GRID_AFFINE, [hypo], 'T2w')
 
 
-@pytest.mark.parametrize(('kwargs', 'message'), [
-    ({'name': 'lesion-1'}, 'alphanumeric'),
-    ({'kind': 'cube'}, 'kind'),
-    ({'radii_mm': (2.0, 3.0, 2.0)}, 'differ'),
-    ({'radii_mm': (0.0, 0.0, 0.0)}, 'positive'),
-    ({'contrast': {'T2w': 0.1}}, 'unknown modalities'),
-])
+@pytest.mark.parametrize(
+    ('kwargs', 'message'),
+    [
+        ({'name': 'lesion-1'}, 'alphanumeric'),
+        ({'kind': 'cube'}, 'kind'),
+        ({'radii_mm': (2.0, 3.0, 2.0)}, 'differ'),
+        ({'radii_mm': (0.0, 0.0, 0.0)}, 'positive'),
+        ({'contrast': {'T2w': 0.1}}, 'unknown modalities'),
+    ],
+)
 def test_anomaly_rejects_bad_descriptions(kwargs, message):
-    arguments = {'name': 'lesion1', 'kind': 'sphere', 'center_mm': (0.0, 0.0, 0.0),
-                 'radii_mm': (2.0, 2.0, 2.0), 'contrast': {'T1w': -0.2}} | kwargs
+    arguments = {
+        'name': 'lesion1',
+        'kind': 'sphere',
+        'center_mm': (0.0, 0.0, 0.0),
+        'radii_mm': (2.0, 2.0, 2.0),
+        'contrast': {'T1w': -0.2},
+    } | kwargs
     with pytest.raises(ValueError, match=message):
         Anomaly(**arguments)
 
 
 def test_rasterise_matches_volume_and_label_points():
-    anomalies = [Anomaly('a', 'ellipsoid', (20.0, 22.0, 18.0), (6.0, 9.0, 4.0)),
-                 Anomaly('b', 'sphere', (5.0, 5.0, 30.0), (3.0, 3.0, 3.0))]
+    anomalies = [
+        Anomaly('a', 'ellipsoid', (20.0, 22.0, 18.0), (6.0, 9.0, 4.0)),
+        Anomaly('b', 'sphere', (5.0, 5.0, 30.0), (3.0, 3.0, 3.0)),
+    ]
     labels = rasterise(anomalies, (40, 40, 40), GRID_AFFINE)
     for label, anomaly in enumerate(anomalies, start=1):
         assert np.sum(labels == label) == pytest.approx(anomaly.volume_mm3, rel=0.15)
@@ -117,8 +149,9 @@ def test_apply_atrophy_shrinks_the_structure_and_nothing_far_away():
 
 def test_parkinson_targets_lie_inside_the_brain(cohort):
     template = cohort.template
-    labels = rasterise(parkinson_anomalies(np.random.default_rng(0)), template.shape,
-                       template.affine)
+    labels = rasterise(
+        parkinson_anomalies(np.random.default_rng(0)), template.shape, template.affine
+    )
     assert set(np.unique(labels)) == set(range(2 * len(PARKINSON_TARGETS) + 1))
     assert np.all(template.mask_array()[labels > 0])
 
@@ -133,8 +166,7 @@ def test_parkinson_contrast_lowers_t1w_and_fa_raises_md():
 def test_sample_lesions_inside_brain_and_apart(cohort):
     head = cohort.head
     avoid = parkinson_anomalies(np.random.default_rng(0))
-    lesions = sample_lesions(np.random.default_rng(2), head.depth_mm, head.affine, 3,
-                             avoid=avoid)
+    lesions = sample_lesions(np.random.default_rng(2), head.depth_mm, head.affine, 3, avoid=avoid)
     labels = rasterise(avoid + lesions, head.depth_mm.shape, head.affine)
     for label, lesion in enumerate(lesions, start=len(avoid) + 1):
         inside = labels == label
@@ -146,10 +178,12 @@ def test_sample_lesions_inside_brain_and_apart(cohort):
 
 # -- transforms -----------------------------------------------------------------------------
 
+
 def test_smooth_field_grid_and_points_agree_and_std_is_close():
     extent = np.array([[-100.0, 100.0]] * 3)
-    field = random_smooth_field(np.random.default_rng(0), extent, 20.0, 20.0, std=2.0,
-                                n_components=3)
+    field = random_smooth_field(
+        np.random.default_rng(0), extent, 20.0, 20.0, std=2.0, n_components=3
+    )
     axes = tuple(np.linspace(-90, 90, n, dtype=np.float32) for n in (19, 17, 15))
     grid = field.on_grid(axes)
     points = np.array(np.meshgrid(*axes, indexing='ij')).reshape(3, -1)
@@ -182,10 +216,12 @@ def test_scanner_point_inverts_template_points():
 
 # -- T1w ------------------------------------------------------------------------------------
 
+
 def test_patient_t1w_is_lower_where_the_native_ground_truth_says(cohort):
     head = cohort.head
-    transform = random_subject_transform(np.random.default_rng(5), head.center_mm,
-                                         np.array([[-f / 2, f / 2] for f in T1W_FOV_MM]))
+    transform = random_subject_transform(
+        np.random.default_rng(5), head.center_mm, np.array([[-f / 2, f / 2] for f in T1W_FOV_MM])
+    )
     anomalies = parkinson_anomalies(np.random.default_rng(6))
     shape, affine = scanner_grid(2.0, T1W_FOV_MM)
     points = transform.template_points(shape, affine)
@@ -215,6 +251,7 @@ def test_t1w_is_skull_stripped_unless_skull(cohort):
 
 # -- DWI ------------------------------------------------------------------------------------
 
+
 def test_gradient_scheme_counts_and_units(cohort):
     bvals, bvecs = cohort.bvals, cohort.bvecs
     assert bvals.shape == (34,) and bvecs.shape == (34, 3)
@@ -232,8 +269,12 @@ def test_dwi_signal_matches_dipy_single_tensor(cohort):
     tensor = tensor_along(direction, 1.7e-3, 0.3e-3)
     signal = dwi_signal(tensor[:, None], np.array([100.0]), np.array([0.0]), bvals, bvecs)[0]
     evecs = np.linalg.svd(np.outer(direction, direction))[0]
-    expected = single_tensor(gradient_table(bvals, bvecs=bvecs), 100.0,
-                             evals=np.array([1.7e-3, 0.3e-3, 0.3e-3]), evecs=evecs)
+    expected = single_tensor(
+        gradient_table(bvals, bvecs=bvecs),
+        100.0,
+        evals=np.array([1.7e-3, 0.3e-3, 0.3e-3]),
+        evecs=evecs,
+    )
     assert np.allclose(signal, expected, rtol=1e-4)
 
 
@@ -247,11 +288,13 @@ def test_bvecs_follow_the_fsl_convention():
 
 def test_diffusion_anomalies_change_fa_and_md_by_their_contrast(cohort):
     model = cohort.diffusion
-    putamen = next(a for a in parkinson_anomalies(np.random.default_rng(0))
-                   if a.name == 'putamenR')
+    putamen = next(
+        a for a in parkinson_anomalies(np.random.default_rng(0)) if a.name == 'putamenR'
+    )
     changed = insert_diffusion_anomalies(model, [putamen])
-    voxel = tuple(np.round(np.linalg.inv(model.affine) @ np.r_[putamen.center_mm, 1])
-                  .astype(int)[:3])
+    voxel = tuple(
+        np.round(np.linalg.inv(model.affine) @ np.r_[putamen.center_mm, 1]).astype(int)[:3]
+    )
     before = _eigh(model.tensor[(slice(None), *voxel)][:, None])[0]
     after = _eigh(changed.tensor[(slice(None), *voxel)][:, None])[0]
     assert _fa(after) == pytest.approx(_fa(before) * (1 + putamen.contrast['FA']), rel=1e-3)
@@ -268,12 +311,21 @@ def test_white_matter_is_anisotropic(cohort):
 
 
 def test_generate_dwi_shapes_and_contrast(cohort):
-    transform = random_subject_transform(np.random.default_rng(8), cohort.head.center_mm,
-                                         np.array([[-f / 2, f / 2] for f in T1W_FOV_MM]))
+    transform = random_subject_transform(
+        np.random.default_rng(8),
+        cohort.head.center_mm,
+        np.array([[-f / 2, f / 2] for f in T1W_FOV_MM]),
+    )
     shape, affine = scanner_grid(5.0, (240.0, 240.0, 170.0))
-    data = generate_dwi(cohort.diffusion, transform.template_points(shape, affine), affine,
-                        transform.rotation, cohort.bvals, cohort.bvecs,
-                        np.random.default_rng(9))
+    data = generate_dwi(
+        cohort.diffusion,
+        transform.template_points(shape, affine),
+        affine,
+        transform.rotation,
+        cohort.bvals,
+        cohort.bvecs,
+        np.random.default_rng(9),
+    )
     assert data.shape == (*shape, 34) and data.dtype == np.float32
     b0 = data[..., :2].mean(axis=-1)
     brain = b0 > 4 * np.median(b0)
@@ -294,8 +346,15 @@ def test_dwi_directions_follow_the_pose(cohort):
     transform = SubjectTransform(pose, _identity().displacement)
     shape, affine = scanner_grid(4.0, (240.0, 240.0, 170.0))
     points = transform.template_points(shape, affine)
-    data = generate_dwi(model, points, affine, transform.rotation, cohort.bvals, cohort.bvecs,
-                        np.random.default_rng(0))
+    data = generate_dwi(
+        model,
+        points,
+        affine,
+        transform.rotation,
+        cohort.bvals,
+        cohort.bvecs,
+        np.random.default_rng(0),
+    )
     voxels = np.rint(world_to_voxels(points, model.affine)).astype(int).reshape(3, -1)
     grid = np.array(model.tensor.shape[1:])[:, None]
     flat = np.flatnonzero(np.all((voxels >= 0) & (voxels < grid), axis=0))
@@ -312,6 +371,7 @@ def test_dwi_directions_follow_the_pose(cohort):
 
 
 # -- dataset and CLI ------------------------------------------------------------------------
+
 
 def test_dataset_is_valid_bids_with_groups(dataset):
     layout = bids.BIDSLayout(dataset, validate=True)
@@ -350,15 +410,18 @@ def test_ground_truth_matches_its_sidecars(dataset):
             inside = np.argwhere(native_labels == label)
             assert len(inside)
             centroid = nib.affines.apply_affine(native.affine, inside.mean(axis=0))
-            native_sidecar = json.loads(native_path.with_suffix('').with_suffix('.json')
-                                        .read_text())
+            native_sidecar = json.loads(
+                native_path.with_suffix('').with_suffix('.json').read_text()
+            )
             scanner = native_sidecar['Anomalies'][label - 1]['CenterScannerMM']
             assert np.linalg.norm(centroid - scanner) < 3.0  # one voxel
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    runs = {name: create_fake_bids_dataset(tmp_path / name, 1, 1, seed, dwi=True, **SMALL)
-            for name, seed in (('a', 0), ('b', 0), ('c', 1))}
+    runs = {
+        name: create_fake_bids_dataset(tmp_path / name, 1, 1, seed, dwi=True, **SMALL)
+        for name, seed in (('a', 0), ('b', 0), ('c', 1))
+    }
     files = sorted(p.relative_to(runs['a']) for p in runs['a'].rglob('*') if p.is_file())
     assert files == sorted(p.relative_to(runs['b']) for p in runs['b'].rglob('*') if p.is_file())
     for name in files:
@@ -370,8 +433,17 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_cli_writes_and_refuses_non_empty_folders(tmp_path):
     runner = CliRunner()
     out = tmp_path / 'sim'
-    args = [str(out), '--n-controls', '1', '--n-patients', '0', '--resolution', '4',
-            '--template-resolution', '2']
+    args = [
+        str(out),
+        '--n-controls',
+        '1',
+        '--n-patients',
+        '0',
+        '--resolution',
+        '4',
+        '--template-resolution',
+        '2',
+    ]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (out / 'sub-01' / 'anat' / 'sub-01_T1w.nii.gz').exists()

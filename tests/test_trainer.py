@@ -24,10 +24,23 @@ def _data(n: int = 5) -> tuple[np.ndarray, np.ndarray]:
 def _train(work_dir: Path | None, epochs: int, **params) -> tuple:
     volumes, mask = _data()
     spec = ModelSpec('sae-patch', grid_shape=GRID, variational=True)
-    settings = {'batch_size': 32, 'patches_per_subject': 48, 'val_patches_per_subject': 16,
-                'seed': 7, **params}
-    return train_model(spec, TrainParams(epochs=epochs, **settings), volumes[:3], mask,
-                       volumes[3:], work_dir=work_dir, device='cpu', progress=False)
+    settings = {
+        'batch_size': 32,
+        'patches_per_subject': 48,
+        'val_patches_per_subject': 16,
+        'seed': 7,
+        **params,
+    }
+    return train_model(
+        spec,
+        TrainParams(epochs=epochs, **settings),
+        volumes[:3],
+        mask,
+        volumes[3:],
+        work_dir=work_dir,
+        device='cpu',
+        progress=False,
+    )
 
 
 def _weights(result) -> dict[str, torch.Tensor]:
@@ -50,8 +63,7 @@ def test_interrupted_training_resumes_and_equals_an_uninterrupted_run(tmp_path: 
 def test_work_dir_holds_log_curve_and_checkpoint(tmp_path: Path) -> None:
     result = _train(tmp_path, 2)
     lines = (tmp_path / 'log.tsv').read_text().splitlines()
-    assert lines[0].split('\t') == ['epoch', 'train_loss', 'val_loss', 'seconds',
-                                    'samples_per_s']
+    assert lines[0].split('\t') == ['epoch', 'train_loss', 'val_loss', 'seconds', 'samples_per_s']
     assert [line.split('\t')[0] for line in lines[1:]] == ['1', '2']
     assert (tmp_path / 'loss.png').read_bytes().startswith(b'\x89PNG')
     assert (tmp_path / 'checkpoint.pt').is_file()

@@ -16,12 +16,12 @@ COLUMN_DESCRIPTIONS = {
     'score_type': 'Score type.',
     'n_participants': 'Held-out participants evaluated (never used for training or calibration).',
     'voxel_ap': 'Average precision (area under the precision-recall curve) of the voxel scores '
-                'against the ground-truth anomaly masks, pooled over participants.',
+    'against the ground-truth anomaly masks, pooled over participants.',
     'best_dice': 'Dice of the best single threshold on the pooled voxels.',
     'dice_calibrated': 'Dice at the threshold calibrated on held-out controls.',
     'fpr_clean': 'Fraction of brain voxels flagged abnormal in participants without anomalies.',
     'subject_auroc': 'ROC AUC of the subject score (% abnormal brain voxels) separating '
-                     'participants with anomalies from those without.',
+    'participants with anomalies from those without.',
 }
 
 
@@ -40,8 +40,9 @@ def best_dice(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(f1.max())
 
 
-def detection_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                      threshold: float) -> dict[str, float]:
+def detection_metrics(
+    scores: Sequence[np.ndarray], truths: Sequence[np.ndarray], threshold: float
+) -> dict[str, float]:
     """Voxel AP, best and calibrated Dice, clean false-positive rate and subject AUROC.
 
     Parameters
@@ -61,7 +62,8 @@ def detection_metrics(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     return {
         'n_participants': len(scores),
         'voxel_ap': float(average_precision_score(pooled_truth, pooled_scores))
-        if pooled_truth.any() else float('nan'),
+        if pooled_truth.any()
+        else float('nan'),
         'best_dice': best_dice(pooled_scores, pooled_truth),
         'dice_calibrated': dice(pooled_scores > threshold, pooled_truth),
         'fpr_clean': float(np.mean(clean)) if clean else float('nan'),

@@ -15,27 +15,37 @@ COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     'region': {'Description': 'Atlas region.'},
     'n_controls': {'Description': 'Number of controls with a value for the region.'},
     'n_patients': {'Description': 'Number of patients with a value for the region.'},
-    'median_controls': {'Description': 'Median % of abnormal voxels among controls.',
-                        'Units': '%'},
-    'median_patients': {'Description': 'Median % of abnormal voxels among patients.',
-                        'Units': '%'},
+    'median_controls': {
+        'Description': 'Median % of abnormal voxels among controls.',
+        'Units': '%',
+    },
+    'median_patients': {
+        'Description': 'Median % of abnormal voxels among patients.',
+        'Units': '%',
+    },
     'u_statistic': {'Description': 'Mann-Whitney U statistic of patients against controls.'},
     'p_value': {'Description': 'Two-sided Mann-Whitney U p-value.'},
     'q_value': {'Description': 'Benjamini-Hochberg adjusted p-value over the regions tested.'},
-    'auc': {'Description': 'ROC AUC of the % of abnormal voxels for telling patients (positive '
-            'class) from controls; 0.5 is chance, below 0.5 means patients score lower.'},
-    'gmean': {'Description': 'Best geometric mean of sensitivity and specificity over '
-              'thresholds, sqrt(sensitivity x specificity).'},
-    'threshold': {'Description': 'Threshold on the % of abnormal voxels reaching the best '
-                  'g-mean; participants at or above it are called patients.', 'Units': '%'},
+    'auc': {
+        'Description': 'ROC AUC of the % of abnormal voxels for telling patients (positive '
+        'class) from controls; 0.5 is chance, below 0.5 means patients score lower.'
+    },
+    'gmean': {
+        'Description': 'Best geometric mean of sensitivity and specificity over '
+        'thresholds, sqrt(sensitivity x specificity).'
+    },
+    'threshold': {
+        'Description': 'Threshold on the % of abnormal voxels reaching the best '
+        'g-mean; participants at or above it are called patients.',
+        'Units': '%',
+    },
     'sensitivity': {'Description': 'Sensitivity at the best g-mean threshold.'},
     'specificity': {'Description': 'Specificity at the best g-mean threshold.'},
     'note': {'Description': 'Why statistics are n/a for the region, if they are.'},
 }
 """BIDS sidecar entries for the columns of :func:`group_statistics`."""
 
-_STATISTICS = ['u_statistic', 'p_value', 'auc', 'gmean', 'threshold', 'sensitivity',
-               'specificity']
+_STATISTICS = ['u_statistic', 'p_value', 'auc', 'gmean', 'threshold', 'sensitivity', 'specificity']
 
 
 def best_gmean(values: np.ndarray, is_patient: np.ndarray) -> dict[str, float]:
@@ -47,18 +57,27 @@ def best_gmean(values: np.ndarray, is_patient: np.ndarray) -> dict[str, float]:
     fpr, tpr, thresholds = roc_curve(is_patient, values, drop_intermediate=False)
     gmeans = np.sqrt(tpr * (1.0 - fpr))
     best = int(np.argmax(gmeans))
-    return {'gmean': gmeans[best], 'threshold': thresholds[best], 'sensitivity': tpr[best],
-            'specificity': 1.0 - fpr[best]}
+    return {
+        'gmean': gmeans[best],
+        'threshold': thresholds[best],
+        'sensitivity': tpr[best],
+        'specificity': 1.0 - fpr[best],
+    }
 
 
 def _region_statistics(controls: np.ndarray, patients: np.ndarray) -> dict:
-    row = {'n_controls': controls.size, 'n_patients': patients.size,
-           'median_controls': np.median(controls) if controls.size else np.nan,
-           'median_patients': np.median(patients) if patients.size else np.nan,
-           **dict.fromkeys(_STATISTICS, np.nan), 'note': ''}
+    row = {
+        'n_controls': controls.size,
+        'n_patients': patients.size,
+        'median_controls': np.median(controls) if controls.size else np.nan,
+        'median_patients': np.median(patients) if patients.size else np.nan,
+        **dict.fromkeys(_STATISTICS, np.nan),
+        'note': '',
+    }
     if controls.size < 2 or patients.size < 2:
-        row['note'] = (f'needs at least 2 controls and 2 patients, got {controls.size} and '
-                       f'{patients.size}')
+        row['note'] = (
+            f'needs at least 2 controls and 2 patients, got {controls.size} and {patients.size}'
+        )
         return row
     values = np.concatenate([controls, patients])
     if np.ptp(values) == 0:
@@ -66,14 +85,23 @@ def _region_statistics(controls: np.ndarray, patients: np.ndarray) -> dict:
         return row
     is_patient = np.r_[np.zeros(controls.size, bool), np.ones(patients.size, bool)]
     test = mannwhitneyu(patients, controls, alternative='two-sided')
-    row.update(u_statistic=test.statistic, p_value=test.pvalue,
-               auc=roc_auc_score(is_patient, values), **best_gmean(values, is_patient))
+    row.update(
+        u_statistic=test.statistic,
+        p_value=test.pvalue,
+        auc=roc_auc_score(is_patient, values),
+        **best_gmean(values, is_patient),
+    )
     return row
 
 
-def group_statistics(table: pd.DataFrame, *, group_column: str = 'group',
-                     control_label: str = 'control', patient_label: str | None = None,
-                     regions: list[str] | None = None) -> pd.DataFrame:
+def group_statistics(
+    table: pd.DataFrame,
+    *,
+    group_column: str = 'group',
+    control_label: str = 'control',
+    patient_label: str | None = None,
+    regions: list[str] | None = None,
+) -> pd.DataFrame:
     """Per-region patient-versus-control statistics on % of abnormal voxels.
 
     Parameters
@@ -101,12 +129,14 @@ def group_statistics(table: pd.DataFrame, *, group_column: str = 'group',
     if group_column not in table.columns:
         raise ValueError(f'Group column {group_column!r} not in {list(table.columns)}.')
     if regions is None:
-        regions = [column for column in table.select_dtypes('number').columns
-                   if column != group_column]
+        regions = [
+            column for column in table.select_dtypes('number').columns if column != group_column
+        ]
     groups = table[group_column]
     is_control = groups == control_label
-    is_patient = ~is_control & groups.notna() if patient_label is None else (
-        groups == patient_label)
+    is_patient = (
+        ~is_control & groups.notna() if patient_label is None else (groups == patient_label)
+    )
     rows = []
     for region in regions:
         values = table[region].astype(float)
@@ -116,6 +146,7 @@ def group_statistics(table: pd.DataFrame, *, group_column: str = 'group',
     stats = pd.DataFrame(rows, columns=list(COLUMN_DESCRIPTIONS))
     tested = stats['p_value'].notna()
     if tested.any():
-        stats.loc[tested, 'q_value'] = false_discovery_control(stats.loc[tested, 'p_value'],
-                                                               method='bh')
+        stats.loc[tested, 'q_value'] = false_discovery_control(
+            stats.loc[tested, 'p_value'], method='bh'
+        )
     return stats

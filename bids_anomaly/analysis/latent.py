@@ -27,13 +27,16 @@ def _check_inputs(codes: np.ndarray, meta: pd.DataFrame) -> None:
     if missing:
         raise ValueError(f'Latent metadata lacks columns {missing}; it has {list(meta.columns)}.')
     if codes.ndim != 2 or codes.shape[0] != len(meta):
-        message = (f'Codes of shape {codes.shape} do not match {len(meta)} metadata rows; '
-                   'expected (n_codes, n_features).')
+        message = (
+            f'Codes of shape {codes.shape} do not match {len(meta)} metadata rows; '
+            'expected (n_codes, n_features).'
+        )
         raise ValueError(message)
 
 
-def subsample(codes: np.ndarray, meta: pd.DataFrame, max_points: int,
-              random_state: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def subsample(
+    codes: np.ndarray, meta: pd.DataFrame, max_points: int, random_state: int | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Keep at most ``max_points`` codes, drawing whole positions at random.
 
     Drawing positions rather than codes keeps every participant's code at a drawn position, so
@@ -46,7 +49,7 @@ def subsample(codes: np.ndarray, meta: pd.DataFrame, max_points: int,
     inverse = pd.factorize(meta['position'].to_numpy())[0]
     counts = np.bincount(inverse)
     order = rng.permutation(counts.size)
-    kept = order[:max(1, np.searchsorted(np.cumsum(counts[order]), max_points, side='right'))]
+    kept = order[: max(1, np.searchsorted(np.cumsum(counts[order]), max_points, side='right'))]
     rows = np.flatnonzero(np.isin(inverse, kept))[:max_points]
     return codes[rows], meta.iloc[rows].reset_index(drop=True)
 
@@ -60,20 +63,31 @@ def _estimator(method: str, n_samples: int, n_neighbors: int, random_state: int 
 
         # umap runs single-threaded when seeded; saying so avoids its warning
         n_jobs = 1 if random_state is not None else -1
-        return UMAP(n_components=2, n_neighbors=neighbours, random_state=random_state,
-                    n_jobs=n_jobs)
+        return UMAP(
+            n_components=2, n_neighbors=neighbours, random_state=random_state, n_jobs=n_jobs
+        )
     if method == 'tsne':
         perplexity = min(30.0, (n_samples - 1) / 3)
         return TSNE(n_components=2, perplexity=perplexity, random_state=random_state)
     if method == 'spectral':
-        return SpectralEmbedding(n_components=2, affinity='nearest_neighbors',
-                                 n_neighbors=neighbours, random_state=random_state)
+        return SpectralEmbedding(
+            n_components=2,
+            affinity='nearest_neighbors',
+            n_neighbors=neighbours,
+            random_state=random_state,
+        )
     raise ValueError(f'Unknown embedding method {method!r}; choose from {METHODS}.')
 
 
-def embed(codes: np.ndarray, meta: pd.DataFrame, *, method: str,
-          control_label: str = 'control', n_neighbors: int = 15,
-          random_state: int | None = None) -> pd.DataFrame:
+def embed(
+    codes: np.ndarray,
+    meta: pd.DataFrame,
+    *,
+    method: str,
+    control_label: str = 'control',
+    n_neighbors: int = 15,
+    random_state: int | None = None,
+) -> pd.DataFrame:
     """Embed latent codes in 2D, fitting on controls and placing the others where possible.
 
     Parameters
@@ -110,13 +124,19 @@ def embed(codes: np.ndarray, meta: pd.DataFrame, *, method: str,
     else:
         xy[:] = _estimator(method, len(meta), n_neighbors, random_state).fit_transform(codes)
         placement = 'fit' if method in TRANSFORM_METHODS else 'joint'
-    return meta.reset_index(drop=True).assign(x=xy[:, 0], y=xy[:, 1], method=method,
-                                              placement=placement)
+    return meta.reset_index(drop=True).assign(
+        x=xy[:, 0], y=xy[:, 1], method=method, placement=placement
+    )
 
 
-def co_location_consistency(points: np.ndarray, participant: np.ndarray, position: np.ndarray,
-                            *, n_pairs: int = 10_000,
-                            random_state: int | None = None) -> float:
+def co_location_consistency(
+    points: np.ndarray,
+    participant: np.ndarray,
+    position: np.ndarray,
+    *,
+    n_pairs: int = 10_000,
+    random_state: int | None = None,
+) -> float:
     r"""How much closer co-located codes of two participants are than random pairs.
 
     .. math:: C = 1 - \frac{\mathrm{median}\, d(\text{co-located pairs})}
@@ -148,8 +168,9 @@ def co_location_consistency(points: np.ndarray, participant: np.ndarray, positio
         pairs = pairs[participant[pairs[:, 0]] != participant[pairs[:, 1]]]
         if not pairs.size:
             return np.nan
-        medians.append(np.median(np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]],
-                                                axis=1)))
+        medians.append(
+            np.median(np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1))
+        )
     return 1.0 - medians[0] / medians[1]
 
 
@@ -160,25 +181,41 @@ def _silhouette(points: np.ndarray, labels: np.ndarray) -> float:
     return silhouette_score(points, labels)
 
 
-def _metrics(codes: np.ndarray, points: np.ndarray, meta: pd.DataFrame, sample: np.ndarray,
-             n_neighbors: int, random_state: int | None) -> dict[str, float]:
+def _metrics(
+    codes: np.ndarray,
+    points: np.ndarray,
+    meta: pd.DataFrame,
+    sample: np.ndarray,
+    n_neighbors: int,
+    random_state: int | None,
+) -> dict[str, float]:
     metrics = {}
     if points is not codes:
         k = min(n_neighbors, (sample.size - 1) // 2)
-        metrics['trustworthiness'] = (trustworthiness(codes[sample], points[sample],
-                                                      n_neighbors=k) if k else np.nan)
+        metrics['trustworthiness'] = (
+            trustworthiness(codes[sample], points[sample], n_neighbors=k) if k else np.nan
+        )
     for column in ('group', 'region'):
-        metrics[f'silhouette_{column}'] = _silhouette(points[sample],
-                                                      meta[column].to_numpy()[sample])
+        metrics[f'silhouette_{column}'] = _silhouette(
+            points[sample], meta[column].to_numpy()[sample]
+        )
     metrics['co_location'] = co_location_consistency(
-        points, meta['participant'].to_numpy(), meta['position'].to_numpy(),
-        random_state=random_state)
+        points,
+        meta['participant'].to_numpy(),
+        meta['position'].to_numpy(),
+        random_state=random_state,
+    )
     return metrics
 
 
-def embedding_metrics(codes: np.ndarray, coords: pd.DataFrame, *, n_neighbors: int = 10,
-                      metric_points: int = 2000,
-                      random_state: int | None = None) -> pd.DataFrame:
+def embedding_metrics(
+    codes: np.ndarray,
+    coords: pd.DataFrame,
+    *,
+    n_neighbors: int = 10,
+    metric_points: int = 2000,
+    random_state: int | None = None,
+) -> pd.DataFrame:
     """Quality and structure metrics of each embedding in ``coords``, plus the latent space.
 
     Parameters
@@ -212,15 +249,22 @@ def embedding_metrics(codes: np.ndarray, coords: pd.DataFrame, *, n_neighbors: i
             raise ValueError(f'Method {method!r} has {len(meta)} rows for {len(codes)} codes.')
         points = codes if method == 'latent' else meta[['x', 'y']].to_numpy()
         metrics = _metrics(codes, points, meta, sample, n_neighbors, random_state)
-        rows += [{'method': method, 'metric': name, 'value': value}
-                 for name, value in metrics.items()]
+        rows += [
+            {'method': method, 'metric': name, 'value': value} for name, value in metrics.items()
+        ]
     return pd.DataFrame(rows)
 
 
-def analyse_latents(codes: np.ndarray, meta: pd.DataFrame, *, model: str,
-                    methods: tuple[str, ...] = METHODS, max_points: int = 5000,
-                    control_label: str = 'control',
-                    random_state: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def analyse_latents(
+    codes: np.ndarray,
+    meta: pd.DataFrame,
+    *,
+    model: str,
+    methods: tuple[str, ...] = METHODS,
+    max_points: int = 5000,
+    control_label: str = 'control',
+    random_state: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Subsample, embed with each method and measure: the latent-space section of a report.
 
     Returns
@@ -232,9 +276,16 @@ def analyse_latents(codes: np.ndarray, meta: pd.DataFrame, *, model: str,
         ``value``.
     """
     codes, meta = subsample(codes, meta, max_points, random_state)
-    coords = pd.concat([embed(codes, meta, method=method, control_label=control_label,
-                              random_state=random_state) for method in methods],
-                       ignore_index=True)
+    coords = pd.concat(
+        [
+            embed(
+                codes, meta, method=method, control_label=control_label, random_state=random_state
+            )
+            for method in methods
+        ],
+        ignore_index=True,
+    )
     metrics = embedding_metrics(codes, coords, random_state=random_state)
     return coords.assign(model=model), metrics.assign(model=model)[
-        ['model', 'method', 'metric', 'value']]
+        ['model', 'method', 'metric', 'value']
+    ]

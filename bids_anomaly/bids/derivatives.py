@@ -23,13 +23,32 @@ BIDS_VERSION = '1.10.0'
 #: Entity order in file names (BIDS order; ``desc`` last). ``param`` and ``stat`` are BIDS
 #: derivative entities that pybids' default configuration does not know: see PYBIDS_CONFIG.
 ENTITY_ORDER = (
-    'sub', 'ses', 'from', 'to', 'mode', 'space', 'res', 'atlas', 'model', 'param', 'stat',
-    'label', 'desc',
+    'sub',
+    'ses',
+    'from',
+    'to',
+    'mode',
+    'space',
+    'res',
+    'atlas',
+    'model',
+    'param',
+    'stat',
+    'label',
+    'desc',
 )
 #: Suffixes that are not (yet) in the BIDS specification; listed in ``.bidsignore``.
 NONSTANDARD_PATTERNS = (
-    '*_statmap.*', '*_latent.*', '*_regions.*', '*_embedding.*', '*_report.html', 'group_*',
-    'figures/', 'logs/', 'models/', 'layout_config.json',
+    '*_statmap.*',
+    '*_latent.*',
+    '*_regions.*',
+    '*_embedding.*',
+    '*_report.html',
+    'group_*',
+    'figures/',
+    'logs/',
+    'models/',
+    'layout_config.json',
 )
 #: pybids configuration for the two entities its default 'derivatives' configuration lacks;
 #: written as ``layout_config.json`` at the dataset root, which pybids' indexer reads by itself.
@@ -56,19 +75,23 @@ def build_name(entities: Mapping[str, str], suffix: str, extension: str) -> str:
     unknown = set(entities) - set(ENTITY_ORDER)
     if unknown:
         raise ValueError(f'unknown BIDS entities {sorted(unknown)}; allowed: {ENTITY_ORDER}')
-    parts = [f'{key}-{check_label(key, entities[key])}' for key in ENTITY_ORDER
-             if entities.get(key) is not None]
+    parts = [
+        f'{key}-{check_label(key, entities[key])}'
+        for key in ENTITY_ORDER
+        if entities.get(key) is not None
+    ]
     return '_'.join([*parts, suffix]) + extension
 
 
-def build_path(entities: Mapping[str, str], suffix: str, extension: str,
-               datatype: str | None = 'anat') -> Path:
+def build_path(
+    entities: Mapping[str, str], suffix: str, extension: str, datatype: str | None = 'anat'
+) -> Path:
     """Relative derivative path: ``sub-<label>[/ses-<label>][/<datatype>]/<name>``."""
     folder = Path()
     if entities.get('sub') is not None:
-        folder /= f"sub-{entities['sub']}"
+        folder /= f'sub-{entities["sub"]}'
         if entities.get('ses') is not None:
-            folder /= f"ses-{entities['ses']}"
+            folder /= f'ses-{entities["ses"]}'
     if datatype:
         folder /= datatype
     return folder / build_name(entities, suffix, extension)
@@ -106,8 +129,13 @@ class DerivativesWriter:
         The raw BIDS dataset, recorded under ``SourceDatasets``.
     """
 
-    def __init__(self, output_dir: Path, *, configuration: Mapping[str, Any],
-                 source_dataset: Path | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        configuration: Mapping[str, Any],
+        source_dataset: Path | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.configuration = dict(configuration)
         self.source_dataset = source_dataset
@@ -115,8 +143,11 @@ class DerivativesWriter:
     # -- dataset level -------------------------------------------------------------------
     def ensure_dataset(self) -> None:
         """Write ``dataset_description.json`` and ``.bidsignore`` (idempotent)."""
-        generated_by: dict[str, Any] = {'Name': APP_NAME, 'Version': __version__,
-                                        'CodeURL': CODE_URL}
+        generated_by: dict[str, Any] = {
+            'Name': APP_NAME,
+            'Version': __version__,
+            'CodeURL': CODE_URL,
+        }
         container = container_info()
         if container:
             generated_by['Container'] = container
@@ -133,21 +164,35 @@ class DerivativesWriter:
         write_json(self.output_dir / 'layout_config.json', PYBIDS_CONFIG)
 
     # -- files ---------------------------------------------------------------------------
-    def path(self, entities: Mapping[str, str], suffix: str, extension: str,
-             datatype: str | None = 'anat') -> Path:
+    def path(
+        self,
+        entities: Mapping[str, str],
+        suffix: str,
+        extension: str,
+        datatype: str | None = 'anat',
+    ) -> Path:
         """Absolute path of a derivative (nothing is written)."""
         return self.output_dir / build_path(entities, suffix, extension, datatype)
 
     def write_sidecar(self, data_path: Path, sidecar: Mapping[str, Any] | None = None) -> Path:
         """Write the JSON sidecar of ``data_path`` with provenance appended."""
         content = dict(sidecar or {})
-        content['GeneratedBy'] = {'Name': APP_NAME, 'Version': __version__,
-                                  'Configuration': self.configuration}
+        content['GeneratedBy'] = {
+            'Name': APP_NAME,
+            'Version': __version__,
+            'Configuration': self.configuration,
+        }
         return write_json(sidecar_path(data_path), content)
 
-    def write_image(self, img: nib.Nifti1Image | Path, *, entities: Mapping[str, str],
-                    suffix: str, datatype: str | None = 'anat',
-                    sidecar: Mapping[str, Any] | None = None) -> Path:
+    def write_image(
+        self,
+        img: nib.Nifti1Image | Path,
+        *,
+        entities: Mapping[str, str],
+        suffix: str,
+        datatype: str | None = 'anat',
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Save a NIfTI image (or copy an existing file) plus its sidecar."""
         if not isinstance(img, nib.Nifti1Image):
             img = nib.load(str(img))
@@ -157,30 +202,50 @@ class DerivativesWriter:
             nib.save(img, tmp)
         return path
 
-    def write_table(self, table: pd.DataFrame, *, entities: Mapping[str, str], suffix: str,
-                    columns: Mapping[str, str], datatype: str | None = 'anat',
-                    sidecar: Mapping[str, Any] | None = None) -> Path:
+    def write_table(
+        self,
+        table: pd.DataFrame,
+        *,
+        entities: Mapping[str, str],
+        suffix: str,
+        columns: Mapping[str, str],
+        datatype: str | None = 'anat',
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Save a TSV table plus a sidecar describing each column (BIDS tabular files)."""
-        return self._write_tsv(self.path(entities, suffix, '.tsv', datatype), table, columns,
-                               sidecar)
+        return self._write_tsv(
+            self.path(entities, suffix, '.tsv', datatype), table, columns, sidecar
+        )
 
-    def write_group_table(self, name: str, table: pd.DataFrame, *,
-                          columns: Mapping[str, str],
-                          sidecar: Mapping[str, Any] | None = None) -> Path:
+    def write_group_table(
+        self,
+        name: str,
+        table: pd.DataFrame,
+        *,
+        columns: Mapping[str, str],
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Save a ``group_*.tsv`` table at the dataset root, with its column sidecar."""
         if not name.startswith('group_') or not name.endswith('.tsv'):
             raise ValueError(f'group table names look like group_<what>.tsv, got {name}')
         return self._write_tsv(self.output_dir / name, table, columns, sidecar)
 
-    def _write_tsv(self, path: Path, table: pd.DataFrame, columns: Mapping[str, str],
-                   sidecar: Mapping[str, Any] | None) -> Path:
+    def _write_tsv(
+        self,
+        path: Path,
+        table: pd.DataFrame,
+        columns: Mapping[str, str],
+        sidecar: Mapping[str, Any] | None,
+    ) -> Path:
         missing = [c for c in table.columns if c not in columns]
         if missing:
             raise ValueError(f'columns {missing} of {path.name} have no description')
         clashing = [c for c in table.columns if c in PYBIDS_ENTITIES]
         if clashing:  # pybids would index the column descriptions as a second entity
-            raise ValueError(f'columns {clashing} of {path.name} are named like entities of '
-                             f'layout_config.json; pybids cannot index such a sidecar')
+            raise ValueError(
+                f'columns {clashing} of {path.name} are named like entities of '
+                f'layout_config.json; pybids cannot index such a sidecar'
+            )
         content = {c: {'Description': columns[c]} for c in table.columns}
         content.update(sidecar or {})
         self.write_sidecar(path, content)
@@ -188,9 +253,16 @@ class DerivativesWriter:
             table.to_csv(tmp, sep='\t', index=False, na_rep='n/a')
         return path
 
-    def write_file(self, source: Path, *, entities: Mapping[str, str], suffix: str,
-                   extension: str, datatype: str | None = 'anat',
-                   sidecar: Mapping[str, Any] | None = None) -> Path:
+    def write_file(
+        self,
+        source: Path,
+        *,
+        entities: Mapping[str, str],
+        suffix: str,
+        extension: str,
+        datatype: str | None = 'anat',
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
         """Copy an already computed file (a transform, a figure) into the dataset."""
         path = self.path(entities, suffix, extension, datatype)
         self.write_sidecar(path, sidecar)

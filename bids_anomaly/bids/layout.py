@@ -80,17 +80,21 @@ def validate_dataset(bids_dir: Path) -> None:
 
     description = bids_dir / 'dataset_description.json'
     if not description.is_file():
-        raise InvalidBidsError(f'{description} is missing: BIDS_DIR must be a BIDS dataset '
-                               '(or pass --skip-bids-validation)')
+        raise InvalidBidsError(
+            f'{description} is missing: BIDS_DIR must be a BIDS dataset '
+            '(or pass --skip-bids-validation)'
+        )
     try:
         content = json.loads(description.read_text(encoding='utf-8'))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidBidsError(f'{description} is not valid JSON ({err}); fix it or pass '
-                               '--skip-bids-validation') from None
+        raise InvalidBidsError(
+            f'{description} is not valid JSON ({err}); fix it or pass --skip-bids-validation'
+        ) from None
     missing = [key for key in ('Name', 'BIDSVersion') if key not in content]
     if missing:
-        raise InvalidBidsError(f'{description} lacks {", ".join(missing)}; add it or pass '
-                               '--skip-bids-validation')
+        raise InvalidBidsError(
+            f'{description} lacks {", ".join(missing)}; add it or pass --skip-bids-validation'
+        )
     validator = BIDSValidator()
     invalid = []
     for path in sorted(bids_dir.rglob('*')):
@@ -102,10 +106,13 @@ def validate_dataset(bids_dir: Path) -> None:
         if not validator.is_bids('/' + relative.as_posix()):
             invalid.append(relative.as_posix())
     if invalid:
-        shown = ', '.join(invalid[:3]) + (f' and {len(invalid) - 3} more' if len(invalid) > 3
-                                          else '')
-        raise InvalidBidsError(f'{bids_dir}: {len(invalid)} file(s) are not valid BIDS names '
-                               f'({shown}); rename them or pass --skip-bids-validation')
+        shown = ', '.join(invalid[:3]) + (
+            f' and {len(invalid) - 3} more' if len(invalid) > 3 else ''
+        )
+        raise InvalidBidsError(
+            f'{bids_dir}: {len(invalid)} file(s) are not valid BIDS names '
+            f'({shown}); rename them or pass --skip-bids-validation'
+        )
 
 
 def load_layout(bids_dir: Path, database_dir: Path):
@@ -113,8 +120,9 @@ def load_layout(bids_dir: Path, database_dir: Path):
     from bids import BIDSLayout
 
     database_dir.mkdir(parents=True, exist_ok=True)
-    return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir),
-                      reset_database=True)
+    return BIDSLayout(
+        str(bids_dir), validate=False, database_path=str(database_dir), reset_database=True
+    )
 
 
 def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -130,8 +138,10 @@ def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
         raise UsageError(f'--bids-filter-file {path}: expected {{"t1w": {{...}}, "dwi": {{...}}}}')
     unknown = set(filters) - set(queries)
     if unknown:
-        raise UsageError(f'--bids-filter-file {path}: unknown queries {sorted(unknown)}; '
-                         f'known: {sorted(queries)}')
+        raise UsageError(
+            f'--bids-filter-file {path}: unknown queries {sorted(unknown)}; '
+            f'known: {sorted(queries)}'
+        )
     for key, query in filters.items():
         queries[key].update(query)
     return queries
@@ -148,8 +158,10 @@ def read_groups(bids_dir: Path, group_column: str) -> dict[str, str] | None:
     if group_column not in table.columns:
         return None
     table = table.dropna(subset=[group_column])
-    return {pid.removeprefix('sub-'): str(group).strip()
-            for pid, group in zip(table['participant_id'], table[group_column])}
+    return {
+        pid.removeprefix('sub-'): str(group).strip()
+        for pid, group in zip(table['participant_id'], table[group_column])
+    }
 
 
 def is_control(group: str | None, control_labels: Sequence[str]) -> bool:
@@ -157,10 +169,16 @@ def is_control(group: str | None, control_labels: Sequence[str]) -> bool:
     return group is not None and group.strip().lower() in {c.lower() for c in control_labels}
 
 
-def discover(layout, *, bids_dir: Path, participant_label: Sequence[str] = (),
-             session_label: Sequence[str] = (), queries: Mapping[str, dict[str, Any]],
-             group_column: str = 'group',
-             control_labels: Sequence[str] = ()) -> list[Participant]:
+def discover(
+    layout,
+    *,
+    bids_dir: Path,
+    participant_label: Sequence[str] = (),
+    session_label: Sequence[str] = (),
+    queries: Mapping[str, dict[str, Any]],
+    group_column: str = 'group',
+    control_labels: Sequence[str] = (),
+) -> list[Participant]:
     """Participants (one per session) with their T1w, DWI run and group.
 
     Raises
@@ -175,12 +193,15 @@ def discover(layout, *, bids_dir: Path, participant_label: Sequence[str] = (),
     if wanted:
         unknown = [label for label in wanted if label not in subjects]
         if unknown:
-            raise NoMatchError(f'participant(s) {", ".join(unknown)} not found in {bids_dir} '
-                               f'(available: {", ".join(subjects) or "none"})')
+            raise NoMatchError(
+                f'participant(s) {", ".join(unknown)} not found in {bids_dir} '
+                f'(available: {", ".join(subjects) or "none"})'
+            )
         subjects = wanted
     if not subjects:
-        raise NoMatchError(f'no participant found in {bids_dir}: is it a BIDS dataset with '
-                           'sub-<label> folders?')
+        raise NoMatchError(
+            f'no participant found in {bids_dir}: is it a BIDS dataset with sub-<label> folders?'
+        )
     sessions_wanted = parse_labels(session_label, 'ses-')
     groups = read_groups(bids_dir, group_column) or {}
     participants = []
@@ -189,23 +210,34 @@ def discover(layout, *, bids_dir: Path, participant_label: Sequence[str] = (),
         if sessions_wanted:
             sessions = [s for s in sessions if s in sessions_wanted]
         for session in sessions:
-            participants.append(_participant(layout, subject, session, queries,
-                                             groups.get(subject), control_labels))
+            participants.append(
+                _participant(
+                    layout, subject, session, queries, groups.get(subject), control_labels
+                )
+            )
     if not participants:
-        raise NoMatchError(f'session(s) {", ".join(sessions_wanted)} match no selected '
-                           f'participant in {bids_dir}')
+        raise NoMatchError(
+            f'session(s) {", ".join(sessions_wanted)} match no selected participant in {bids_dir}'
+        )
     return participants
 
 
-def _participant(layout, subject: str, session: str | None,
-                 queries: Mapping[str, dict[str, Any]], group: str | None,
-                 control_labels: Sequence[str]) -> Participant:
+def _participant(
+    layout,
+    subject: str,
+    session: str | None,
+    queries: Mapping[str, dict[str, Any]],
+    group: str | None,
+    control_labels: Sequence[str],
+) -> Participant:
     where = {'subject': subject} | ({'session': session} if session else {})
     name = f'sub-{subject}' + (f' ses-{session}' if session else '')
     t1ws = sorted(layout.get(return_type='file', **where, **queries['t1w']))
     if not t1ws:
-        raise MissingInputError(f'{name} has no T1w image (query {queries["t1w"]}); add one, '
-                                'fix --bids-filter-file or deselect it with --participant-label')
+        raise MissingInputError(
+            f'{name} has no T1w image (query {queries["t1w"]}); add one, '
+            'fix --bids-filter-file or deselect it with --participant-label'
+        )
     if len(t1ws) > 1:
         LOGGER.warning('%s has %d T1w images; using %s', name, len(t1ws), Path(t1ws[0]).name)
     dwi = None
@@ -215,5 +247,6 @@ def _participant(layout, subject: str, session: str | None,
             dwi = DwiRun(Path(dwi_file), Path(bval), Path(bvec))
             break
         LOGGER.warning('%s: %s has no bval/bvec file; ignoring it', name, Path(dwi_file).name)
-    return Participant(subject, session, group, is_control(group, control_labels),
-                       Path(t1ws[0]), dwi)
+    return Participant(
+        subject, session, group, is_control(group, control_labels), Path(t1ws[0]), dwi
+    )

@@ -25,24 +25,34 @@ MODALITY_FILES = {
 }
 
 
-def preprocessed_path(output_dir: Path, participant: Participant, modality: str,
-                      template: Template) -> Path:
+def preprocessed_path(
+    output_dir: Path, participant: Participant, modality: str, template: Template
+) -> Path:
     """Where the participant level writes ``modality`` in template space."""
     entities, suffix, datatype = MODALITY_FILES[modality]
-    entities = {**participant.entities, 'space': template.name, 'res': template.res_label,
-                **entities}
+    entities = {
+        **participant.entities,
+        'space': template.name,
+        'res': template.res_label,
+        **entities,
+    }
     return output_dir / build_path(entities, suffix, '.nii.gz', datatype)
 
 
-def available_modalities(output_dir: Path, participant: Participant,
-                         template: Template) -> tuple[str, ...]:
+def available_modalities(
+    output_dir: Path, participant: Participant, template: Template
+) -> tuple[str, ...]:
     """Modalities present for ``participant`` (T1w first), in :data:`MODALITY_FILES` order."""
-    return tuple(m for m in MODALITY_FILES
-                 if preprocessed_path(output_dir, participant, m, template).is_file())
+    return tuple(
+        m
+        for m in MODALITY_FILES
+        if preprocessed_path(output_dir, participant, m, template).is_file()
+    )
 
 
-def default_modalities(output_dir: Path, participants: Sequence[Participant],
-                       template: Template) -> tuple[str, ...]:
+def default_modalities(
+    output_dir: Path, participants: Sequence[Participant], template: Template
+) -> tuple[str, ...]:
     """T1w, plus FA and MD when every one of ``participants`` has them (the published default)."""
     common = set(MODALITY_FILES)
     for participant in participants:
@@ -50,9 +60,13 @@ def default_modalities(output_dir: Path, participants: Sequence[Participant],
     return tuple(m for m in MODALITY_FILES if m in common) or ('T1w',)
 
 
-def load_volumes(output_dir: Path, participants: Sequence[Participant],
-                 modalities: Sequence[str], template: Template,
-                 dtype: type = np.float32) -> np.ndarray:
+def load_volumes(
+    output_dir: Path,
+    participants: Sequence[Participant],
+    modalities: Sequence[str],
+    template: Template,
+    dtype: type = np.float32,
+) -> np.ndarray:
     """Stack the participants' template-space images as ``(n_participants, C, X, Y, Z)``.
 
     Read once into memory so that samplers never read a file per sample.
@@ -64,12 +78,16 @@ def load_volumes(output_dir: Path, participants: Sequence[Participant],
             if not path.is_file():
                 raise MissingInputError(
                     f'{path} is missing: run the participant level for {participant.name} '
-                    f'(at --resolution {template.resolution:g}) first')
+                    f'(at --resolution {template.resolution:g}) first'
+                )
             img = nib.load(path)
-            if img.shape != template.shape or not np.allclose(img.affine, template.affine,
-                                                               atol=1e-3):
-                raise MissingInputError(f'{path} is not on the {template.name} '
-                                        f'{template.resolution:g} mm grid; rerun the '
-                                        'participant level with this --resolution')
+            if img.shape != template.shape or not np.allclose(
+                img.affine, template.affine, atol=1e-3
+            ):
+                raise MissingInputError(
+                    f'{path} is not on the {template.name} '
+                    f'{template.resolution:g} mm grid; rerun the '
+                    'participant level with this --resolution'
+                )
             volumes[i, c] = np.asarray(img.dataobj, dtype=dtype)
     return volumes

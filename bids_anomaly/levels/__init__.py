@@ -11,13 +11,17 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bids_anomaly import __version__
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import (
-    Participant, discover, load_filters, load_layout, validate_dataset,
+    Participant,
+    discover,
+    load_filters,
+    load_layout,
+    validate_dataset,
 )
 from bids_anomaly.config import RunConfig
 from bids_anomaly.errors import AppError, CannotCreateError, MissingInputError, UsageError
@@ -48,8 +52,12 @@ def run(config: RunConfig) -> None:
         from bids_anomaly.levels.group import run_group_level
 
         run_group_level(context)
-    LOGGER.info('%s level finished in %.1f s; outputs in %s', config.analysis_level,
-                time.monotonic() - started, config.output_dir)
+    LOGGER.info(
+        '%s level finished in %.1f s; outputs in %s',
+        config.analysis_level,
+        time.monotonic() - started,
+        config.output_dir,
+    )
 
 
 def prepare(config: RunConfig) -> RunContext:
@@ -62,12 +70,16 @@ def prepare(config: RunConfig) -> RunContext:
     if not bids_dir.is_dir():
         raise MissingInputError(f'BIDS_DIR {config.bids_dir} does not exist or is not a folder')
     if output_dir == bids_dir or bids_dir in output_dir.parents:
-        raise UsageError(f'OUTPUT_DIR {config.output_dir} is inside BIDS_DIR {config.bids_dir}, '
-                         'which must stay read-only; choose a folder outside it')
+        raise UsageError(
+            f'OUTPUT_DIR {config.output_dir} is inside BIDS_DIR {config.bids_dir}, '
+            'which must stay read-only; choose a folder outside it'
+        )
     work_dir = (config.execution.work_dir or output_dir / '.work').resolve()
     if work_dir == bids_dir or bids_dir in work_dir.parents:
-        raise UsageError(f'work dir {work_dir} is inside BIDS_DIR {config.bids_dir}; '
-                         'pass -w with a folder outside it')
+        raise UsageError(
+            f'work dir {work_dir} is inside BIDS_DIR {config.bids_dir}; '
+            'pass -w with a folder outside it'
+        )
     check_device(config.execution.device)
     queries = load_filters(config.execution.bids_filter_file)
     if not config.execution.skip_bids_validation:
@@ -77,31 +89,45 @@ def prepare(config: RunConfig) -> RunContext:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise CannotCreateError(f'cannot create {folder} ({err.strerror}); choose a '
-                                    'writable location') from None
+            raise CannotCreateError(
+                f'cannot create {folder} ({err.strerror}); choose a writable location'
+            ) from None
         if not os.access(folder, os.W_OK):
-            raise CannotCreateError(f'{folder} is not writable; fix its permissions or choose '
-                                    'another location')
+            raise CannotCreateError(
+                f'{folder} is not writable; fix its permissions or choose another location'
+            )
     config.bids_dir, config.output_dir = bids_dir, output_dir
     # A random suffix keeps the names of simultaneous runs (job arrays) apart.
-    stamp = f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:6]}"
-    setup_logging(log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log',
-                  config.execution.verbose)
+    stamp = f'{datetime.now(UTC).strftime("%Y%m%d-%H%M%S")}_{uuid.uuid4().hex[:6]}'
+    setup_logging(
+        log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log', config.execution.verbose
+    )
     set_threads(config)
     config.to_toml(log_dir / f'config_{config.analysis_level}_{stamp}.toml')
-    LOGGER.info('bids_anomaly %s, %s level, BIDS_DIR=%s, OUTPUT_DIR=%s', __version__,
-                config.analysis_level, bids_dir, output_dir)
+    LOGGER.info(
+        'bids_anomaly %s, %s level, BIDS_DIR=%s, OUTPUT_DIR=%s',
+        __version__,
+        config.analysis_level,
+        bids_dir,
+        output_dir,
+    )
 
     layout = load_layout(bids_dir, work_dir / 'pybids_db')
     participants = discover(
-        layout, bids_dir=bids_dir, participant_label=config.execution.participant_label,
+        layout,
+        bids_dir=bids_dir,
+        participant_label=config.execution.participant_label,
         session_label=config.execution.session_label,
         queries=queries,
-        group_column=config.cohort.group_column, control_labels=config.cohort.control_label)
-    LOGGER.info('selected %d participant(s): %s', len(participants),
-                ', '.join(p.name for p in participants))
-    writer = DerivativesWriter(output_dir, configuration=config.to_dict(),
-                               source_dataset=bids_dir)
+        group_column=config.cohort.group_column,
+        control_labels=config.cohort.control_label,
+    )
+    LOGGER.info(
+        'selected %d participant(s): %s',
+        len(participants),
+        ', '.join(p.name for p in participants),
+    )
+    writer = DerivativesWriter(output_dir, configuration=config.to_dict(), source_dataset=bids_dir)
     writer.ensure_dataset()
     return RunContext(config, work_dir, log_dir, writer, participants)
 
@@ -127,8 +153,10 @@ def check_device(device: str) -> None:
 
     index = int(device.split(':')[1]) if ':' in device else 0
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        raise UsageError(f'--device {device}: no such CUDA device is visible (in a container, '
-                         'run it with --gpus all / --nv); use --device auto or cpu')
+        raise UsageError(
+            f'--device {device}: no such CUDA device is visible (in a container, '
+            'run it with --gpus all / --nv); use --device auto or cpu'
+        )
 
 
 def set_threads(config: RunConfig) -> None:
@@ -143,19 +171,22 @@ def set_threads(config: RunConfig) -> None:
     torch.set_num_threads(execution.omp_nthreads)
 
 
-def require_controls(participants: list[Participant], config: RunConfig,
-                     minimum: int) -> list[Participant]:
+def require_controls(
+    participants: list[Participant], config: RunConfig, minimum: int
+) -> list[Participant]:
     """The controls, or a clear error when the group column or the controls are missing."""
     if all(p.group is None for p in participants):
         raise MissingInputError(
             f'{config.bids_dir / "participants.tsv"} has no "{config.cohort.group_column}" '
-            'column (or no such file): training needs groups; add it or set --group-column')
+            'column (or no such file): training needs groups; add it or set --group-column'
+        )
     controls = [p for p in participants if p.is_control]
     if len(controls) < minimum:
         labels = ', '.join(config.cohort.control_label)
         raise MissingInputError(
             f'found {len(controls)} control(s) (group in {labels}) but training needs at least '
-            f'{minimum}; set --control-label or add controls')
+            f'{minimum}; set --control-label or add controls'
+        )
     return controls
 
 

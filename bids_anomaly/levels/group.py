@@ -27,24 +27,33 @@ LOGGER = logging.getLogger('bids_anomaly')
 def run_group_level(context: RunContext) -> None:
     """Train if asked, score, then write group tables, statistics, embeddings and the report."""
     from bids_anomaly.levels.group_outputs import write_group_outputs
+
     config = context.config
     template = load_template(config.preprocessing.resolution)
     if config.training.train:
         from bids_anomaly.levels.train import MIN_CALIBRATION, min_training, train_bundles
 
-        controls = require_controls(context.participants, config,
-                                    MIN_CALIBRATION + min_training(config.training.models))
+        controls = require_controls(
+            context.participants, config, MIN_CALIBRATION + min_training(config.training.models)
+        )
         train_bundles(context, controls)
     paths = bundle_paths(config)
     if not paths:
-        raise MissingInputError(f'no model bundle in {config.output_dir / "models"}: run '
-                                '`group --train` first or pass --model PATH')
+        raise MissingInputError(
+            f'no model bundle in {config.output_dir / "models"}: run '
+            '`group --train` first or pass --model PATH'
+        )
     scorers = load_scorers(paths, template, config.execution.device)
-    ready = [p for p in context.participants
-             if preprocessed_path(config.output_dir, p, 'T1w', template).is_file()]
+    ready = [
+        p
+        for p in context.participants
+        if preprocessed_path(config.output_dir, p, 'T1w', template).is_file()
+    ]
     if not ready:
-        raise MissingInputError(f'no participant has preprocessed data in {config.output_dir} '
-                                f'at {template.resolution:g} mm: run the participant level first')
+        raise MissingInputError(
+            f'no participant has preprocessed data in {config.output_dir} '
+            f'at {template.resolution:g} mm: run the participant level first'
+        )
     atlases = load_atlases(config, template)
     score_participants(context, ready, scorers, atlases, template, skip_existing=True)
     used = used_for_fitting(scorers, config.output_dir)
@@ -70,5 +79,3 @@ def used_for_fitting(scorers: Sequence[BundleScorer], output_dir: Path) -> set[s
 def held_out(participants: list[Participant], used: set[str]) -> list[Participant]:
     """Participants never used to fit a model (the only fair ones for statistics)."""
     return [p for p in participants if p.name not in used]
-
-

@@ -25,9 +25,9 @@ GROUP_COLUMNS = {
     'participant_id': 'Participant (and session) label.',
     'group': 'Group in participants.tsv.',
     'cohort': 'control or patient (controls recognised by --control-label); n/a without a '
-              'group, and then left out of the statistics.',
+    'group, and then left out of the statistics.',
     'held_out': 'True when no model was trained or calibrated on this participant; only these '
-                'enter the group statistics.',
+    'enter the group statistics.',
 }
 
 
@@ -38,18 +38,27 @@ def score_kinds(scorers: Sequence[BundleScorer]) -> list[tuple[str, str]]:
 
 def participants_table(participants: Sequence[Participant], used: set[str]) -> pd.DataFrame:
     """One row per participant: id, group, cohort, held_out."""
-    return pd.DataFrame({
-        'participant_id': [p.name for p in participants],
-        'group': [p.group if p.group is not None else 'n/a' for p in participants],
-        'cohort': ['control' if p.is_control else 'patient' if p.group is not None else 'n/a'
-                   for p in participants],
-        'held_out': [p.name not in used for p in participants],
-    })
+    return pd.DataFrame(
+        {
+            'participant_id': [p.name for p in participants],
+            'group': [p.group if p.group is not None else 'n/a' for p in participants],
+            'cohort': [
+                'control' if p.is_control else 'patient' if p.group is not None else 'n/a'
+                for p in participants
+            ],
+            'held_out': [p.name not in used for p in participants],
+        }
+    )
 
 
-def write_group_outputs(context: RunContext, participants: Sequence[Participant],
-                        scorers: Sequence[BundleScorer], atlases: Sequence[Atlas],
-                        template: Template, used: set[str]) -> None:
+def write_group_outputs(
+    context: RunContext,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    atlases: Sequence[Atlas],
+    template: Template,
+    used: set[str],
+) -> None:
     """Write every group table and figure, then the group report."""
     from bids_anomaly.reports.group import write_group_report
 
@@ -58,14 +67,25 @@ def write_group_outputs(context: RunContext, participants: Sequence[Participant]
     statistics = group_statistics_tables(context, regional, people)
     latent_metrics = latent_analysis(context, participants, scorers, template, people)
     evaluation = ground_truth_evaluation(context, participants, scorers, template, used)
-    write_group_report(context, people=people, regional=regional, statistics=statistics,
-                       latent_metrics=latent_metrics, evaluation=evaluation, scorers=scorers)
+    write_group_report(
+        context,
+        people=people,
+        regional=regional,
+        statistics=statistics,
+        latent_metrics=latent_metrics,
+        evaluation=evaluation,
+        scorers=scorers,
+    )
 
 
-def group_regional_tables(context: RunContext, participants: Sequence[Participant],
-                          scorers: Sequence[BundleScorer], atlases: Sequence[Atlas],
-                          template: Template,
-                          people: pd.DataFrame) -> dict[tuple[str, str, str], pd.DataFrame]:
+def group_regional_tables(
+    context: RunContext,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    atlases: Sequence[Atlas],
+    template: Template,
+    people: pd.DataFrame,
+) -> dict[tuple[str, str, str], pd.DataFrame]:
     """Participants x regions % abnormal voxels, per atlas, model and score type."""
     out: dict[tuple[str, str, str], pd.DataFrame] = {}
     for atlas in atlases:
@@ -73,63 +93,91 @@ def group_regional_tables(context: RunContext, participants: Sequence[Participan
             frames = []
             for participant in participants:
                 path = context.writer.path(
-                    {**participant.entities, 'space': template.name, 'res': template.res_label,
-                     'atlas': atlas.name, 'model': model}, 'regions', '.tsv')
+                    {
+                        **participant.entities,
+                        'space': template.name,
+                        'res': template.res_label,
+                        'atlas': atlas.name,
+                        'model': model,
+                    },
+                    'regions',
+                    '.tsv',
+                )
                 table = pd.read_csv(path, sep='\t', na_values='n/a')
                 frames.append(table.assign(participant_id=participant.name))
             long = pd.concat(frames, ignore_index=True)
             for stat, rows in long.groupby('score_type', sort=False):
-                wide = rows.pivot(index='participant_id', columns='region',
-                                  values='pct_abnormal')
+                wide = rows.pivot(index='participant_id', columns='region', values='pct_abnormal')
                 wide = wide[list(dict.fromkeys(rows['region']))]
                 table = people.merge(wide, left_on='participant_id', right_index=True)
                 out[(atlas.name, model, stat)] = table
-                columns = GROUP_COLUMNS | {r: f'% abnormal voxels in {r} ({atlas.name}).'
-                                           for r in wide.columns}
+                columns = GROUP_COLUMNS | {
+                    r: f'% abnormal voxels in {r} ({atlas.name}).' for r in wide.columns
+                }
                 context.writer.write_group_table(
-                    f'group_atlas-{atlas.name}_model-{model}_stat-{stat}_regions.tsv', table,
-                    columns=columns, sidecar={'Atlas': atlas.name, 'Model': model,
-                                              'ScoreType': stat})
+                    f'group_atlas-{atlas.name}_model-{model}_stat-{stat}_regions.tsv',
+                    table,
+                    columns=columns,
+                    sidecar={'Atlas': atlas.name, 'Model': model, 'ScoreType': stat},
+                )
     return out
 
 
-def group_statistics_tables(context: RunContext,
-                            regional: dict[tuple[str, str, str], pd.DataFrame],
-                            people: pd.DataFrame) -> pd.DataFrame:
+def group_statistics_tables(
+    context: RunContext, regional: dict[tuple[str, str, str], pd.DataFrame], people: pd.DataFrame
+) -> pd.DataFrame:
     """Patients vs controls per region (held-out participants only), one table per atlas."""
     from bids_anomaly.analysis.group import COLUMN_DESCRIPTIONS, group_statistics
 
     frames = []
     for (atlas, model, stat), table in regional.items():
-        held = table.loc[table['held_out']].drop(columns=['participant_id', 'group',
-                                                          'held_out'])
-        stats = group_statistics(held, group_column='cohort', control_label='control',
-                                 patient_label='patient')
+        held = table.loc[table['held_out']].drop(columns=['participant_id', 'group', 'held_out'])
+        stats = group_statistics(
+            held, group_column='cohort', control_label='control', patient_label='patient'
+        )
         frames.append(stats.assign(atlas=atlas, model=model, score_type=stat))
     statistics = pd.concat(frames, ignore_index=True)
-    statistics = statistics[['atlas', 'model', 'score_type',
-                             *[c for c in statistics.columns
-                               if c not in ('atlas', 'model', 'score_type')]]]
+    statistics = statistics[
+        [
+            'atlas',
+            'model',
+            'score_type',
+            *[c for c in statistics.columns if c not in ('atlas', 'model', 'score_type')],
+        ]
+    ]
     n_controls = int((people['held_out'] & (people['cohort'] == 'control')).sum())
     n_patients = int((people['held_out'] & (people['cohort'] == 'patient')).sum())
-    columns = {'atlas': 'Atlas.', 'model': 'Model label.',
-               'score_type': 'Score type.'} | {
-        k: v['Description'] for k, v in COLUMN_DESCRIPTIONS.items()}
+    columns = {'atlas': 'Atlas.', 'model': 'Model label.', 'score_type': 'Score type.'} | {
+        k: v['Description'] for k, v in COLUMN_DESCRIPTIONS.items()
+    }
     for atlas, rows in statistics.groupby('atlas', sort=False):
         context.writer.write_group_table(
-            f'group_stats_{atlas}.tsv', rows, columns=columns,
-            sidecar={'Participants': f'held-out only: {n_controls} control(s), '
-                                     f'{n_patients} patient(s); participants used for '
-                                     'training or calibration are excluded.'})
+            f'group_stats_{atlas}.tsv',
+            rows,
+            columns=columns,
+            sidecar={
+                'Participants': f'held-out only: {n_controls} control(s), '
+                f'{n_patients} patient(s); participants used for '
+                'training or calibration are excluded.'
+            },
+        )
     if n_controls < 2 or n_patients < 2:
-        LOGGER.warning('group statistics rest on %d held-out control(s) and %d patient(s): '
-                       'too few for meaningful tests', n_controls, n_patients)
+        LOGGER.warning(
+            'group statistics rest on %d held-out control(s) and %d patient(s): '
+            'too few for meaningful tests',
+            n_controls,
+            n_patients,
+        )
     return statistics
 
 
-def latent_analysis(context: RunContext, participants: Sequence[Participant],
-                    scorers: Sequence[BundleScorer], template: Template,
-                    people: pd.DataFrame) -> pd.DataFrame:
+def latent_analysis(
+    context: RunContext,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    template: Template,
+    people: pd.DataFrame,
+) -> pd.DataFrame:
     """2-D embeddings and metrics of every model's latent codes, side by side."""
     from bids_anomaly.analysis.latent import analyse_latents
 
@@ -141,48 +189,83 @@ def latent_analysis(context: RunContext, participants: Sequence[Participant],
         codes, meta = [], []
         for participant in participants:
             path = context.writer.path(
-                {**participant.entities, 'space': template.name, 'res': template.res_label,
-                 'model': scorer.label, 'desc': desc}, 'latent', '.tsv')
+                {
+                    **participant.entities,
+                    'space': template.name,
+                    'res': template.res_label,
+                    'model': scorer.label,
+                    'desc': desc,
+                },
+                'latent',
+                '.tsv',
+            )
             table = pd.read_csv(path, sep='\t', na_values='n/a')
             code_columns = [c for c in table.columns if c.startswith('z') and c[1:].isdigit()]
             codes.append(table[code_columns].to_numpy(np.float32))
-            meta.append(pd.DataFrame({
-                'participant': participant.name, 'group': cohort[participant.name],
-                'region': table['region'].fillna('unlabelled') if 'region' in table
-                else 'slice',
-                'position': table['voxel'] if 'voxel' in table else table['slice'],
-                'score': table['score_recon']}))
+            meta.append(
+                pd.DataFrame(
+                    {
+                        'participant': participant.name,
+                        'group': cohort[participant.name],
+                        'region': table['region'].fillna('unlabelled')
+                        if 'region' in table
+                        else 'slice',
+                        'position': table['voxel'] if 'voxel' in table else table['slice'],
+                        'score': table['score_recon'],
+                    }
+                )
+            )
         coords, metrics = analyse_latents(
-            np.concatenate(codes), pd.concat(meta, ignore_index=True), model=scorer.label,
+            np.concatenate(codes),
+            pd.concat(meta, ignore_index=True),
+            model=scorer.label,
             methods=config.analysis.embedding_methods,
-            max_points=config.analysis.embedding_max_points, control_label='control',
-            random_state=config.execution.seed)
+            max_points=config.analysis.embedding_max_points,
+            control_label='control',
+            random_state=config.execution.seed,
+        )
         context.writer.write_group_table(
-            f'group_embedding_{scorer.label}.tsv', coords,
-            columns={c: EMBEDDING_COLUMNS.get(c, 'See docs/outputs.md.') for c in coords.columns})
+            f'group_embedding_{scorer.label}.tsv',
+            coords,
+            columns={c: EMBEDDING_COLUMNS.get(c, 'See docs/outputs.md.') for c in coords.columns},
+        )
         all_metrics.append(metrics)
     metrics = pd.concat(all_metrics, ignore_index=True)
     context.writer.write_group_table(
-        'group_latent_metrics.tsv', metrics,
-        columns={c: METRIC_COLUMNS.get(c, 'See docs/outputs.md.') for c in metrics.columns})
+        'group_latent_metrics.tsv',
+        metrics,
+        columns={c: METRIC_COLUMNS.get(c, 'See docs/outputs.md.') for c in metrics.columns},
+    )
     return metrics
 
 
 EMBEDDING_COLUMNS = {
-    'participant': 'Participant.', 'group': 'control or patient.',
+    'participant': 'Participant.',
+    'group': 'control or patient.',
     'region': 'Atlas region of the code (voxel codes) or "slice".',
     'position': 'Template brain-voxel index (patch models) or axial slice index.',
-    'score': 'Reconstruction anomaly score at the point.', 'x': 'Embedding coordinate 1.',
-    'y': 'Embedding coordinate 2.', 'method': 'Embedding method.', 'model': 'Model label.',
+    'score': 'Reconstruction anomaly score at the point.',
+    'x': 'Embedding coordinate 1.',
+    'y': 'Embedding coordinate 2.',
+    'method': 'Embedding method.',
+    'model': 'Model label.',
     'placement': 'How patients were placed: transform (fitted on controls) or joint fit.',
 }
-METRIC_COLUMNS = {'model': 'Model label.', 'method': 'Embedding method.',
-                  'metric': 'Metric name (see docs/outputs.md).', 'value': 'Metric value.'}
+METRIC_COLUMNS = {
+    'model': 'Model label.',
+    'method': 'Embedding method.',
+    'metric': 'Metric name (see docs/outputs.md).',
+    'value': 'Metric value.',
+}
 
 
-def ground_truth_evaluation(context: RunContext, participants: Sequence[Participant],
-                            scorers: Sequence[BundleScorer], template: Template,
-                            used: set[str]) -> pd.DataFrame | None:
+def ground_truth_evaluation(
+    context: RunContext,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    template: Template,
+    used: set[str],
+) -> pd.DataFrame | None:
     """Voxel AP, Dice and subject AUROC when the dataset ships ground truth (simulations)."""
     from bids_anomaly.analysis.evaluation import COLUMN_DESCRIPTIONS, detection_metrics
 
@@ -201,15 +284,31 @@ def ground_truth_evaluation(context: RunContext, participants: Sequence[Particip
         scores = []
         for participant in held:
             path = context.writer.path(
-                {**participant.entities, 'space': template.name, 'res': template.res_label,
-                 'model': model, 'stat': stat}, 'statmap', '.nii.gz')
+                {
+                    **participant.entities,
+                    'space': template.name,
+                    'res': template.res_label,
+                    'model': model,
+                    'stat': stat,
+                },
+                'statmap',
+                '.nii.gz',
+            )
             scores.append(np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask])
-        rows.append({'model': model, 'score_type': stat,
-                     **detection_metrics(scores, truths, thresholds[(model, stat)])})
+        rows.append(
+            {
+                'model': model,
+                'score_type': stat,
+                **detection_metrics(scores, truths, thresholds[(model, stat)]),
+            }
+        )
     table = pd.DataFrame(rows)
-    context.writer.write_group_table('group_evaluation.tsv', table,
-                                     columns=COLUMN_DESCRIPTIONS,
-                                     sidecar={'GroundTruth': str(truth_dir)})
+    context.writer.write_group_table(
+        'group_evaluation.tsv',
+        table,
+        columns=COLUMN_DESCRIPTIONS,
+        sidecar={'GroundTruth': str(truth_dir)},
+    )
     return table
 
 
@@ -217,12 +316,16 @@ def ground_truth(truth_dir: Path, participant: Participant, template: Template) 
     """Boolean anomaly mask of a participant on the template grid (all False without one)."""
     from nilearn.image import resample_to_img
 
-    found = sorted((truth_dir / f'sub-{participant.label}').rglob(
-        f'sub-{participant.label}*_space-{template.name}_*desc-anomalies_dseg.nii.gz'))
+    found = sorted(
+        (truth_dir / f'sub-{participant.label}').rglob(
+            f'sub-{participant.label}*_space-{template.name}_*desc-anomalies_dseg.nii.gz'
+        )
+    )
     if not found:
         return np.zeros(template.shape, dtype=bool)
     img = nib.load(found[0])
     if img.shape != template.shape or not np.allclose(img.affine, template.affine):
-        img = resample_to_img(img, template.mask, interpolation='nearest',
-                              force_resample=True, copy_header=True)
+        img = resample_to_img(
+            img, template.mask, interpolation='nearest', force_resample=True, copy_header=True
+        )
     return np.asarray(img.dataobj) > 0

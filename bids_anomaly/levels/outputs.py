@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bids_anomaly.analysis.regions import (
-    COLUMN_DESCRIPTIONS, WHOLE_BRAIN, Atlas, regional_table,
+    COLUMN_DESCRIPTIONS,
+    WHOLE_BRAIN,
+    Atlas,
+    regional_table,
 )
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
@@ -48,8 +51,9 @@ class NativeSpace:
     transform: Path
 
 
-def find_native_space(writer: DerivativesWriter, participant: Participant,
-                      template_name: str) -> NativeSpace | None:
+def find_native_space(
+    writer: DerivativesWriter, participant: Participant, template_name: str
+) -> NativeSpace | None:
     """The native grid and transform preprocessing wrote, or None (with a warning) if missing.
 
     Reused fMRIPrep/sMRIPrep derivatives (``--derivatives``) give no template -> T1w transform of
@@ -58,23 +62,35 @@ def find_native_space(writer: DerivativesWriter, participant: Participant,
     entities = participant.entities
     native = NativeSpace(
         writer.path({**entities, 'desc': 'preproc'}, 'T1w', '.nii.gz'),
-        writer.path({**entities, 'from': template_name, 'to': 'T1w', 'mode': 'image'}, 'xfm',
-                    '.h5'))
+        writer.path(
+            {**entities, 'from': template_name, 'to': 'T1w', 'mode': 'image'}, 'xfm', '.h5'
+        ),
+    )
     missing = [str(p) for p in (native.reference, native.transform) if not p.is_file()]
     if missing:
-        LOGGER.warning('%s: --native-space skipped, %s missing (preprocessing reused '
-                       'precomputed --derivatives, which bring no template -> T1w transform, '
-                       'or these files were removed); only template-space maps are written',
-                       participant.name, ' and '.join(missing))
+        LOGGER.warning(
+            '%s: --native-space skipped, %s missing (preprocessing reused '
+            'precomputed --derivatives, which bring no template -> T1w transform, '
+            'or these files were removed); only template-space maps are written',
+            participant.name,
+            ' and '.join(missing),
+        )
         return None
     return native
 
 
-def write_participant_scores(writer: DerivativesWriter, participant: Participant,
-                             scores: ParticipantScores, scorer: BundleScorer,
-                             atlases: Sequence[Atlas], *, latent_sample: np.ndarray,
-                             write_baseline: bool, native: NativeSpace | None = None,
-                             latent_maps: bool = False) -> None:
+def write_participant_scores(
+    writer: DerivativesWriter,
+    participant: Participant,
+    scores: ParticipantScores,
+    scorer: BundleScorer,
+    atlases: Sequence[Atlas],
+    *,
+    latent_sample: np.ndarray,
+    write_baseline: bool,
+    native: NativeSpace | None = None,
+    latent_maps: bool = False,
+) -> None:
     """Score maps, abnormal masks, regional tables and latent codes of one participant.
 
     ``native`` adds each map and mask on the native T1w grid; ``latent_maps`` adds the 4D
@@ -88,40 +104,81 @@ def write_participant_scores(writer: DerivativesWriter, participant: Participant
             continue
         threshold = scorer.thresholds[(model, stat)]
         abnormal = (score_map > threshold) & scorer.mask
-        provenance = {'Model': model, 'ScoreType': stat, 'Threshold': threshold,
-                      'Bundle': str(scorer.path), 'Description': STAT_DESCRIPTIONS[stat]}
+        provenance = {
+            'Model': model,
+            'ScoreType': stat,
+            'Threshold': threshold,
+            'Bundle': str(scorer.path),
+            'Description': STAT_DESCRIPTIONS[stat],
+        }
         entities = {**space, 'model': model, 'stat': stat}
-        map_path = writer.write_image(nib.Nifti1Image(score_map, template.affine),
-                                      entities=entities, suffix='statmap', sidecar=provenance)
-        mask_path = writer.write_image(nib.Nifti1Image(abnormal.astype(np.uint8),
-                                                       template.affine),
-                                       entities={**entities, 'desc': 'abnormal'}, suffix='mask',
-                                       sidecar=provenance)
+        map_path = writer.write_image(
+            nib.Nifti1Image(score_map, template.affine),
+            entities=entities,
+            suffix='statmap',
+            sidecar=provenance,
+        )
+        mask_path = writer.write_image(
+            nib.Nifti1Image(abnormal.astype(np.uint8), template.affine),
+            entities={**entities, 'desc': 'abnormal'},
+            suffix='mask',
+            sidecar=provenance,
+        )
         if native is not None:
             native_entities = {**participant.entities, 'model': model, 'stat': stat}
-            write_native(writer, map_path, native, entities=native_entities, suffix='statmap',
-                         interpolation='linear', sidecar=provenance)
-            write_native(writer, mask_path, native,
-                         entities={**native_entities, 'desc': 'abnormal'}, suffix='mask',
-                         interpolation='genericLabel', sidecar=provenance)
+            write_native(
+                writer,
+                map_path,
+                native,
+                entities=native_entities,
+                suffix='statmap',
+                interpolation='linear',
+                sidecar=provenance,
+            )
+            write_native(
+                writer,
+                mask_path,
+                native,
+                entities={**native_entities, 'desc': 'abnormal'},
+                suffix='mask',
+                interpolation='genericLabel',
+                sidecar=provenance,
+            )
         for atlas in atlases:
             table = regional_table(score_map, abnormal, atlas, scorer.mask)
             table.insert(0, 'score_type', stat)
             tables.setdefault((atlas.name, model), []).append(table)
     for (atlas_name, model), parts in tables.items():
-        writer.write_table(pd.concat(parts, ignore_index=True),
-                           entities={**space, 'atlas': atlas_name, 'model': model},
-                           suffix='regions', columns=REGION_COLUMNS,
-                           sidecar={'Atlas': atlas_name, 'Model': model})
+        writer.write_table(
+            pd.concat(parts, ignore_index=True),
+            entities={**space, 'atlas': atlas_name, 'model': model},
+            suffix='regions',
+            columns=REGION_COLUMNS,
+            sidecar={'Atlas': atlas_name, 'Model': model},
+        )
     write_latents(writer, space, scores, scorer, atlases[0], latent_sample)
     if scorer.card.spec.is_patch:
-        write_dense_latents(writer, {**space, 'model': scorer.label}, scores.outputs.codes,
-                            scorer.mask, template.affine, atlases, latent_maps=latent_maps)
+        write_dense_latents(
+            writer,
+            {**space, 'model': scorer.label},
+            scores.outputs.codes,
+            scorer.mask,
+            template.affine,
+            atlases,
+            latent_maps=latent_maps,
+        )
 
 
-def write_native(writer: DerivativesWriter, source: Path, native: NativeSpace, *,
-                 entities: Mapping[str, str], suffix: str, interpolation: Interpolation,
-                 sidecar: Mapping[str, Any]) -> Path:
+def write_native(
+    writer: DerivativesWriter,
+    source: Path,
+    native: NativeSpace,
+    *,
+    entities: Mapping[str, str],
+    suffix: str,
+    interpolation: Interpolation,
+    sidecar: Mapping[str, Any],
+) -> Path:
     """Resample a written template-space image onto the native T1w grid and write it there.
 
     Masks (``genericLabel`` interpolation) are written as uint8, maps as float32.
@@ -129,20 +186,32 @@ def write_native(writer: DerivativesWriter, source: Path, native: NativeSpace, *
     from bids_anomaly.preprocessing.registration import apply_transforms
 
     with tempfile.TemporaryDirectory() as tmp:
-        warped = nib.load(apply_transforms(str(source), str(native.reference),
-                                           [str(native.transform)], interpolation=interpolation,
-                                           newpath=tmp))
+        warped = nib.load(
+            apply_transforms(
+                str(source),
+                str(native.reference),
+                [str(native.transform)],
+                interpolation=interpolation,
+                newpath=tmp,
+            )
+        )
         data = np.asarray(warped.dataobj)
-    data = (data > 0.5).astype(np.uint8) if interpolation == 'genericLabel' else (
-        data.astype(np.float32))
+    data = (
+        (data > 0.5).astype(np.uint8)
+        if interpolation == 'genericLabel'
+        else (data.astype(np.float32))
+    )
     img = nib.Nifti1Image(data, warped.affine)
     img.header.set_xyzt_units('mm')
-    resampling = {'Sources': [_dataset_uri(writer, source)],
-                  'SpatialReference': _dataset_uri(writer, native.reference),
-                  'Transform': _dataset_uri(writer, native.transform),
-                  'Interpolation': interpolation}
-    return writer.write_image(img, entities=entities, suffix=suffix,
-                              sidecar={**sidecar, 'Resampling': resampling})
+    resampling = {
+        'Sources': [_dataset_uri(writer, source)],
+        'SpatialReference': _dataset_uri(writer, native.reference),
+        'Transform': _dataset_uri(writer, native.transform),
+        'Interpolation': interpolation,
+    }
+    return writer.write_image(
+        img, entities=entities, suffix=suffix, sidecar={**sidecar, 'Resampling': resampling}
+    )
 
 
 def _dataset_uri(writer: DerivativesWriter, path: Path) -> str:
@@ -155,21 +224,29 @@ STAT_DESCRIPTIONS = {
     'ocsvm': 'Per-voxel RBF one-class SVM on latent codes: -decision_function.',
     'gaussian': 'Per-voxel Gaussian on latent codes (shrunk covariance): -decision_function.',
     ZSCORE: 'Voxel-wise z-score of intensities against the training controls (max over '
-            'channels of |z|, minus the reference-distribution offset).',
+    'channels of |z|, minus the reference-distribution offset).',
 }
 REGION_COLUMNS = {'score_type': 'Score type: recon, ocsvm, gaussian or zscore.'} | {
-    name: entry['Description'] for name, entry in COLUMN_DESCRIPTIONS.items()}
+    name: entry['Description'] for name, entry in COLUMN_DESCRIPTIONS.items()
+}
 
 
-def write_latents(writer: DerivativesWriter, space: dict[str, str], scores: ParticipantScores,
-                  scorer: BundleScorer, atlas: Atlas, latent_sample: np.ndarray) -> None:
+def write_latents(
+    writer: DerivativesWriter,
+    space: dict[str, str],
+    scores: ParticipantScores,
+    scorer: BundleScorer,
+    atlas: Atlas,
+    latent_sample: np.ndarray,
+) -> None:
     """Latent codes: a fixed seeded sample of voxels (patch models) or one per slice."""
     outputs, template = scores.outputs, scorer.template
     entities = {**space, 'model': scorer.label}
     if scorer.card.spec.is_patch:
         ijk = np.argwhere(scorer.mask)[latent_sample]
-        table = pd.DataFrame({'voxel': latent_sample, 'i': ijk[:, 0], 'j': ijk[:, 1],
-                              'k': ijk[:, 2]})
+        table = pd.DataFrame(
+            {'voxel': latent_sample, 'i': ijk[:, 0], 'j': ijk[:, 1], 'k': ijk[:, 2]}
+        )
         xyz = nib.affines.apply_affine(template.affine, ijk)
         table['x'], table['y'], table['z'] = xyz.T
         labels = atlas.labels[tuple(ijk.T)]
@@ -183,39 +260,59 @@ def write_latents(writer: DerivativesWriter, space: dict[str, str], scores: Part
     else:
         table = pd.DataFrame({'slice': outputs.slices})
         table['z'] = template.affine[2, 2] * outputs.slices + template.affine[2, 3]
-        table['score_recon'] = [float(scores.maps[(scorer.label, 'recon')][:, :, k][
-            scorer.mask[:, :, k]].mean()) for k in outputs.slices]
+        table['score_recon'] = [
+            float(scores.maps[(scorer.label, 'recon')][:, :, k][scorer.mask[:, :, k]].mean())
+            for k in outputs.slices
+        ]
         codes = outputs.codes.astype(np.float32)
         desc = 'slices'
     code_columns = [f'z{d:03d}' for d in range(codes.shape[1])]
     table = pd.concat([table, pd.DataFrame(codes, columns=code_columns)], axis=1)
     columns = LATENT_COLUMNS | {c: 'Latent code dimension.' for c in code_columns}
-    columns = {c: columns.get(c, 'Anomaly score of this type at the point.')
-               for c in table.columns}
-    writer.write_table(table, entities={**entities, 'desc': desc}, suffix='latent',
-                       columns=columns,
-                       sidecar={'Model': scorer.label, 'LatentDimension': codes.shape[1],
-                                'Sampling': LATENT_SAMPLING[desc]})
+    columns = {
+        c: columns.get(c, 'Anomaly score of this type at the point.') for c in table.columns
+    }
+    writer.write_table(
+        table,
+        entities={**entities, 'desc': desc},
+        suffix='latent',
+        columns=columns,
+        sidecar={
+            'Model': scorer.label,
+            'LatentDimension': codes.shape[1],
+            'Sampling': LATENT_SAMPLING[desc],
+        },
+    )
 
 
 LATENT_COLUMNS = {
     'voxel': 'Index of the voxel among template brain-mask voxels (numpy C order).',
-    'i': 'Voxel index along x of the template grid.', 'j': 'Voxel index along y.',
-    'k': 'Voxel index along z (axial slice).', 'x': 'Template x coordinate (mm, RAS).',
-    'y': 'Template y coordinate (mm, RAS).', 'z': 'Template z coordinate (mm, RAS).',
+    'i': 'Voxel index along x of the template grid.',
+    'j': 'Voxel index along y.',
+    'k': 'Voxel index along z (axial slice).',
+    'x': 'Template x coordinate (mm, RAS).',
+    'y': 'Template y coordinate (mm, RAS).',
+    'z': 'Template z coordinate (mm, RAS).',
     'region': 'Default atlas region at the point ("unlabelled" outside every label).',
     'slice': 'Axial slice index (k).',
 }
 LATENT_SAMPLING = {
     'voxels': 'Seeded sample of template brain voxels, identical for every participant, so '
-              'rows are co-located across participants.',
+    'rows are co-located across participants.',
     'slices': 'Every axial slice that contains brain.',
 }
 
 
-def write_dense_latents(writer: DerivativesWriter, entities: Mapping[str, str],
-                        codes: np.ndarray, mask: np.ndarray, affine: np.ndarray,
-                        atlases: Sequence[Atlas], *, latent_maps: bool) -> None:
+def write_dense_latents(
+    writer: DerivativesWriter,
+    entities: Mapping[str, str],
+    codes: np.ndarray,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    atlases: Sequence[Atlas],
+    *,
+    latent_maps: bool,
+) -> None:
     """Region-averaged codes per atlas (always) and the 4D latent map (``latent_maps``).
 
     Parameters
@@ -229,32 +326,54 @@ def write_dense_latents(writer: DerivativesWriter, entities: Mapping[str, str],
     """
     model = entities['model']
     dimension = codes.shape[1]
-    code_columns = {f'z{d:03d}': 'Mean of this latent code dimension over the region voxels.'
-                    for d in range(dimension)}
-    columns = {name: entry['Description'] for name, entry in COLUMN_DESCRIPTIONS.items()
-               if name in ('region', 'index', 'n_voxels')} | code_columns
+    code_columns = {
+        f'z{d:03d}': 'Mean of this latent code dimension over the region voxels.'
+        for d in range(dimension)
+    }
+    columns = {
+        name: entry['Description']
+        for name, entry in COLUMN_DESCRIPTIONS.items()
+        if name in ('region', 'index', 'n_voxels')
+    } | code_columns
     for atlas in atlases:
-        writer.write_table(regional_codes(codes, mask, atlas),
-                           entities={**entities, 'atlas': atlas.name, 'desc': 'regions'},
-                           suffix='latent', columns=columns,
-                           sidecar={'Atlas': atlas.name, 'Model': model,
-                                    'LatentDimension': dimension,
-                                    'Description': REGIONAL_CODES_DESCRIPTION})
+        writer.write_table(
+            regional_codes(codes, mask, atlas),
+            entities={**entities, 'atlas': atlas.name, 'desc': 'regions'},
+            suffix='latent',
+            columns=columns,
+            sidecar={
+                'Atlas': atlas.name,
+                'Model': model,
+                'LatentDimension': dimension,
+                'Description': REGIONAL_CODES_DESCRIPTION,
+            },
+        )
     if latent_maps:
         img = nib.Nifti1Image(latent_volume(codes, mask), affine)
         img.header.set_xyzt_units('mm')
-        writer.write_image(img, entities={**entities, 'desc': 'codes'}, suffix='latent',
-                           sidecar={'Model': model, 'LatentDimension': dimension,
-                                    'Description': LATENT_MAP_DESCRIPTION})
+        writer.write_image(
+            img,
+            entities={**entities, 'desc': 'codes'},
+            suffix='latent',
+            sidecar={
+                'Model': model,
+                'LatentDimension': dimension,
+                'Description': LATENT_MAP_DESCRIPTION,
+            },
+        )
 
 
-REGIONAL_CODES_DESCRIPTION = ('Mean latent code over the template brain-mask voxels of each '
-                              'atlas region (each voxel has the code of the patch centred on '
-                              'it); whole_brain averages every brain-mask voxel.')
-LATENT_MAP_DESCRIPTION = ('Latent code of the axial patch centred on each template brain-mask '
-                          'voxel, one volume per code dimension (volume d is column z<d> of the '
-                          'latent tables); 0 outside the brain mask. float32: NIfTI-1 has no '
-                          'half-precision type.')
+REGIONAL_CODES_DESCRIPTION = (
+    'Mean latent code over the template brain-mask voxels of each '
+    'atlas region (each voxel has the code of the patch centred on '
+    'it); whole_brain averages every brain-mask voxel.'
+)
+LATENT_MAP_DESCRIPTION = (
+    'Latent code of the axial patch centred on each template brain-mask '
+    'voxel, one volume per code dimension (volume d is column z<d> of the '
+    'latent tables); 0 outside the brain mask. float32: NIfTI-1 has no '
+    'half-precision type.'
+)
 
 
 def latent_volume(codes: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -299,14 +418,20 @@ def regional_codes(codes: np.ndarray, mask: np.ndarray, atlas: Atlas) -> pd.Data
     indices = atlas.table['index'].to_numpy()
     size = int(max(labels.max(initial=0), indices.max(initial=0))) + 1
     counts = np.bincount(labels, minlength=size)
-    sums = np.stack([np.bincount(labels, weights=codes[:, d], minlength=size)
-                     for d in range(codes.shape[1])], axis=1)
+    sums = np.stack(
+        [np.bincount(labels, weights=codes[:, d], minlength=size) for d in range(codes.shape[1])],
+        axis=1,
+    )
     n_voxels = np.r_[counts[indices], counts.sum()]
     with np.errstate(invalid='ignore'):  # a region without brain voxels: 0 / 0 = NaN
         means = np.vstack([sums[indices], sums.sum(axis=0)]) / n_voxels[:, None]
-    table = pd.DataFrame({'region': [*atlas.table['name'], WHOLE_BRAIN],
-                          'index': pd.array([*indices, pd.NA], dtype='Int64'),
-                          'n_voxels': n_voxels})
+    table = pd.DataFrame(
+        {
+            'region': [*atlas.table['name'], WHOLE_BRAIN],
+            'index': pd.array([*indices, pd.NA], dtype='Int64'),
+            'n_voxels': n_voxels,
+        }
+    )
     code_table = pd.DataFrame(means, columns=[f'z{d:03d}' for d in range(codes.shape[1])])
     return pd.concat([table, code_table], axis=1)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-
 from typing import TYPE_CHECKING
 
 from bids_anomaly.errors import AppError
@@ -28,23 +27,37 @@ def run_participant_level(context: RunContext) -> None:
     config = context.config
     scoring = load_bundles(context)
     status = run_preprocessing(
-        context.participants, preprocessing=config.preprocessing, execution=config.execution,
-        writer=context.writer, work_dir=context.work_dir, log_dir=context.log_dir)
+        context.participants,
+        preprocessing=config.preprocessing,
+        execution=config.execution,
+        writer=context.writer,
+        work_dir=context.work_dir,
+        log_dir=context.log_dir,
+    )
     rows = status.loc[status['status'] == 'failed']
-    failed = {(row.participant, row.session if isinstance(row.session, str) else None)
-              for row in rows.itertuples()}
-    succeeded = [p for p in context.participants
-                 if (f'sub-{p.label}', p.session) not in failed]
+    failed = {
+        (row.participant, row.session if isinstance(row.session, str) else None)
+        for row in rows.itertuples()
+    }
+    succeeded = [p for p in context.participants if (f'sub-{p.label}', p.session) not in failed]
     if scoring is not None and succeeded:
         from bids_anomaly.levels.score import load_atlases, score_participants
 
         scorers, template = scoring
-        score_participants(context, succeeded, scorers, load_atlases(config, template),
-                           template, skip_existing=False)
+        score_participants(
+            context,
+            succeeded,
+            scorers,
+            load_atlases(config, template),
+            template,
+            skip_existing=False,
+        )
     if failed:
         names = ', '.join(sorted(s + (f'_ses-{ses}' if ses else '') for s, ses in failed))
-        raise AppError(f'{len(failed)} of {len(context.participants)} participant(s) failed '
-                       f'({names}); see {context.log_dir} for each error')
+        raise AppError(
+            f'{len(failed)} of {len(context.participants)} participant(s) failed '
+            f'({names}); see {context.log_dir} for each error'
+        )
 
 
 def load_bundles(context: RunContext) -> tuple[list[BundleScorer], Template] | None:
@@ -55,8 +68,10 @@ def load_bundles(context: RunContext) -> tuple[list[BundleScorer], Template] | N
     config = context.config
     paths = bundle_paths(config)
     if not paths:
-        LOGGER.info('no model bundle yet: participants are preprocessed only (train with '
-                    '`group --train`, then scores are computed at the group level)')
+        LOGGER.info(
+            'no model bundle yet: participants are preprocessed only (train with '
+            '`group --train`, then scores are computed at the group level)'
+        )
         return None
     template = load_template(config.preprocessing.resolution)
     return load_scorers(paths, template, config.execution.device), template

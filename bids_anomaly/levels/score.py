@@ -26,9 +26,19 @@ from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_
 LOGGER = logging.getLogger('bids_anomaly')
 
 
-def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
-                  calibration_volumes: np.ndarray, *, radius: int, nu: float, gamma: float,
-                  quantile: float, device: str, n_jobs: int = 1) -> None:
+def fit_normative(
+    bundle: Path,
+    template: Template,
+    train_volumes: np.ndarray,
+    calibration_volumes: np.ndarray,
+    *,
+    radius: int,
+    nu: float,
+    gamma: float,
+    quantile: float,
+    device: str,
+    n_jobs: int = 1,
+) -> None:
     """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
 
     ``n_jobs`` worker processes fit the one-class SVMs on CPU.
@@ -41,34 +51,51 @@ def fit_normative(bundle: Path, template: Template, train_volumes: np.ndarray,
     zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
     add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
     if scorer.card.spec.is_patch:
-        codes = np.stack([scorer.infer(volume, with_error=False).codes
-                          for volume in train_volumes])
+        codes = np.stack(
+            [scorer.infer(volume, with_error=False).codes for volume in train_volumes]
+        )
         samples = NeighbourhoodSamples(codes, mask, radius)
-        LOGGER.info('%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
-                    scorer.label, *samples.shape[1:])
+        LOGGER.info(
+            '%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
+            scorer.label,
+            *samples.shape[1:],
+        )
         for name in ('ocsvm', 'gaussian'):
             # a diagonal (shrunk) Gaussian: one 64x64 eigendecomposition per voxel for the
             # full or low-rank forms costs minutes per brain on CPU, and ~8.7 kB per voxel
-            params = ({'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs} if name == 'ocsvm'
-                      else {'covariance_type': 'diag'})
+            params = (
+                {'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs}
+                if name == 'ocsvm'
+                else {'covariance_type': 'diag'}
+            )
             estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
             add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
-    LOGGER.info('%s: normative models fitted in %.1f s', scorer.label,
-                time.monotonic() - started)
+    LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
     scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
     for volume in calibration_volumes:
         for key, values in scorer.score(volume).maps.items():
             pooled.setdefault(key, []).append(values[mask])
-    thresholds = {f'{model}.{stat}': np.array([calibrate_threshold(np.stack(v), quantile)],
-                                              dtype=np.float32)
-                  for (model, stat), v in pooled.items()}
-    add_arrays(bundle, 'thresholds', thresholds,
-               metadata={'quantile': quantile,
-                         'participants': list(scorer.card.calibration_participants)})
-    LOGGER.info('%s: thresholds at the %g quantile of %d calibration control(s): %s',
-                scorer.label, quantile, len(calibration_volumes),
-                ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()))
+    thresholds = {
+        f'{model}.{stat}': np.array([calibrate_threshold(np.stack(v), quantile)], dtype=np.float32)
+        for (model, stat), v in pooled.items()
+    }
+    add_arrays(
+        bundle,
+        'thresholds',
+        thresholds,
+        metadata={
+            'quantile': quantile,
+            'participants': list(scorer.card.calibration_participants),
+        },
+    )
+    LOGGER.info(
+        '%s: thresholds at the %g quantile of %d calibration control(s): %s',
+        scorer.label,
+        quantile,
+        len(calibration_volumes),
+        ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()),
+    )
 
 
 def _params(estimator) -> dict:
@@ -87,8 +114,10 @@ def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list
         except BundleError as err:
             raise MissingInputError(str(err)) from None
         if not scorer.ready:
-            raise MissingInputError(f'{path} has no normative models or thresholds; rerun '
-                                    '`bids_anomaly BIDS_DIR OUTPUT_DIR group --train`')
+            raise MissingInputError(
+                f'{path} has no normative models or thresholds; rerun '
+                '`bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
+            )
         scorers.append(scorer)
     return scorers
 
@@ -110,8 +139,9 @@ def load_atlases(config, template: Template) -> list[Atlas]:
     for dseg, labels in zip(config.scoring.atlas, config.scoring.atlas_labels):
         for path in (dseg, labels):
             if not Path(path).is_file():
-                raise MissingInputError(f'atlas file {path} does not exist; check --atlas and '
-                                        '--atlas-labels')
+                raise MissingInputError(
+                    f'atlas file {path} does not exist; check --atlas and --atlas-labels'
+                )
         try:
             atlases.append(load_atlas(dseg, labels, template.t1w))
         except ValueError as err:
@@ -119,13 +149,21 @@ def load_atlases(config, template: Template) -> list[Atlas]:
     return atlases
 
 
-def score_participants(context, participants: Sequence[Participant],
-                       scorers: Sequence[BundleScorer], atlases: Sequence[Atlas],
-                       template: Template, *, skip_existing: bool) -> None:
+def score_participants(
+    context,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    atlases: Sequence[Atlas],
+    template: Template,
+    *,
+    skip_existing: bool,
+) -> None:
     """Score each participant with every bundle and write the outputs (resumable)."""
     from bids_anomaly.bids.preprocessed import load_volumes
     from bids_anomaly.levels.outputs import (
-        find_native_space, latent_sample, write_participant_scores,
+        find_native_space,
+        latent_sample,
+        write_participant_scores,
     )
     from bids_anomaly.reports.participant import write_participant_report
 
@@ -135,52 +173,102 @@ def score_participants(context, participants: Sequence[Participant],
     if latent_maps:
         for scorer in scorers:
             if not scorer.card.spec.is_patch:
-                LOGGER.info('%s: no --latent-maps for a slice model (one code per slice, not '
-                            'per voxel: see its desc-slices_latent.tsv)', scorer.label)
+                LOGGER.info(
+                    '%s: no --latent-maps for a slice model (one code per slice, not '
+                    'per voxel: see its desc-slices_latent.tsv)',
+                    scorer.label,
+                )
     sample = latent_sample(template.mask_array(), config.execution.seed)
     for participant in participants:
-        native = (find_native_space(writer, participant, template.name)
-                  if config.scoring.native_space else None)
+        native = (
+            find_native_space(writer, participant, template.name)
+            if config.scoring.native_space
+            else None
+        )
         for index, scorer in enumerate(scorers):
-            expected = expected_scores(writer, participant, scorer, atlases, template,
-                                       latent_maps=latent_maps, native=native is not None)
+            expected = expected_scores(
+                writer,
+                participant,
+                scorer,
+                atlases,
+                template,
+                latent_maps=latent_maps,
+                native=native is not None,
+            )
             trained = (scorer.path / 'model.json').stat().st_mtime  # retrained: rescore
-            if skip_existing and all(p.is_file() and p.stat().st_mtime > trained
-                                     for p in expected):
+            if skip_existing and all(
+                p.is_file() and p.stat().st_mtime > trained for p in expected
+            ):
                 LOGGER.info('%s: %s scores exist, skipping', participant.name, scorer.label)
                 continue
             started = time.monotonic()
-            volume = load_volumes(config.output_dir, [participant], scorer.modalities,
-                                  template)[0]
+            volume = load_volumes(config.output_dir, [participant], scorer.modalities, template)[0]
             scores = scorer.score(volume)
-            write_participant_scores(writer, participant, scores, scorer, atlases,
-                                     latent_sample=sample, write_baseline=index == 0,
-                                     native=native, latent_maps=latent_maps)
-            LOGGER.info('%s: scored with %s in %.1f s', participant.name, scorer.label,
-                        time.monotonic() - started)
-        write_participant_report(config.output_dir, participant, template, scorers, atlases,
-                                 quantile=scorers[0].quantile or config.scoring.threshold_quantile)
+            write_participant_scores(
+                writer,
+                participant,
+                scores,
+                scorer,
+                atlases,
+                latent_sample=sample,
+                write_baseline=index == 0,
+                native=native,
+                latent_maps=latent_maps,
+            )
+            LOGGER.info(
+                '%s: scored with %s in %.1f s',
+                participant.name,
+                scorer.label,
+                time.monotonic() - started,
+            )
+        write_participant_report(
+            config.output_dir,
+            participant,
+            template,
+            scorers,
+            atlases,
+            quantile=scorers[0].quantile or config.scoring.threshold_quantile,
+        )
 
 
-def expected_scores(writer: DerivativesWriter, participant: Participant, scorer: BundleScorer,
-                    atlases: Sequence[Atlas], template: Template, *, latent_maps: bool,
-                    native: bool) -> list[Path]:
+def expected_scores(
+    writer: DerivativesWriter,
+    participant: Participant,
+    scorer: BundleScorer,
+    atlases: Sequence[Atlas],
+    template: Template,
+    *,
+    latent_maps: bool,
+    native: bool,
+) -> list[Path]:
     """Files that show ``participant`` is scored with ``scorer`` (the resume check).
 
     A new ``--atlas``, ``--latent-maps`` or ``--native-space`` asks for files that are not
     there yet, so the participant is scored again.
     """
-    space = {**participant.entities, 'space': template.name, 'res': template.res_label,
-             'model': scorer.label}
+    space = {
+        **participant.entities,
+        'space': template.name,
+        'res': template.res_label,
+        'model': scorer.label,
+    }
     expected = [writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
-    expected += [writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv')
-                 for atlas in atlases]
+    expected += [
+        writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv') for atlas in atlases
+    ]
     if scorer.card.spec.is_patch:
-        expected += [writer.path({**space, 'atlas': atlas.name, 'desc': 'regions'}, 'latent',
-                                 '.tsv') for atlas in atlases]
+        expected += [
+            writer.path({**space, 'atlas': atlas.name, 'desc': 'regions'}, 'latent', '.tsv')
+            for atlas in atlases
+        ]
         if latent_maps:
             expected.append(writer.path({**space, 'desc': 'codes'}, 'latent', '.nii.gz'))
     if native:
-        expected.append(writer.path({**participant.entities, 'model': scorer.label,
-                                     'stat': 'recon'}, 'statmap', '.nii.gz'))
+        expected.append(
+            writer.path(
+                {**participant.entities, 'model': scorer.label, 'stat': 'recon'},
+                'statmap',
+                '.nii.gz',
+            )
+        )
     return expected

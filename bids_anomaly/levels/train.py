@@ -30,30 +30,40 @@ def min_training(families: tuple[str, ...]) -> int:
     return 2 if any(f.startswith('sae') for f in families) else 1
 
 
-def split_controls(controls: list[Participant], fraction: float, seed: int,
-                   n_training: int = 1) -> tuple[list[Participant], list[Participant]]:
+def split_controls(
+    controls: list[Participant], fraction: float, seed: int, n_training: int = 1
+) -> tuple[list[Participant], list[Participant]]:
     """Seeded split into (training, calibration); at least 2 calibration controls."""
     n_calibration = max(MIN_CALIBRATION, int(round(fraction * len(controls))))
     if len(controls) - n_calibration < n_training:
         raise MissingInputError(
             f'{len(controls)} control(s) with preprocessed data: training needs at least '
             f'{MIN_CALIBRATION + n_training} ({MIN_CALIBRATION} held out for calibration, '
-            f'{n_training} to train on); run the participant level on more controls')
+            f'{n_training} to train on); run the participant level on more controls'
+        )
     order = np.random.default_rng(seed).permutation(len(controls))
     calibration = sorted((controls[i] for i in order[:n_calibration]), key=lambda p: p.name)
     training = sorted((controls[i] for i in order[n_calibration:]), key=lambda p: p.name)
     return training, calibration
 
 
-def preprocessed_controls(context: RunContext, controls: list[Participant],
-                          template: Template) -> list[Participant]:
+def preprocessed_controls(
+    context: RunContext, controls: list[Participant], template: Template
+) -> list[Participant]:
     """Controls whose template-space T1w exists in OUTPUT_DIR (the others are reported)."""
-    ready = [p for p in controls
-             if preprocessed_path(context.config.output_dir, p, 'T1w', template).is_file()]
+    ready = [
+        p
+        for p in controls
+        if preprocessed_path(context.config.output_dir, p, 'T1w', template).is_file()
+    ]
     missing = sorted(set(p.name for p in controls) - set(p.name for p in ready))
     if missing:
-        LOGGER.warning('%d control(s) have no preprocessed data at %g mm and are not used: %s',
-                       len(missing), template.resolution, ', '.join(missing))
+        LOGGER.warning(
+            '%d control(s) have no preprocessed data at %g mm and are not used: %s',
+            len(missing),
+            template.resolution,
+            ', '.join(missing),
+        )
     return ready
 
 
@@ -67,60 +77,99 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     training_cfg = config.training
     template = load_template(config.preprocessing.resolution)
     ready = preprocessed_controls(context, controls, template)
-    training, calibration = split_controls(ready, training_cfg.calibration_fraction,
-                                           config.execution.seed,
-                                           min_training(training_cfg.models))
-    modalities = training_cfg.modalities or default_modalities(config.output_dir, ready,
-                                                               template)
-    LOGGER.info('training on %d control(s) (%s), calibrating on %d (%s), modalities %s',
-                len(training), ', '.join(p.name for p in training), len(calibration),
-                ', '.join(p.name for p in calibration), '+'.join(modalities))
+    training, calibration = split_controls(
+        ready,
+        training_cfg.calibration_fraction,
+        config.execution.seed,
+        min_training(training_cfg.models),
+    )
+    modalities = training_cfg.modalities or default_modalities(config.output_dir, ready, template)
+    LOGGER.info(
+        'training on %d control(s) (%s), calibrating on %d (%s), modalities %s',
+        len(training),
+        ', '.join(p.name for p in training),
+        len(calibration),
+        ', '.join(p.name for p in calibration),
+        '+'.join(modalities),
+    )
     train_volumes = load_volumes(config.output_dir, training, modalities, template)
     calibration_volumes = load_volumes(config.output_dir, calibration, modalities, template)
     mask = template.mask_array()
     bundles = []
     for family in training_cfg.models:
         spec = ModelSpec(
-            family, in_channels=len(modalities), grid_shape=template.shape,
+            family,
+            in_channels=len(modalities),
+            grid_shape=template.shape,
             patch_size=training_cfg.patch_size,
             latent_channels=training_cfg.latent_channels or None,
-            variational=training_cfg.variational, beta=training_cfg.beta,
-            loss=training_cfg.loss or None, metric=training_cfg.siamese_metric,
-            alpha=training_cfg.alpha)
+            variational=training_cfg.variational,
+            beta=training_cfg.beta,
+            loss=training_cfg.loss or None,
+            metric=training_cfg.siamese_metric,
+            alpha=training_cfg.alpha,
+        )
         params = TrainParams(
-            epochs=training_cfg.epochs or None, batch_size=training_cfg.batch_size or None,
+            epochs=training_cfg.epochs or None,
+            batch_size=training_cfg.batch_size or None,
             learning_rate=training_cfg.learning_rate,
             patches_per_subject=training_cfg.patches_per_subject,
-            seed=config.execution.seed).resolved(spec)
+            seed=config.execution.seed,
+        ).resolved(spec)
         started = time.monotonic()
         work_dir = context.work_dir / 'training' / family
         try:
-            result = train_model(spec, params, train_volumes, mask, calibration_volumes,
-                                 work_dir=work_dir, device=config.execution.device,
-                                 progress=True)
+            result = train_model(
+                spec,
+                params,
+                train_volumes,
+                mask,
+                calibration_volumes,
+                work_dir=work_dir,
+                device=config.execution.device,
+                progress=True,
+            )
         except StaleCheckpointError as err:  # left by other settings: the message says the fix
             raise UsageError(str(err)) from None
         card = ModelCard(
-            spec=spec, params=params, modalities=tuple(modalities), template=template.name,
+            spec=spec,
+            params=params,
+            modalities=tuple(modalities),
+            template=template.name,
             resolution=template.resolution,
             normalisation=normalisation_card(config),
             training_participants=tuple(p.name for p in training),
             calibration_participants=tuple(p.name for p in calibration),
             description=describe(family, training, calibration, modalities, template),
-            history=tuple(row._asdict() if hasattr(row, '_asdict') else vars(row)
-                          for row in result.history),
-            extra={'best_epoch': result.best_epoch})
+            history=tuple(
+                row._asdict() if hasattr(row, '_asdict') else vars(row) for row in result.history
+            ),
+            extra={'best_epoch': result.best_epoch},
+        )
         bundle = save_bundle(config.output_dir / 'models' / family, result.model, card)
         for name in ('log.tsv', 'loss.png'):
             if (work_dir / name).is_file():
                 shutil.copyfile(work_dir / name, bundle / name)
-        LOGGER.info('trained %s in %.1f s (best epoch %d); bundle %s', family,
-                    time.monotonic() - started, result.best_epoch, bundle)
+        LOGGER.info(
+            'trained %s in %.1f s (best epoch %d); bundle %s',
+            family,
+            time.monotonic() - started,
+            result.best_epoch,
+            bundle,
+        )
         scoring = config.scoring
-        fit_normative(bundle, template, train_volumes, calibration_volumes,
-                      radius=scoring.neighbourhood, nu=scoring.nu, gamma=scoring.gamma,
-                      quantile=scoring.threshold_quantile, device=config.execution.device,
-                      n_jobs=config.execution.nprocs)
+        fit_normative(
+            bundle,
+            template,
+            train_volumes,
+            calibration_volumes,
+            radius=scoring.neighbourhood,
+            nu=scoring.nu,
+            gamma=scoring.gamma,
+            quantile=scoring.threshold_quantile,
+            device=config.execution.device,
+            n_jobs=config.execution.nprocs,
+        )
         bundles.append(bundle)
     return bundles
 
@@ -134,9 +183,16 @@ def normalisation_card(config: RunConfig) -> dict:
     return card
 
 
-def describe(family: str, training: list[Participant], calibration: list[Participant],
-             modalities: tuple[str, ...], template: Template) -> str:
+def describe(
+    family: str,
+    training: list[Participant],
+    calibration: list[Participant],
+    modalities: tuple[str, ...],
+    template: Template,
+) -> str:
     """Free-text model card summary."""
-    return (f'{family} trained by bids_anomaly on {len(training)} control(s), with '
-            f'{len(calibration)} held-out calibration control(s); inputs '
-            f'{"+".join(modalities)} in {template.name} at {template.resolution:g} mm.')
+    return (
+        f'{family} trained by bids_anomaly on {len(training)} control(s), with '
+        f'{len(calibration)} held-out calibration control(s); inputs '
+        f'{"+".join(modalities)} in {template.name} at {template.resolution:g} mm.'
+    )

@@ -234,11 +234,17 @@ def add_arrays(
     _check_not_shared(entries, name, arrays)
     tensors = {key: np.ascontiguousarray(_numpy(value)) for key, value in arrays.items()}
     digests = {key: _array_digest(value) for key, value in tensors.items()}
-    stored = {digest: (other, key) for other, entry in entries.items() if other != name
-              for key, digest in entry.get('digests', {}).items()}
-    shared = {key: {'set': stored[digest][0], 'key': stored[digest][1], 'digest': digest}
-              for key, digest in digests.items()
-              if digest in stored and tensors[key].nbytes >= SHARED_MIN_BYTES}
+    stored = {
+        digest: (other, key)
+        for other, entry in entries.items()
+        if other != name
+        for key, digest in entry.get('digests', {}).items()
+    }
+    shared = {
+        key: {'set': stored[digest][0], 'key': stored[digest][1], 'digest': digest}
+        for key, digest in digests.items()
+        if digest in stored and tensors[key].nbytes >= SHARED_MIN_BYTES
+    }
     target = path / f'{name}.safetensors'
     with atomic_path(target) as tmp:
         safetensors.numpy.save_file({k: v for k, v in tensors.items() if k not in shared}, tmp)
@@ -268,8 +274,10 @@ def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
     for key, source in entry.get('shared', {}).items():
         owner = entries.get(source['set'], {})
         if owner.get('digests', {}).get(source['key']) != source['digest']:
-            message = (f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
-                       f'{source["set"]!r}, which was replaced since; {_RETRAIN}.')
+            message = (
+                f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
+                f'{source["set"]!r}, which was replaced since; {_RETRAIN}.'
+            )
             raise BundleError(message)
         with safetensors.safe_open(_verified(path, owner), framework='np') as stored:
             arrays[key] = stored.get_tensor(source['key'])
@@ -281,11 +289,14 @@ def _check_not_shared(entries: dict, name: str, arrays: ty.Mapping) -> None:
     for other, entry in entries.items():
         for source in entry.get('shared', {}).values():
             if source['set'] == name and (
-                    source['key'] not in arrays
-                    or _array_digest(np.ascontiguousarray(_numpy(arrays[source['key']])))
-                    != source['digest']):
-                raise ValueError(f'array set {other!r} shares {source["key"]!r} with '
-                                 f'{name!r}: add {other!r} again after replacing {name!r}.')
+                source['key'] not in arrays
+                or _array_digest(np.ascontiguousarray(_numpy(arrays[source['key']])))
+                != source['digest']
+            ):
+                raise ValueError(
+                    f'array set {other!r} shares {source["key"]!r} with '
+                    f'{name!r}: add {other!r} again after replacing {name!r}.'
+                )
 
 
 def _array_digest(array: np.ndarray) -> str:
@@ -401,8 +412,11 @@ def format_card(path: Path) -> str:
         f'  architecture    {json.dumps(spec.to_dict())}',
         f'  training        {json.dumps(params.to_dict())}',
         f'  epochs run      {len(card.history)}'
-        + (f' (last train {_number(last["train_loss"])}, val {_number(last["val_loss"])})'
-           if last else ''),
+        + (
+            f' (last train {_number(last["train_loss"])}, val {_number(last["val_loss"])})'
+            if last
+            else ''
+        ),
         f'  participants    {len(card.training_participants)} training: '
         f'{" ".join(card.training_participants)}',
         f'                  {len(card.calibration_participants)} calibration: '

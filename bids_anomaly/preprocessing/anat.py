@@ -8,6 +8,7 @@ from typing import Literal
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_anomaly.preprocessing.intensity import NormMethod
 from bids_anomaly.preprocessing.interfaces import (
     ApplyTransforms,
     BrainMask,
@@ -21,24 +22,39 @@ from bids_anomaly.preprocessing.interfaces import (
 )
 from bids_anomaly.preprocessing.registration import GRID_MM
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, check_resolution
-from bids_anomaly.preprocessing.intensity import NormMethod
 
 #: Fields of the anatomical workflow's ``outputnode`` (native-space fields are undefined when
 #: precomputed derivatives are reused without them).
 ANAT_OUTPUTS = (
-    't1w_preproc', 't1w_mask', 'skull_stripped', 't1w2std_xfm', 'std2t1w_xfm',
-    'std_t1w', 'std_mask', 'norm_parameters', 'qc_metrics', 'qc_figure',
-    'template', 'template_mask',
+    't1w_preproc',
+    't1w_mask',
+    'skull_stripped',
+    't1w2std_xfm',
+    'std2t1w_xfm',
+    'std_t1w',
+    'std_mask',
+    'norm_parameters',
+    'qc_metrics',
+    'qc_figure',
+    'template',
+    'template_mask',
 )
 #: Fields of the anatomical workflow's ``inputnode``.
 ANAT_INPUTS = ('t1w', 'std_t1w', 'std_mask', 't1w_preproc', 't1w_mask', 't1w2std_xfm')
 
 
-def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 'syn',
-                 intensity_norm: NormMethod = 'quantile',
-                 omp_nthreads: int = 1, precomputed: bool = False, quick: bool = False,
-                 seed: int = 0, template_dir: Path | None = None,
-                 name: str = 'anat_wf') -> pe.Workflow:
+def init_anat_wf(
+    *,
+    resolution: float,
+    registration: Literal['affine', 'syn'] = 'syn',
+    intensity_norm: NormMethod = 'quantile',
+    omp_nthreads: int = 1,
+    precomputed: bool = False,
+    quick: bool = False,
+    seed: int = 0,
+    template_dir: Path | None = None,
+    name: str = 'anat_wf',
+) -> pe.Workflow:
     """Bias-correct, skull-strip and register a T1w to the template; normalise intensities.
 
     Workflow Graph
@@ -99,14 +115,23 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
     template = pe.Node(TemplateFiles(resolution=resolution), name='template')
     if template_dir is not None:
         template.inputs.out_dir = str(template_dir)
-    mask_std = pe.Node(ApplyTransforms(interpolation='genericLabel', out_name='mask_std.nii.gz',
-                                       num_threads=omp_nthreads),
-                       name='mask_std', n_procs=omp_nthreads)
-    t1w_std = pe.Node(ApplyTransforms(interpolation='linear', out_name='T1w_std.nii.gz',
-                                      num_threads=omp_nthreads),
-                      name='t1w_std', n_procs=omp_nthreads)
-    normalise = pe.Node(IntensityNorm(method=intensity_norm, out_name='T1w_std_norm.nii.gz'),
-                        name='normalise')
+    mask_std = pe.Node(
+        ApplyTransforms(
+            interpolation='genericLabel', out_name='mask_std.nii.gz', num_threads=omp_nthreads
+        ),
+        name='mask_std',
+        n_procs=omp_nthreads,
+    )
+    t1w_std = pe.Node(
+        ApplyTransforms(
+            interpolation='linear', out_name='T1w_std.nii.gz', num_threads=omp_nthreads
+        ),
+        name='t1w_std',
+        n_procs=omp_nthreads,
+    )
+    normalise = pe.Node(
+        IntensityNorm(method=intensity_norm, out_name='T1w_std_norm.nii.gz'), name='normalise'
+    )
     qc_metrics = pe.Node(RegistrationQC(), name='qc_metrics')
     qc_figure = pe.Node(RegistrationFigure(title=f'T1w on {TEMPLATE_NAME}'), name='qc_figure')
 
@@ -137,11 +162,18 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
 
     validate = pe.Node(ValidateT1w(), name='validate')
     n4 = pe.Node(N4BiasCorrection(num_threads=omp_nthreads), name='n4')  # N4 is serial
-    brain_mask = pe.Node(BrainMask(seed=seed, quick=quick, num_threads=omp_nthreads),
-                         name='brain_mask', n_procs=omp_nthreads)
-    register = pe.Node(Register(kind=registration, grid_mm=GRID_MM, quick=quick, seed=seed,
-                                num_threads=omp_nthreads),
-                       name='register', n_procs=omp_nthreads)
+    brain_mask = pe.Node(
+        BrainMask(seed=seed, quick=quick, num_threads=omp_nthreads),
+        name='brain_mask',
+        n_procs=omp_nthreads,
+    )
+    register = pe.Node(
+        Register(
+            kind=registration, grid_mm=GRID_MM, quick=quick, seed=seed, num_threads=omp_nthreads
+        ),
+        name='register',
+        n_procs=omp_nthreads,
+    )
     workflow.connect([
         (inputnode, validate, [('t1w', 'in_file')]),
         (validate, n4, [('out_file', 'in_file')]),
@@ -165,17 +197,22 @@ def init_anat_wf(*, resolution: float, registration: Literal['affine', 'syn'] = 
 
 def _methods(registration: str, intensity_norm: str, precomputed: bool) -> str:
     """Methods text (boilerplate for a paper) of the anatomical workflow."""
-    norm = {'quantile': 'scaled to [0, 1] between the 1st and 99th percentiles inside the brain '
-                        'mask',
-            'quantile-unclipped': 'scaled linearly so that the 1st and 99th percentiles inside '
-                                  'the brain mask map to 0 and 1, without clipping',
-            'zscore': 'standardised (z-scored) inside the brain mask'}[intensity_norm]
+    norm = {
+        'quantile': 'scaled to [0, 1] between the 1st and 99th percentiles inside the brain mask',
+        'quantile-unclipped': 'scaled linearly so that the 1st and 99th percentiles inside '
+        'the brain mask map to 0 and 1, without clipping',
+        'zscore': 'standardised (z-scored) inside the brain mask',
+    }[intensity_norm]
     if precomputed:
-        return (f'A T1w image and brain mask already in MNI space (fMRIPrep/sMRIPrep) were '
-                f'resampled onto the {TEMPLATE_NAME} grid, and intensities were {norm}.')
+        return (
+            f'A T1w image and brain mask already in MNI space (fMRIPrep/sMRIPrep) were '
+            f'resampled onto the {TEMPLATE_NAME} grid, and intensities were {norm}.'
+        )
     model = 'rigid, affine and SyN' if registration == 'syn' else 'rigid and affine'
-    return (f'The T1w image was reoriented to RAS+, corrected for intensity non-uniformity with '
-            f'N4 (antspyx), and skull-stripped (non-zero object of skull-stripped inputs, or '
-            f'template-based extraction). It was registered to the {TEMPLATE_NAME} template '
-            f'({model} stages, antsRegistration), resampled onto the template grid, and '
-            f'intensities were {norm}.')
+    return (
+        f'The T1w image was reoriented to RAS+, corrected for intensity non-uniformity with '
+        f'N4 (antspyx), and skull-stripped (non-zero object of skull-stripped inputs, or '
+        f'template-based extraction). It was registered to the {TEMPLATE_NAME} template '
+        f'({model} stages, antsRegistration), resampled onto the template grid, and '
+        f'intensities were {norm}.'
+    )

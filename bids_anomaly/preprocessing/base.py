@@ -9,8 +9,8 @@ from nipype.pipeline import engine as pe
 
 from bids_anomaly.preprocessing.anat import init_anat_wf
 from bids_anomaly.preprocessing.dwi import init_dwi_wf
-from bids_anomaly.preprocessing.precomputed import Precomputed
 from bids_anomaly.preprocessing.intensity import NormMethod
+from bids_anomaly.preprocessing.precomputed import Precomputed
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
@@ -24,22 +24,34 @@ def participant_wf_name(participant: Participant) -> str:
     return f'{name}_wf'
 
 
-def init_participant_wf(participant: Participant, *, resolution: float,
-                        registration: Literal['affine', 'syn'] = 'syn',
-                        intensity_norm: NormMethod = 'quantile',
-                        omp_nthreads: int = 1, precomputed: Precomputed | None = None,
-                        quick: bool = False, seed: int = 0,
-                        template_dir: Path | None = None) -> pe.Workflow:
+def init_participant_wf(
+    participant: Participant,
+    *,
+    resolution: float,
+    registration: Literal['affine', 'syn'] = 'syn',
+    intensity_norm: NormMethod = 'quantile',
+    omp_nthreads: int = 1,
+    precomputed: Precomputed | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    template_dir: Path | None = None,
+) -> pe.Workflow:
     """Build ``anat_wf`` (and ``dwi_wf`` when the participant has DWI) with inputs set.
 
     With ``precomputed`` derivatives the T1w registration is skipped; a DWI run then needs the
     derivatives' native T1w, mask and transform (see :attr:`Precomputed.has_native`).
     """
     workflow = pe.Workflow(name=participant_wf_name(participant))
-    anat_wf = init_anat_wf(resolution=resolution, registration=registration,
-                           intensity_norm=intensity_norm, omp_nthreads=omp_nthreads,
-                           precomputed=precomputed is not None, quick=quick, seed=seed,
-                           template_dir=template_dir)
+    anat_wf = init_anat_wf(
+        resolution=resolution,
+        registration=registration,
+        intensity_norm=intensity_norm,
+        omp_nthreads=omp_nthreads,
+        precomputed=precomputed is not None,
+        quick=quick,
+        seed=seed,
+        template_dir=template_dir,
+    )
     anat_wf.inputs.inputnode.t1w = str(participant.t1w)
     if precomputed is not None:
         for field in ('std_t1w', 'std_mask', 't1w_preproc', 't1w_mask', 't1w2std_xfm'):
@@ -50,10 +62,13 @@ def init_participant_wf(participant: Participant, *, resolution: float,
     if participant.dwi is None:
         return workflow
     if precomputed is not None and not precomputed.has_native:
-        raise ValueError(f'sub-{participant.label}: the reused derivatives lack the native T1w, '
-                         'brain mask or T1w-to-template transform needed for DWI')
-    dwi_wf = init_dwi_wf(intensity_norm=intensity_norm, omp_nthreads=omp_nthreads,
-                         quick=quick, seed=seed)
+        raise ValueError(
+            f'sub-{participant.label}: the reused derivatives lack the native T1w, '
+            'brain mask or T1w-to-template transform needed for DWI'
+        )
+    dwi_wf = init_dwi_wf(
+        intensity_norm=intensity_norm, omp_nthreads=omp_nthreads, quick=quick, seed=seed
+    )
     dwi_wf.inputs.inputnode.dwi = str(participant.dwi.dwi)
     dwi_wf.inputs.inputnode.bval = str(participant.dwi.bval)
     dwi_wf.inputs.inputnode.bvec = str(participant.dwi.bvec)

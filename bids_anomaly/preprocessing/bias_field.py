@@ -39,8 +39,9 @@ def foreground_mask(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(data > otsu(data))
 
 
-def n4_bias_correct(in_file: str, *, newpath: str | None = None,
-                    spacing_mm: float = N4_SPACING_MM) -> str:
+def n4_bias_correct(
+    in_file: str, *, newpath: str | None = None, spacing_mm: float = N4_SPACING_MM
+) -> str:
     """Correct the bias field of a 3D image; write the corrected image.
 
     The field is fitted inside :func:`foreground_mask` on the image resampled to
@@ -61,10 +62,14 @@ def n4_bias_correct(in_file: str, *, newpath: str | None = None,
     mask = foreground_mask(data)
     spacing = (max(spacing_mm, *image.spacing),) * 3
     small = ants.resample_image(image, spacing, use_voxels=False, interp_type=0)
-    small_mask = ants.resample_image_to_target(image.new_image_like(mask.astype(np.float32)),
-                                               small, interp_type='nearestNeighbor')
+    small_mask = ants.resample_image_to_target(
+        image.new_image_like(mask.astype(np.float32)), small, interp_type='nearestNeighbor'
+    )
     field = ants.n4_bias_field_correction(
-        small, mask=small_mask, shrink_factor=1, return_bias_field=True,
+        small,
+        mask=small_mask,
+        shrink_factor=1,
+        return_bias_field=True,
         convergence={'iters': list(N4_ITERATIONS), 'tol': N4_TOLERANCE},
     )
     bias = ants.resample_image_to_target(field, image, interp_type='linear').numpy()

@@ -25,8 +25,10 @@ STRIPPED_MAX_ML = 2500.0
 def is_skull_stripped(data: np.ndarray, voxel_ml: float) -> bool:
     """Whether an image is zero outside a brain-sized object."""
     nonzero = data != 0
-    return bool(np.mean(~nonzero) > ZERO_BACKGROUND_FRACTION
-                and np.count_nonzero(nonzero) * voxel_ml <= STRIPPED_MAX_ML)
+    return bool(
+        np.mean(~nonzero) > ZERO_BACKGROUND_FRACTION
+        and np.count_nonzero(nonzero) * voxel_ml <= STRIPPED_MAX_ML
+    )
 
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
@@ -38,8 +40,15 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == largest)
 
 
-def brain_mask(in_file: str, template_file: str, template_mask_file: str, *, seed: int = 0,
-               quick: bool = False, newpath: str | None = None) -> tuple[str, bool]:
+def brain_mask(
+    in_file: str,
+    template_file: str,
+    template_mask_file: str,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    newpath: str | None = None,
+) -> tuple[str, bool]:
     """Write the brain mask of a bias-corrected T1w (``brain_mask.nii.gz``).
 
     Returns
@@ -59,19 +68,40 @@ def brain_mask(in_file: str, template_file: str, template_mask_file: str, *, see
     if skull_stripped:
         mask = clean_mask(data != 0)
     else:
-        mask = _template_mask(in_file, template_file, template_mask_file, seed=seed,
-                              quick=quick, out_dir=out_dir)
+        mask = _template_mask(
+            in_file, template_file, template_mask_file, seed=seed, quick=quick, out_dir=out_dir
+        )
     out_file = out_dir / 'brain_mask.nii.gz'
     ants.image_write(image.new_image_like(mask.astype(np.float32)), str(out_file))
     return str(out_file), skull_stripped
 
 
-def _template_mask(in_file: str, template_file: str, template_mask_file: str, *, seed: int,
-                   quick: bool, out_dir: Path) -> np.ndarray:
+def _template_mask(
+    in_file: str,
+    template_file: str,
+    template_mask_file: str,
+    *,
+    seed: int,
+    quick: bool,
+    out_dir: Path,
+) -> np.ndarray:
     """Warp the template brain mask onto a full-head image and clean it up."""
-    _, inverse = register(in_file, template_file, kind='syn_coarse', grid_mm=GRID_MM, seed=seed,
-                          quick=quick, newpath=str(out_dir))
-    warped = apply_transforms(template_mask_file, in_file, [inverse], interpolation='linear',
-                              out_name='template_mask_native.nii.gz', newpath=str(out_dir))
+    _, inverse = register(
+        in_file,
+        template_file,
+        kind='syn_coarse',
+        grid_mm=GRID_MM,
+        seed=seed,
+        quick=quick,
+        newpath=str(out_dir),
+    )
+    warped = apply_transforms(
+        template_mask_file,
+        in_file,
+        [inverse],
+        interpolation='linear',
+        out_name='template_mask_native.nii.gz',
+        newpath=str(out_dir),
+    )
     probability = np.asarray(nib.load(warped).dataobj, dtype=np.float32)
     return clean_mask(ndimage.binary_opening(probability >= 0.5, iterations=1))

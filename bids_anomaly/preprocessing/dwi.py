@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_anomaly.preprocessing.intensity import NormMethod
 from bids_anomaly.preprocessing.interfaces import (
     ApplyTransforms,
     DWIReference,
@@ -16,18 +16,30 @@ from bids_anomaly.preprocessing.interfaces import (
     ValidateDWI,
 )
 from bids_anomaly.preprocessing.templates import TEMPLATE_NAME
-from bids_anomaly.preprocessing.intensity import NormMethod
 
 #: Fields of the DWI workflow's ``inputnode`` and ``outputnode``.
-DWI_INPUTS = ('dwi', 'bval', 'bvec', 't1w', 't1w_mask', 't1w2std_xfm', 'template',
-              'template_mask', 'std_mask')
-DWI_OUTPUTS = ('std_fa', 'std_md', 'fa_parameters', 'md_parameters', 'dwi2t1w_xfm',
-               'qc_figure')
+DWI_INPUTS = (
+    'dwi',
+    'bval',
+    'bvec',
+    't1w',
+    't1w_mask',
+    't1w2std_xfm',
+    'template',
+    'template_mask',
+    'std_mask',
+)
+DWI_OUTPUTS = ('std_fa', 'std_md', 'fa_parameters', 'md_parameters', 'dwi2t1w_xfm', 'qc_figure')
 
 
-def init_dwi_wf(*, intensity_norm: NormMethod = 'quantile',
-                omp_nthreads: int = 1, quick: bool = False, seed: int = 0,
-                name: str = 'dwi_wf') -> pe.Workflow:
+def init_dwi_wf(
+    *,
+    intensity_norm: NormMethod = 'quantile',
+    omp_nthreads: int = 1,
+    quick: bool = False,
+    seed: int = 0,
+    name: str = 'dwi_wf',
+) -> pe.Workflow:
     """Fit a diffusion tensor and bring FA and MD into template space through the T1w.
 
     Workflow Graph
@@ -78,19 +90,31 @@ def init_dwi_wf(*, intensity_norm: NormMethod = 'quantile',
     outputnode = pe.Node(niu.IdentityInterface(fields=list(DWI_OUTPUTS)), name='outputnode')
     validate_dwi = pe.Node(ValidateDWI(), name='validate_dwi')
     dwi_reference = pe.Node(DWIReference(), name='dwi_reference')
-    tensor_fit = pe.Node(TensorFit(num_threads=omp_nthreads), name='tensor_fit',
-                         n_procs=omp_nthreads)
-    b0_reg = pe.Node(Register(kind='rigid', quick=quick, seed=seed, num_threads=omp_nthreads),
-                     name='b0_reg', n_procs=omp_nthreads)
+    tensor_fit = pe.Node(
+        TensorFit(num_threads=omp_nthreads), name='tensor_fit', n_procs=omp_nthreads
+    )
+    b0_reg = pe.Node(
+        Register(kind='rigid', quick=quick, seed=seed, num_threads=omp_nthreads),
+        name='b0_reg',
+        n_procs=omp_nthreads,
+    )
     merge_xfms = pe.Node(niu.Merge(2), name='merge_xfms')
-    fa_std = pe.Node(ApplyTransforms(out_name='fa_std.nii.gz', num_threads=omp_nthreads),
-                     name='fa_std', n_procs=omp_nthreads)
-    md_std = pe.Node(ApplyTransforms(out_name='md_std.nii.gz', num_threads=omp_nthreads),
-                     name='md_std', n_procs=omp_nthreads)
-    fa_norm = pe.Node(IntensityNorm(method=intensity_norm, out_name='fa_std_norm.nii.gz'),
-                      name='fa_norm')
-    md_norm = pe.Node(IntensityNorm(method=intensity_norm, out_name='md_std_norm.nii.gz'),
-                      name='md_norm')
+    fa_std = pe.Node(
+        ApplyTransforms(out_name='fa_std.nii.gz', num_threads=omp_nthreads),
+        name='fa_std',
+        n_procs=omp_nthreads,
+    )
+    md_std = pe.Node(
+        ApplyTransforms(out_name='md_std.nii.gz', num_threads=omp_nthreads),
+        name='md_std',
+        n_procs=omp_nthreads,
+    )
+    fa_norm = pe.Node(
+        IntensityNorm(method=intensity_norm, out_name='fa_std_norm.nii.gz'), name='fa_norm'
+    )
+    md_norm = pe.Node(
+        IntensityNorm(method=intensity_norm, out_name='md_std_norm.nii.gz'), name='md_norm'
+    )
     qc_figure = pe.Node(RegistrationFigure(title=f'FA on {TEMPLATE_NAME}'), name='qc_figure')
 
     workflow.connect([

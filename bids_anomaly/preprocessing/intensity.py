@@ -22,9 +22,12 @@ NORM_METHODS = ('quantile', 'quantile-unclipped', 'zscore')
 QUANTILES = (0.01, 0.99)
 
 
-def quantile_scale(data: np.ndarray, mask: np.ndarray,
-                   quantiles: tuple[float, float] = QUANTILES,
-                   clip: bool = True) -> tuple[np.ndarray, dict]:
+def quantile_scale(
+    data: np.ndarray,
+    mask: np.ndarray,
+    quantiles: tuple[float, float] = QUANTILES,
+    clip: bool = True,
+) -> tuple[np.ndarray, dict]:
     """Map the brain's quantiles to 0 and 1 (clipped to [0, 1] if ``clip``); 0 outside ``mask``."""
     values = data[mask]
     if values.size == 0:
@@ -33,9 +36,12 @@ def quantile_scale(data: np.ndarray, mask: np.ndarray,
     scale = upper - lower if upper > lower else 1.0
     scaled = (data - lower) / scale
     out = np.where(mask, np.clip(scaled, 0.0, 1.0) if clip else scaled, 0.0)
-    return out.astype(np.float32), {'Method': 'quantile' if clip else 'quantile-unclipped',
-                                    'Quantiles': list(quantiles),
-                                    'Lower': lower, 'Upper': upper}
+    return out.astype(np.float32), {
+        'Method': 'quantile' if clip else 'quantile-unclipped',
+        'Quantiles': list(quantiles),
+        'Lower': lower,
+        'Upper': upper,
+    }
 
 
 def zscore(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -48,19 +54,28 @@ def zscore(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
     return out.astype(np.float32), {'Method': 'zscore', 'Mean': mean, 'StandardDeviation': std}
 
 
-def normalise_intensity(in_file: str, mask_file: str, *, method: NormMethod = 'quantile',
-                        out_name: str = 'normalised.nii.gz',
-                        newpath: str | None = None) -> tuple[str, dict]:
+def normalise_intensity(
+    in_file: str,
+    mask_file: str,
+    *,
+    method: NormMethod = 'quantile',
+    out_name: str = 'normalised.nii.gz',
+    newpath: str | None = None,
+) -> tuple[str, dict]:
     """File wrapper of :func:`quantile_scale` / :func:`zscore`; returns the file and parameters.
 
     The parameters (quantile values, or mean and SD) go into the output's sidecar, so that the
     original scale can be recovered.
     """
-    functions = {'quantile': quantile_scale, 'zscore': zscore,
-                 'quantile-unclipped': lambda d, m: quantile_scale(d, m, clip=False)}
+    functions = {
+        'quantile': quantile_scale,
+        'zscore': zscore,
+        'quantile-unclipped': lambda d, m: quantile_scale(d, m, clip=False),
+    }
     if method not in functions:
-        raise ValueError(f'unknown intensity normalisation {method!r}; use one of '
-                         f'{", ".join(NORM_METHODS)}')
+        raise ValueError(
+            f'unknown intensity normalisation {method!r}; use one of {", ".join(NORM_METHODS)}'
+        )
     img = nib.load(in_file)
     data = np.asarray(img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(mask_file).dataobj) > 0

@@ -64,14 +64,18 @@ def use_threads(num_threads: int) -> None:
 
 
 class _ThreadedInputSpec(BaseInterfaceInputSpec):
-    num_threads = traits.Int(1, usedefault=True, nohash=True,
-                             desc='threads for antspyx (ITK) or numpy in this node')
+    num_threads = traits.Int(
+        1, usedefault=True, nohash=True, desc='threads for antspyx (ITK) or numpy in this node'
+    )
 
 
 class _TemplateFilesInputSpec(BaseInterfaceInputSpec):
     resolution = traits.Float(mandatory=True, desc='grid resolution in mm (1, 1.5 or 2)')
-    out_dir = Directory(nohash=True, desc='shared folder to keep the files in, across '
-                        "participants (default: the node's folder)")
+    out_dir = Directory(
+        nohash=True,
+        desc='shared folder to keep the files in, across '
+        "participants (default: the node's folder)",
+    )
 
 
 class _TemplateFilesOutputSpec(TraitedSpec):
@@ -107,8 +111,9 @@ class ValidateT1w(SimpleInterface):
     output_spec = _ValidateT1wOutputSpec
 
     def _run_interface(self, runtime):
-        self._results['out_file'] = validation.validate_t1w(self.inputs.in_file,
-                                                            newpath=runtime.cwd)
+        self._results['out_file'] = validation.validate_t1w(
+            self.inputs.in_file, newpath=runtime.cwd
+        )
         return runtime
 
 
@@ -132,7 +137,8 @@ class ValidateDWI(SimpleInterface):
 
     def _run_interface(self, runtime):
         out_file, out_bval, out_bvec = validation.validate_dwi(
-            self.inputs.in_file, self.inputs.in_bval, self.inputs.in_bvec, newpath=runtime.cwd)
+            self.inputs.in_file, self.inputs.in_bval, self.inputs.in_bvec, newpath=runtime.cwd
+        )
         self._results.update(out_file=out_file, out_bval=out_bval, out_bvec=out_bvec)
         return runtime
 
@@ -153,8 +159,9 @@ class N4BiasCorrection(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_threads(self.inputs.num_threads)
-        self._results['out_file'] = bias_field.n4_bias_correct(self.inputs.in_file,
-                                                               newpath=runtime.cwd)
+        self._results['out_file'] = bias_field.n4_bias_correct(
+            self.inputs.in_file, newpath=runtime.cwd
+        )
         return runtime
 
 
@@ -180,8 +187,13 @@ class BrainMask(SimpleInterface):
     def _run_interface(self, runtime):
         use_threads(self.inputs.num_threads)
         out_mask, skull_stripped = brain_mask.brain_mask(
-            self.inputs.in_file, self.inputs.template, self.inputs.template_mask,
-            seed=self.inputs.seed, quick=self.inputs.quick, newpath=runtime.cwd)
+            self.inputs.in_file,
+            self.inputs.template,
+            self.inputs.template_mask,
+            seed=self.inputs.seed,
+            quick=self.inputs.quick,
+            newpath=runtime.cwd,
+        )
         self._results.update(out_mask=out_mask, skull_stripped=skull_stripped)
         return runtime
 
@@ -190,12 +202,22 @@ class _RegisterInputSpec(_ThreadedInputSpec):
     moving = File(exists=True, mandatory=True, desc='image to register')
     fixed = File(exists=True, mandatory=True, desc='reference image')
     moving_mask = File(exists=True, desc='brain mask of the moving image (applied to it)')
-    fixed_mask = File(exists=True, desc='brain mask of the fixed image (applied to it, and the '
-                      'fixed image is cropped to its bounding box)')
-    kind = traits.Enum('syn', 'affine', 'rigid', 'syn_coarse', usedefault=True,
-                       desc='transform model: rigid; rigid -> affine; rigid -> affine -> SyN')
-    grid_mm = traits.Float(0.0, usedefault=True,
-                           desc='register on a grid at least this coarse (mm; 0: the images\')')
+    fixed_mask = File(
+        exists=True,
+        desc='brain mask of the fixed image (applied to it, and the '
+        'fixed image is cropped to its bounding box)',
+    )
+    kind = traits.Enum(
+        'syn',
+        'affine',
+        'rigid',
+        'syn_coarse',
+        usedefault=True,
+        desc='transform model: rigid; rigid -> affine; rigid -> affine -> SyN',
+    )
+    grid_mm = traits.Float(
+        0.0, usedefault=True, desc="register on a grid at least this coarse (mm; 0: the images')"
+    )
     quick = traits.Bool(False, usedefault=True, desc='cap iterations at 10 per level (tests)')
     seed = traits.Int(0, usedefault=True, desc='random seed of the metric sampling')
 
@@ -213,12 +235,21 @@ class Register(SimpleInterface):
 
     def _run_interface(self, runtime):
         use_threads(self.inputs.num_threads)
-        masks = {name: getattr(self.inputs, name) for name in ('moving_mask', 'fixed_mask')
-                 if isdefined(getattr(self.inputs, name))}
+        masks = {
+            name: getattr(self.inputs, name)
+            for name in ('moving_mask', 'fixed_mask')
+            if isdefined(getattr(self.inputs, name))
+        }
         forward, inverse = registration.register(
-            self.inputs.moving, self.inputs.fixed, kind=self.inputs.kind,
-            grid_mm=self.inputs.grid_mm, quick=self.inputs.quick, seed=self.inputs.seed,
-            newpath=runtime.cwd, **masks)
+            self.inputs.moving,
+            self.inputs.fixed,
+            kind=self.inputs.kind,
+            grid_mm=self.inputs.grid_mm,
+            quick=self.inputs.quick,
+            seed=self.inputs.seed,
+            newpath=runtime.cwd,
+            **masks,
+        )
         self._results.update(forward_transform=forward, inverse_transform=inverse)
         return runtime
 
@@ -226,10 +257,17 @@ class Register(SimpleInterface):
 class _ApplyTransformsInputSpec(_ThreadedInputSpec):
     in_file = File(exists=True, mandatory=True, desc='image to resample')
     reference = File(exists=True, mandatory=True, desc='image that defines the output grid')
-    transforms = InputMultiObject(File(exists=True),
-                                  desc='ANTs transforms, last applied first (none: identity)')
-    interpolation = traits.Enum('linear', 'genericLabel', 'nearestNeighbor', 'bSpline',
-                                usedefault=True, desc='interpolator (genericLabel for masks)')
+    transforms = InputMultiObject(
+        File(exists=True), desc='ANTs transforms, last applied first (none: identity)'
+    )
+    interpolation = traits.Enum(
+        'linear',
+        'genericLabel',
+        'nearestNeighbor',
+        'bSpline',
+        usedefault=True,
+        desc='interpolator (genericLabel for masks)',
+    )
     out_name = traits.Str('warped.nii.gz', usedefault=True, desc='output file name')
 
 
@@ -247,18 +285,27 @@ class ApplyTransforms(SimpleInterface):
         use_threads(self.inputs.num_threads)
         transforms = self.inputs.transforms if isdefined(self.inputs.transforms) else []
         self._results['out_file'] = registration.apply_transforms(
-            self.inputs.in_file, self.inputs.reference, list(transforms),
-            interpolation=self.inputs.interpolation, out_name=self.inputs.out_name,
-            newpath=runtime.cwd)
+            self.inputs.in_file,
+            self.inputs.reference,
+            list(transforms),
+            interpolation=self.inputs.interpolation,
+            out_name=self.inputs.out_name,
+            newpath=runtime.cwd,
+        )
         return runtime
 
 
 class _IntensityNormInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc='image to normalise')
     mask_file = File(exists=True, mandatory=True, desc='brain mask on the same grid')
-    method = traits.Enum('quantile', 'quantile-unclipped', 'zscore', usedefault=True,
-                         desc='quantile: 1-99 %% quantiles to [0, 1], clipped; '
-                              'quantile-unclipped: the same map, not clipped; zscore: mean 0, SD 1')
+    method = traits.Enum(
+        'quantile',
+        'quantile-unclipped',
+        'zscore',
+        usedefault=True,
+        desc='quantile: 1-99 %% quantiles to [0, 1], clipped; '
+        'quantile-unclipped: the same map, not clipped; zscore: mean 0, SD 1',
+    )
     out_name = traits.Str('normalised.nii.gz', usedefault=True, desc='output file name')
 
 
@@ -275,8 +322,12 @@ class IntensityNorm(SimpleInterface):
 
     def _run_interface(self, runtime):
         out_file, parameters = intensity.normalise_intensity(
-            self.inputs.in_file, self.inputs.mask_file, method=self.inputs.method,
-            out_name=self.inputs.out_name, newpath=runtime.cwd)
+            self.inputs.in_file,
+            self.inputs.mask_file,
+            method=self.inputs.method,
+            out_name=self.inputs.out_name,
+            newpath=runtime.cwd,
+        )
         self._results.update(out_file=out_file, parameters=parameters)
         return runtime
 
@@ -300,8 +351,11 @@ class RegistrationQC(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results['metrics'] = quality.registration_metrics(
-            self.inputs.in_file, self.inputs.mask_file, self.inputs.template,
-            self.inputs.template_mask)
+            self.inputs.in_file,
+            self.inputs.mask_file,
+            self.inputs.template,
+            self.inputs.template_mask,
+        )
         return runtime
 
 
@@ -323,8 +377,11 @@ class RegistrationFigure(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results['out_file'] = quality.plot_registration(
-            self.inputs.in_file, self.inputs.template_mask, title=self.inputs.title,
-            newpath=runtime.cwd)
+            self.inputs.in_file,
+            self.inputs.template_mask,
+            title=self.inputs.title,
+            newpath=runtime.cwd,
+        )
         return runtime
 
 
@@ -346,8 +403,9 @@ class DWIReference(SimpleInterface):
     output_spec = _DWIReferenceOutputSpec
 
     def _run_interface(self, runtime):
-        out_b0, out_mask = tensor.dwi_reference(self.inputs.in_file, self.inputs.in_bval,
-                                                self.inputs.in_bvec, newpath=runtime.cwd)
+        out_b0, out_mask = tensor.dwi_reference(
+            self.inputs.in_file, self.inputs.in_bval, self.inputs.in_bvec, newpath=runtime.cwd
+        )
         self._results.update(out_b0=out_b0, out_mask=out_mask)
         return runtime
 
@@ -374,8 +432,12 @@ class TensorFit(SimpleInterface):
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=max(1, self.inputs.num_threads)):
-            out_fa, out_md = tensor.fit_tensor(self.inputs.in_file, self.inputs.in_bval,
-                                               self.inputs.in_bvec, self.inputs.mask_file,
-                                               newpath=runtime.cwd)
+            out_fa, out_md = tensor.fit_tensor(
+                self.inputs.in_file,
+                self.inputs.in_bval,
+                self.inputs.in_bvec,
+                self.inputs.mask_file,
+                newpath=runtime.cwd,
+            )
         self._results.update(out_fa=out_fa, out_md=out_md)
         return runtime

@@ -26,11 +26,15 @@ from bids_anomaly.preprocessing.precomputed import Precomputed
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
 
-XFM_DESCRIPTION = ('ANTs composite transform (HDF5); apply with antsApplyTransforms -t or '
-                   'ants.apply_transforms, with the target space image as reference.')
+XFM_DESCRIPTION = (
+    'ANTs composite transform (HDF5); apply with antsApplyTransforms -t or '
+    'ants.apply_transforms, with the target space image as reference.'
+)
 
-FIGURE_DESCRIPTION = ('Registration check: the template brain mask outline (red) over the '
-                      "participant's normalised {} in template space, three orthogonal views.")
+FIGURE_DESCRIPTION = (
+    'Registration check: the template brain mask outline (red) over the '
+    "participant's normalised {} in template space, three orthogonal views."
+)
 
 
 @dataclass(frozen=True)
@@ -52,34 +56,76 @@ def derivatives(template: str, res: str) -> tuple[Derivative, ...]:
     return (
         Derivative('anat_wf', 't1w_preproc', {'desc': 'preproc'}, 'T1w', 'anat'),
         Derivative('anat_wf', 't1w_mask', {'desc': 'brain'}, 'mask', 'anat'),
-        Derivative('anat_wf', 'std_t1w', {**std, 'desc': 'preproc'}, 'T1w', 'anat',
-                   template_space=True),
-        Derivative('anat_wf', 'std_mask', {**std, 'desc': 'brain'}, 'mask', 'anat',
-                   template_space=True),
-        Derivative('anat_wf', 't1w2std_xfm', {'from': 'T1w', 'to': template, 'mode': 'image'},
-                   'xfm', 'anat', '.h5'),
-        Derivative('anat_wf', 'std2t1w_xfm', {'from': template, 'to': 'T1w', 'mode': 'image'},
-                   'xfm', 'anat', '.h5'),
-        Derivative('anat_wf', 'qc_figure', {**std, 'desc': 'registration'}, 'T1w', 'figures',
-                   '.svg'),
-        Derivative('dwi_wf', 'std_fa', {**std, 'model': 'tensor', 'param': 'FA'}, 'dwimap',
-                   'dwi', template_space=True),
-        Derivative('dwi_wf', 'std_md', {**std, 'model': 'tensor', 'param': 'MD'}, 'dwimap',
-                   'dwi', template_space=True),
-        Derivative('dwi_wf', 'dwi2t1w_xfm', {'from': 'dwi', 'to': 'T1w', 'mode': 'image'},
-                   'xfm', 'dwi', '.h5'),
-        Derivative('dwi_wf', 'qc_figure', {**std, 'model': 'tensor', 'param': 'FA',
-                                           'desc': 'registration'}, 'dwimap', 'figures', '.svg'),
+        Derivative(
+            'anat_wf', 'std_t1w', {**std, 'desc': 'preproc'}, 'T1w', 'anat', template_space=True
+        ),
+        Derivative(
+            'anat_wf', 'std_mask', {**std, 'desc': 'brain'}, 'mask', 'anat', template_space=True
+        ),
+        Derivative(
+            'anat_wf',
+            't1w2std_xfm',
+            {'from': 'T1w', 'to': template, 'mode': 'image'},
+            'xfm',
+            'anat',
+            '.h5',
+        ),
+        Derivative(
+            'anat_wf',
+            'std2t1w_xfm',
+            {'from': template, 'to': 'T1w', 'mode': 'image'},
+            'xfm',
+            'anat',
+            '.h5',
+        ),
+        Derivative(
+            'anat_wf', 'qc_figure', {**std, 'desc': 'registration'}, 'T1w', 'figures', '.svg'
+        ),
+        Derivative(
+            'dwi_wf',
+            'std_fa',
+            {**std, 'model': 'tensor', 'param': 'FA'},
+            'dwimap',
+            'dwi',
+            template_space=True,
+        ),
+        Derivative(
+            'dwi_wf',
+            'std_md',
+            {**std, 'model': 'tensor', 'param': 'MD'},
+            'dwimap',
+            'dwi',
+            template_space=True,
+        ),
+        Derivative(
+            'dwi_wf',
+            'dwi2t1w_xfm',
+            {'from': 'dwi', 'to': 'T1w', 'mode': 'image'},
+            'xfm',
+            'dwi',
+            '.h5',
+        ),
+        Derivative(
+            'dwi_wf',
+            'qc_figure',
+            {**std, 'model': 'tensor', 'param': 'FA', 'desc': 'registration'},
+            'dwimap',
+            'figures',
+            '.svg',
+        ),
     )
 
 
-def expected_outputs(writer: DerivativesWriter, participant: Participant, template: str,
-                     res: str) -> list[Path]:
+def expected_outputs(
+    writer: DerivativesWriter, participant: Participant, template: str, res: str
+) -> list[Path]:
     """The template-space images a finished participant has (the skip-if-done check)."""
     workflows = {'anat_wf'} | ({'dwi_wf'} if participant.dwi is not None else set())
-    return [writer.path({**participant.entities, **d.entities}, d.suffix, d.extension,
-                        d.datatype)
-            for d in derivatives(template, res) if d.template_space and d.workflow in workflows]
+    return [
+        writer.path({**participant.entities, **d.entities}, d.suffix, d.extension, d.datatype)
+        for d in derivatives(template, res)
+        if d.template_space and d.workflow in workflows
+    ]
 
 
 def collect_results(workflow: pe.Workflow, graph: nx.DiGraph) -> dict[str, dict[str, Any]]:
@@ -112,9 +158,17 @@ def collect_results(workflow: pe.Workflow, graph: nx.DiGraph) -> dict[str, dict[
     return results
 
 
-def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Participant,
-                  writer: DerivativesWriter, *, template: str, resolution: float, res: str,
-                  registration: str, precomputed: Precomputed | None = None) -> list[Path]:
+def write_outputs(
+    results: Mapping[str, Mapping[str, Any]],
+    participant: Participant,
+    writer: DerivativesWriter,
+    *,
+    template: str,
+    resolution: float,
+    res: str,
+    registration: str,
+    precomputed: Precomputed | None = None,
+) -> list[Path]:
     """Write every available result with its sidecar; return the written paths.
 
     With ``precomputed`` derivatives, their native-space files (passed through for DWI) are
@@ -123,41 +177,63 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Partici
     anat = results.get('anat_wf', {})
     dwi = results.get('dwi_wf', {})
     sources = [_source(writer, participant.t1w)]
-    grid = {'Template': template, 'Resolution': f'{resolution:g} mm isotropic',
-            'Sources': sources}
+    grid = {'Template': template, 'Resolution': f'{resolution:g} mm isotropic', 'Sources': sources}
     sidecars = {
         ('anat_wf', 't1w_preproc'): {
             'Description': 'T1w reoriented to RAS+ and corrected for intensity non-uniformity '
-                           '(N4, antspyx)', 'SkullStripped': anat.get('skull_stripped'),
-            'Sources': sources},
+            '(N4, antspyx)',
+            'SkullStripped': anat.get('skull_stripped'),
+            'Sources': sources,
+        },
         ('anat_wf', 't1w_mask'): {'Type': 'Brain', 'Sources': sources},
         ('anat_wf', 'std_t1w'): {
-            **grid, 'SkullStripped': True, 'Registration': registration,
+            **grid,
+            'SkullStripped': True,
+            'Registration': registration,
             'IntensityNormalisation': anat.get('norm_parameters'),
-            'RegistrationQuality': anat.get('qc_metrics')},
+            'RegistrationQuality': anat.get('qc_metrics'),
+        },
         ('anat_wf', 'std_mask'): {**grid, 'Type': 'Brain'},
-        ('anat_wf', 't1w2std_xfm'): {'Description': XFM_DESCRIPTION, 'FromSpace': 'T1w',
-                                     'ToSpace': template},
-        ('anat_wf', 'std2t1w_xfm'): {'Description': XFM_DESCRIPTION, 'FromSpace': template,
-                                     'ToSpace': 'T1w'},
-        ('dwi_wf', 'std_fa'): {**grid, 'Model': 'DTI, weighted least squares (dipy)',
-                               'Parameter': 'fractional anisotropy',
-                               'IntensityNormalisation': dwi.get('fa_parameters')},
-        ('dwi_wf', 'std_md'): {**grid, 'Model': 'DTI, weighted least squares (dipy)',
-                               'Parameter': 'mean diffusivity',
-                               'Units': 'mm^2/s before normalisation',
-                               'IntensityNormalisation': dwi.get('md_parameters')},
+        ('anat_wf', 't1w2std_xfm'): {
+            'Description': XFM_DESCRIPTION,
+            'FromSpace': 'T1w',
+            'ToSpace': template,
+        },
+        ('anat_wf', 'std2t1w_xfm'): {
+            'Description': XFM_DESCRIPTION,
+            'FromSpace': template,
+            'ToSpace': 'T1w',
+        },
+        ('dwi_wf', 'std_fa'): {
+            **grid,
+            'Model': 'DTI, weighted least squares (dipy)',
+            'Parameter': 'fractional anisotropy',
+            'IntensityNormalisation': dwi.get('fa_parameters'),
+        },
+        ('dwi_wf', 'std_md'): {
+            **grid,
+            'Model': 'DTI, weighted least squares (dipy)',
+            'Parameter': 'mean diffusivity',
+            'Units': 'mm^2/s before normalisation',
+            'IntensityNormalisation': dwi.get('md_parameters'),
+        },
         ('anat_wf', 'qc_figure'): {'Description': FIGURE_DESCRIPTION.format('T1w')},
         ('dwi_wf', 'qc_figure'): {'Description': FIGURE_DESCRIPTION.format('FA map')},
-        ('dwi_wf', 'dwi2t1w_xfm'): {'Description': XFM_DESCRIPTION, 'FromSpace': 'dwi (b=0)',
-                                    'ToSpace': 'T1w'},
+        ('dwi_wf', 'dwi2t1w_xfm'): {
+            'Description': XFM_DESCRIPTION,
+            'FromSpace': 'dwi (b=0)',
+            'ToSpace': 'T1w',
+        },
     }
     if precomputed is not None:
-        reused = {'Precomputed': {
-            'Source': [str(precomputed.std_t1w), str(precomputed.std_mask)],
-            'Space': precomputed.space,
-            'Note': f'reused instead of registering; resampled onto the {template} grid with '
-                    'the identity transform'}}
+        reused = {
+            'Precomputed': {
+                'Source': [str(precomputed.std_t1w), str(precomputed.std_mask)],
+                'Space': precomputed.space,
+                'Note': f'reused instead of registering; resampled onto the {template} grid with '
+                'the identity transform',
+            }
+        }
         sidecars[('anat_wf', 'std_t1w')].update(reused, Registration='precomputed')
         sidecars[('anat_wf', 'std_mask')].update(reused)
     skipped = {'t1w_preproc', 't1w_mask', 't1w2std_xfm'} if precomputed is not None else set()
@@ -170,12 +246,22 @@ def write_outputs(results: Mapping[str, Mapping[str, Any]], participant: Partici
         sidecar = sidecars.get((d.workflow, d.field))
         if d.extension == '.nii.gz':
             img = _as_mask(nib.load(value)) if d.suffix == 'mask' else nib.load(value)
-            written.append(writer.write_image(img, entities=entities, suffix=d.suffix,
-                                              datatype=d.datatype, sidecar=sidecar))
+            written.append(
+                writer.write_image(
+                    img, entities=entities, suffix=d.suffix, datatype=d.datatype, sidecar=sidecar
+                )
+            )
         else:
-            written.append(writer.write_file(Path(value), entities=entities, suffix=d.suffix,
-                                             extension=d.extension, datatype=d.datatype,
-                                             sidecar=sidecar))
+            written.append(
+                writer.write_file(
+                    Path(value),
+                    entities=entities,
+                    suffix=d.suffix,
+                    extension=d.extension,
+                    datatype=d.datatype,
+                    sidecar=sidecar,
+                )
+            )
     return written
 
 

@@ -35,8 +35,9 @@ class Precomputed:
         return None not in (self.t1w_preproc, self.t1w_mask, self.t1w2std_xfm)
 
 
-def find_precomputed(derivatives: Sequence[Path], subject: str,
-                     session: str | None = None) -> Precomputed | None:
+def find_precomputed(
+    derivatives: Sequence[Path], subject: str, session: str | None = None
+) -> Precomputed | None:
     """First derivatives folder with a template-space T1w and brain mask for the participant."""
     prefix = f'sub-{subject}' + (f'_ses-{session}' if session else '')
     for root in derivatives:
@@ -47,7 +48,9 @@ def find_precomputed(derivatives: Sequence[Path], subject: str,
             if found is not None:
                 std_t1w, std_mask = found
                 return Precomputed(
-                    space, std_t1w, std_mask,
+                    space,
+                    std_t1w,
+                    std_mask,
                     t1w_preproc=_first(folder, f'{prefix}_desc-preproc_T1w.nii.gz'),
                     t1w_mask=_first(folder, f'{prefix}_desc-brain_mask.nii.gz'),
                     t1w2std_xfm=_first(folder, f'{prefix}_from-T1w_to-{space}_mode-image_xfm.h5'),
@@ -57,8 +60,9 @@ def find_precomputed(derivatives: Sequence[Path], subject: str,
 
 def _find_std(folder: Path, prefix: str, space: str) -> tuple[Path, Path] | None:
     """Template-space T1w and mask with the same entities, the finest ``res-`` first."""
-    for t1w in sorted(folder.glob(f'{prefix}*_space-{space}*_desc-preproc_T1w.nii.gz'),
-                      key=_res_index):
+    for t1w in sorted(
+        folder.glob(f'{prefix}*_space-{space}*_desc-preproc_T1w.nii.gz'), key=_res_index
+    ):
         mask = t1w.with_name(t1w.name.replace('_desc-preproc_T1w', '_desc-brain_mask'))
         if mask.is_file():
             return t1w, mask

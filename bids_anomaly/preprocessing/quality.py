@@ -28,21 +28,32 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.count_nonzero(a & b) / total)
 
 
-def registration_metrics(in_file: str, mask_file: str, template_file: str,
-                         template_mask_file: str) -> dict[str, float]:
+def registration_metrics(
+    in_file: str, mask_file: str, template_file: str, template_mask_file: str
+) -> dict[str, float]:
     """``{'PearsonR': ..., 'MaskDice': ...}`` of a template-space image and its brain mask."""
-    images = [np.asarray(nib.load(f).dataobj, dtype=np.float32)
-              for f in (in_file, mask_file, template_file, template_mask_file)]
+    images = [
+        np.asarray(nib.load(f).dataobj, dtype=np.float32)
+        for f in (in_file, mask_file, template_file, template_mask_file)
+    ]
     data, mask, template, template_mask = images
     if data.shape != template.shape:
         raise ValueError(f'{in_file} {data.shape} is not on the template grid {template.shape}')
     template_mask = template_mask > 0
-    return {'PearsonR': pearson_in_mask(data, template, template_mask),
-            'MaskDice': dice(mask > 0, template_mask)}
+    return {
+        'PearsonR': pearson_in_mask(data, template, template_mask),
+        'MaskDice': dice(mask > 0, template_mask),
+    }
 
 
-def plot_registration(in_file: str, template_mask_file: str, *, title: str,
-                      out_name: str = 'registration.svg', newpath: str | None = None) -> str:
+def plot_registration(
+    in_file: str,
+    template_mask_file: str,
+    *,
+    title: str,
+    out_name: str = 'registration.svg',
+    newpath: str | None = None,
+) -> str:
     """Draw the template brain outline over a template-space image (three views, SVG).
 
     The figure is a bare matplotlib ``Figure`` (no pyplot), so that no GUI backend is needed or
@@ -52,9 +63,15 @@ def plot_registration(in_file: str, template_mask_file: str, *, title: str,
     from nilearn import plotting
 
     out_file = Path(newpath or Path.cwd()) / out_name
-    display = plotting.plot_anat(in_file, display_mode='ortho', cut_coords=(0, -18, 10),
-                                 title=title, figure=Figure(figsize=(9, 3.2)), draw_cross=False,
-                                 dim=-0.3)
+    display = plotting.plot_anat(
+        in_file,
+        display_mode='ortho',
+        cut_coords=(0, -18, 10),
+        title=title,
+        figure=Figure(figsize=(9, 3.2)),
+        draw_cross=False,
+        dim=-0.3,
+    )
     display.add_contours(template_mask_file, levels=[0.5], colors='r', linewidths=1.2)
     display.savefig(str(out_file))
     return str(out_file)

@@ -54,11 +54,16 @@ class Stage:
         metric = f'{self.metric}[{fixed},{moving},1,{self.metric_parameter}'
         metric += f',Regular,{self.sampling:g}]' if self.sampling else ']'
         return [
-            '--transform', self.transform,
-            '--metric', metric,
-            '--convergence', f"[{'x'.join(map(str, self.iterations))},1e-6,10]",
-            '--shrink-factors', 'x'.join(map(str, self.shrink_factors)),
-            '--smoothing-sigmas', 'x'.join(f'{s:g}' for s in self.smoothing_sigmas) + 'vox',
+            '--transform',
+            self.transform,
+            '--metric',
+            metric,
+            '--convergence',
+            f'[{"x".join(map(str, self.iterations))},1e-6,10]',
+            '--shrink-factors',
+            'x'.join(map(str, self.shrink_factors)),
+            '--smoothing-sigmas',
+            'x'.join(f'{s:g}' for s in self.smoothing_sigmas) + 'vox',
         ]
 
     def quick(self) -> Stage:
@@ -66,9 +71,12 @@ class Stage:
         levels = len(self.iterations)
         if self.transform.startswith('SyN') and levels > 1:
             levels -= 1
-        return replace(self, iterations=tuple(min(i, 10) for i in self.iterations[:levels]),
-                       shrink_factors=self.shrink_factors[:levels],
-                       smoothing_sigmas=self.smoothing_sigmas[:levels])
+        return replace(
+            self,
+            iterations=tuple(min(i, 10) for i in self.iterations[:levels]),
+            shrink_factors=self.shrink_factors[:levels],
+            smoothing_sigmas=self.smoothing_sigmas[:levels],
+        )
 
 
 RIGID = Stage('Rigid[0.1]', 'MI', 32, (250, 100), (8, 4), (3, 2), sampling=0.25)
@@ -109,10 +117,18 @@ def ants_seed(seed: int) -> int:
     return seed % (2**31 - 2) + 1
 
 
-def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
-             moving_mask: str | None = None, fixed_mask: str | None = None,
-             grid_mm: float = 0.0, quick: bool = False, seed: int = 0,
-             newpath: str | None = None) -> tuple[str, str]:
+def register(
+    moving_file: str,
+    fixed_file: str,
+    *,
+    kind: RegistrationKind,
+    moving_mask: str | None = None,
+    fixed_mask: str | None = None,
+    grid_mm: float = 0.0,
+    quick: bool = False,
+    seed: int = 0,
+    newpath: str | None = None,
+) -> tuple[str, str]:
     """Register ``moving_file`` to ``fixed_file``; write forward and inverse composite transforms.
 
     Both images are multiplied by their masks when given, so that only the brain drives the
@@ -146,10 +162,22 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     moving_str = ants.internal.get_pointer_string(moving)
     prefix = str(out_dir / 'reg_')
     arguments = [
-        '--dimensionality', '3', '--float', '1', '--collapse-output-transforms', '1',
-        '--write-composite-transform', '1', '--use-histogram-matching', '1',
-        '--winsorize-image-intensities', '[0.005,0.995]', '--random-seed', str(ants_seed(seed)),
-        '--initial-moving-transform', f'[{fixed_str},{moving_str},1]',
+        '--dimensionality',
+        '3',
+        '--float',
+        '1',
+        '--collapse-output-transforms',
+        '1',
+        '--write-composite-transform',
+        '1',
+        '--use-histogram-matching',
+        '1',
+        '--winsorize-image-intensities',
+        '[0.005,0.995]',
+        '--random-seed',
+        str(ants_seed(seed)),
+        '--initial-moving-transform',
+        f'[{fixed_str},{moving_str},1]',
     ]
     for stage in registration_stages(kind, quick=quick):
         arguments += stage.arguments(fixed_str, moving_str)
@@ -162,9 +190,15 @@ def register(moving_file: str, fixed_file: str, *, kind: RegistrationKind,
     return forward, inverse
 
 
-def apply_transforms(in_file: str, reference_file: str, transforms: list[str], *,
-                     interpolation: Interpolation = 'linear', out_name: str = 'warped.nii.gz',
-                     newpath: str | None = None) -> str:
+def apply_transforms(
+    in_file: str,
+    reference_file: str,
+    transforms: list[str],
+    *,
+    interpolation: Interpolation = 'linear',
+    out_name: str = 'warped.nii.gz',
+    newpath: str | None = None,
+) -> str:
     """Resample ``in_file`` onto ``reference_file``'s grid through ``transforms``.
 
     ``transforms`` follow ANTs' order (the last one is applied to the image first); an empty
@@ -176,9 +210,13 @@ def apply_transforms(in_file: str, reference_file: str, transforms: list[str], *
     reference = ants.image_read(str(reference_file), pixeltype='float')
     moving = ants.image_read(str(in_file), pixeltype='float')
     if transforms:
-        warped = ants.apply_transforms(reference, moving, list(transforms),
-                                       interpolator=interpolation,
-                                       whichtoinvert=[False] * len(transforms))
+        warped = ants.apply_transforms(
+            reference,
+            moving,
+            list(transforms),
+            interpolator=interpolation,
+            whichtoinvert=[False] * len(transforms),
+        )
     else:
         warped = ants.resample_image_to_target(moving, reference, interp_type=interpolation)
     ants.image_write(warped, str(out_file))

@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +38,16 @@ STATUS_COLUMNS = ('participant', 'session', 'stage', 'status', 'seconds', 'messa
 POLL_SECONDS = 0.2
 
 
-def run_preprocessing(participants: Sequence[Participant], *, preprocessing: PreprocessingConfig,
-                      execution: ExecutionConfig, writer: DerivativesWriter, work_dir: Path,
-                      log_dir: Path, force: bool = False) -> pd.DataFrame:
+def run_preprocessing(
+    participants: Sequence[Participant],
+    *,
+    preprocessing: PreprocessingConfig,
+    execution: ExecutionConfig,
+    writer: DerivativesWriter,
+    work_dir: Path,
+    log_dir: Path,
+    force: bool = False,
+) -> pd.DataFrame:
     """Preprocess ``participants`` one after the other; return their status table.
 
     Parameters
@@ -69,9 +76,17 @@ def run_preprocessing(participants: Sequence[Participant], *, preprocessing: Pre
     rows = []
     for index, participant in enumerate(participants, 1):
         LOGGER.info('[%d/%d] %s: preprocessing', index, len(participants), participant.name)
-        row = _run_participant(participant, preprocessing=preprocessing, execution=execution,
-                               writer=writer, work_dir=Path(work_dir), log_dir=Path(log_dir),
-                               nprocs=nprocs, omp_nthreads=omp_nthreads, force=force)
+        row = _run_participant(
+            participant,
+            preprocessing=preprocessing,
+            execution=execution,
+            writer=writer,
+            work_dir=Path(work_dir),
+            log_dir=Path(log_dir),
+            nprocs=nprocs,
+            omp_nthreads=omp_nthreads,
+            force=force,
+        )
         rows.append(row)
         update_status_table(Path(log_dir) / STATUS_FILE, pd.DataFrame([row]))
         if row['status'] == 'failed' and execution.stop_on_first_crash:
@@ -80,13 +95,23 @@ def run_preprocessing(participants: Sequence[Participant], *, preprocessing: Pre
     return pd.DataFrame(rows, columns=list(STATUS_COLUMNS))
 
 
-def _run_participant(participant: Participant, *, preprocessing: PreprocessingConfig,
-                     execution: ExecutionConfig, writer: DerivativesWriter, work_dir: Path,
-                     log_dir: Path, nprocs: int, omp_nthreads: int,
-                     force: bool) -> dict[str, Any]:
+def _run_participant(
+    participant: Participant,
+    *,
+    preprocessing: PreprocessingConfig,
+    execution: ExecutionConfig,
+    writer: DerivativesWriter,
+    work_dir: Path,
+    log_dir: Path,
+    nprocs: int,
+    omp_nthreads: int,
+    force: bool,
+) -> dict[str, Any]:
     from bids_anomaly.preprocessing.base import init_participant_wf
     from bids_anomaly.preprocessing.outputs import (
-        collect_results, expected_outputs, write_outputs,
+        collect_results,
+        expected_outputs,
+        write_outputs,
     )
 
     name = participant.name
@@ -103,17 +128,25 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
         stage = 'workflow'
         precomputed = _precomputed(participant, preprocessing.derivatives)
         workflow = init_participant_wf(
-            participant, resolution=preprocessing.resolution,
-            registration=preprocessing.registration, intensity_norm=preprocessing.intensity_norm,
-            omp_nthreads=omp_nthreads, precomputed=precomputed, seed=execution.seed,
-            template_dir=work_dir / 'templates')
+            participant,
+            resolution=preprocessing.resolution,
+            registration=preprocessing.registration,
+            intensity_norm=preprocessing.intensity_norm,
+            omp_nthreads=omp_nthreads,
+            precomputed=precomputed,
+            seed=execution.seed,
+            template_dir=work_dir / 'templates',
+        )
         workflow.base_dir = str(work_dir)
         workflow.config['execution'] = {
-            'crashdump_dir': str(log_dir), 'crashfile_format': 'txt',
-            'stop_on_first_crash': 'false', 'poll_sleep_duration': POLL_SECONDS,
+            'crashdump_dir': str(log_dir),
+            'crashfile_format': 'txt',
+            'stop_on_first_crash': 'false',
+            'poll_sleep_duration': POLL_SECONDS,
         }
         plugin_args: dict[str, Any] = {
-            'n_procs': nprocs, 'raise_insufficient': False,
+            'n_procs': nprocs,
+            'raise_insufficient': False,
             'status_callback': _progress(name, workflow.name, failed_nodes),
         }
         if execution.mem_gb:
@@ -121,9 +154,16 @@ def _run_participant(participant: Participant, *, preprocessing: PreprocessingCo
         graph = workflow.run(plugin='MultiProc', plugin_args=plugin_args)
         stage = 'outputs'
         results = collect_results(workflow, graph)
-        write_outputs(results, participant, writer, template=TEMPLATE_NAME,
-                      resolution=preprocessing.resolution, res=res,
-                      registration=preprocessing.registration, precomputed=precomputed)
+        write_outputs(
+            results,
+            participant,
+            writer,
+            template=TEMPLATE_NAME,
+            resolution=preprocessing.resolution,
+            res=res,
+            registration=preprocessing.registration,
+            precomputed=precomputed,
+        )
     except Exception as error:  # one participant's failure must not stop the others
         stage = failed_nodes[0] if failed_nodes else stage
         message = error_summary(error)
@@ -155,15 +195,26 @@ def _precomputed(participant: Participant, derivatives: Sequence[Path]) -> Preco
     found = find_precomputed(derivatives, participant.label, participant.session)
     name = participant.name
     if found is None:
-        LOGGER.info('%s: no reusable template-space T1w in %s; registering', name,
-                    ', '.join(map(str, derivatives)))
+        LOGGER.info(
+            '%s: no reusable template-space T1w in %s; registering',
+            name,
+            ', '.join(map(str, derivatives)),
+        )
         return None
     if participant.dwi is not None and not found.has_native:
-        LOGGER.info('%s: %s lacks the native T1w, mask or transform needed for DWI; '
-                    'registering instead', name, found.std_t1w.parent)
+        LOGGER.info(
+            '%s: %s lacks the native T1w, mask or transform needed for DWI; registering instead',
+            name,
+            found.std_t1w.parent,
+        )
         return None
-    LOGGER.info('%s: reusing %s and %s (space %s) instead of registering', name,
-                found.std_t1w, found.std_mask, found.space)
+    LOGGER.info(
+        '%s: reusing %s and %s (space %s) instead of registering',
+        name,
+        found.std_t1w,
+        found.std_mask,
+        found.space,
+    )
     return found
 
 
@@ -176,8 +227,12 @@ def _progress(name: str, prefix: str, failed_nodes: list[str]):
         if status == 'start':
             started[step] = time.monotonic()
         elif status == 'end':
-            LOGGER.debug('%s: %s finished in %.1f s', name, step,
-                         time.monotonic() - started.get(step, time.monotonic()))
+            LOGGER.debug(
+                '%s: %s finished in %.1f s',
+                name,
+                step,
+                time.monotonic() - started.get(step, time.monotonic()),
+            )
         elif status == 'exception':
             failed_nodes.append(step)
 
@@ -220,8 +275,15 @@ def update_status_table(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _row(participant: Participant, stage: str, status: str, seconds: float,
-         message: str) -> dict[str, Any]:
-    return {'participant': f'sub-{participant.label}', 'session': participant.session,
-            'stage': stage, 'status': status, 'seconds': round(seconds, 1), 'message': message,
-            'finished': datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}
+def _row(
+    participant: Participant, stage: str, status: str, seconds: float, message: str
+) -> dict[str, Any]:
+    return {
+        'participant': f'sub-{participant.label}',
+        'session': participant.session,
+        'stage': stage,
+        'status': status,
+        'seconds': round(seconds, 1),
+        'message': message,
+        'finished': datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ'),
+    }

@@ -85,8 +85,12 @@ def load_template(resolution: float = 1.5) -> Template:
 
     def on_grid(img: nib.Nifti1Image, interpolation: str = 'linear') -> nib.Nifti1Image:
         out = image.resample_img(
-            img, target_affine=affine, target_shape=shape, interpolation=interpolation,
-            force_resample=True, copy_header=True,
+            img,
+            target_affine=affine,
+            target_shape=shape,
+            interpolation=interpolation,
+            force_resample=True,
+            copy_header=True,
         )
         data = np.asarray(out.dataobj, dtype=np.float32)
         return nib.Nifti1Image(np.clip(data, 0, None), affine)

@@ -23,8 +23,9 @@ def b0_brain_mask(b0: np.ndarray) -> np.ndarray:
     return mask.astype(bool)
 
 
-def tensor_maps(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
-                mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tensor_maps(
+    data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Fractional anisotropy and mean diffusivity (mm^2/s) of a WLS tensor fit inside ``mask``."""
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
@@ -36,8 +37,9 @@ def tensor_maps(data: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
     return fa.astype(np.float32), md.astype(np.float32)
 
 
-def dwi_reference(dwi_file: str, bval_file: str, bvec_file: str, *,
-                  newpath: str | None = None) -> tuple[str, str]:
+def dwi_reference(
+    dwi_file: str, bval_file: str, bvec_file: str, *, newpath: str | None = None
+) -> tuple[str, str]:
     """Write the mean b=0 image and its brain mask (``b0.nii.gz``, ``b0_mask.nii.gz``)."""
     img, bvals, _ = load_dwi(dwi_file, bval_file, bvec_file)
     b0 = mean_b0(np.asarray(img.dataobj, dtype=np.float32), bvals)
@@ -48,8 +50,9 @@ def dwi_reference(dwi_file: str, bval_file: str, bvec_file: str, *,
     return str(b0_file), str(mask_file)
 
 
-def fit_tensor(dwi_file: str, bval_file: str, bvec_file: str, mask_file: str, *,
-               newpath: str | None = None) -> tuple[str, str]:
+def fit_tensor(
+    dwi_file: str, bval_file: str, bvec_file: str, mask_file: str, *, newpath: str | None = None
+) -> tuple[str, str]:
     """Write FA and MD maps (``fa.nii.gz``, ``md.nii.gz``) in the DWI's native space."""
     img, bvals, bvecs = load_dwi(dwi_file, bval_file, bvec_file)
     mask = np.asarray(nib.load(mask_file).dataobj) > 0

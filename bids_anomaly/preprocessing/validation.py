@@ -65,8 +65,9 @@ def check_signal(path: Path | str, data: np.ndarray, zooms: tuple[float, ...]) -
         raise _fail(path, f'{n_bad} voxels are NaN or infinite')
     volume_ml = np.count_nonzero(data) * float(np.prod(zooms[:3])) / 1000.0
     if volume_ml < MIN_SIGNAL_ML or float(data.max()) <= float(data.min()):
-        raise _fail(path, f'the image is empty or constant ({volume_ml:.0f} ml of non-zero '
-                    'signal)')
+        raise _fail(
+            path, f'the image is empty or constant ({volume_ml:.0f} ml of non-zero signal)'
+        )
 
 
 def load_t1w(path: Path | str) -> nib.Nifti1Image:
@@ -96,8 +97,9 @@ def reorient_ras(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return out
 
 
-def read_gradients(bval_path: Path | str, bvec_path: Path | str,
-                   n_volumes: int) -> tuple[np.ndarray, np.ndarray]:
+def read_gradients(
+    bval_path: Path | str, bvec_path: Path | str, n_volumes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Read FSL-style b-values ``(n,)`` and b-vectors ``(3, n)`` and check them against the data.
 
     Requires one b-value and one vector per volume, at least one b=0 volume and enough
@@ -110,8 +112,11 @@ def read_gradients(bval_path: Path | str, bvec_path: Path | str,
     if bvals.size != n_volumes:
         raise _fail(bval_path, f'{bvals.size} b-values for {n_volumes} DWI volumes')
     if bvecs.shape != (3, n_volumes):
-        raise _fail(bvec_path, f'b-vectors of shape {bvecs.shape}, expected (3, {n_volumes}) '
-                    f'for {n_volumes} DWI volumes')
+        raise _fail(
+            bvec_path,
+            f'b-vectors of shape {bvecs.shape}, expected (3, {n_volumes}) '
+            f'for {n_volumes} DWI volumes',
+        )
     if not np.all(np.isfinite(bvals)) or np.any(bvals < 0):
         raise _fail(bval_path, 'b-values must be finite and non-negative')
     if not np.all(np.isfinite(bvecs)):
@@ -125,8 +130,11 @@ def read_gradients(bval_path: Path | str, bvec_path: Path | str,
     g = bvecs[:, weighted] / norms
     design = np.stack([g[0] ** 2, g[1] ** 2, g[2] ** 2, g[0] * g[1], g[0] * g[2], g[1] * g[2]])
     if np.linalg.matrix_rank(design.T, tol=1e-3) < 6:
-        raise _fail(bvec_path, 'fewer than six non-collinear gradient directions: '
-                    'a diffusion tensor cannot be fitted')
+        raise _fail(
+            bvec_path,
+            'fewer than six non-collinear gradient directions: '
+            'a diffusion tensor cannot be fitted',
+        )
     unit = np.zeros_like(bvecs)
     unit[:, weighted] = g
     return bvals, unit
@@ -142,8 +150,9 @@ def _read_table(path: Path | str) -> np.ndarray:
         raise _fail(path, f'cannot read numbers ({exc})') from exc
 
 
-def load_dwi(dwi_path: Path | str, bval_path: Path | str,
-             bvec_path: Path | str) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
+def load_dwi(
+    dwi_path: Path | str, bval_path: Path | str, bvec_path: Path | str
+) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
     """Read and check a DWI series with its gradient table.
 
     Returns the image (float32, orientation unchanged: the tensor's scalar maps do not depend on
@@ -151,8 +160,9 @@ def load_dwi(dwi_path: Path | str, bval_path: Path | str,
     """
     img, data = read_image(dwi_path)
     if data.ndim != 4 or data.shape[3] < 7:
-        raise _fail(dwi_path, f'a DWI series must be 4D with at least 7 volumes, '
-                    f'got shape {data.shape}')
+        raise _fail(
+            dwi_path, f'a DWI series must be 4D with at least 7 volumes, got shape {data.shape}'
+        )
     check_voxel_sizes(dwi_path, img)
     check_signal(dwi_path, data, img.header.get_zooms())
     bvals, bvecs = read_gradients(bval_path, bvec_path, data.shape[3])
@@ -166,8 +176,9 @@ def validate_t1w(in_file: str, *, newpath: str | None = None) -> str:
     return str(out_file)
 
 
-def validate_dwi(dwi_file: str, bval_file: str, bvec_file: str, *,
-                 newpath: str | None = None) -> tuple[str, str, str]:
+def validate_dwi(
+    dwi_file: str, bval_file: str, bvec_file: str, *, newpath: str | None = None
+) -> tuple[str, str, str]:
     """Check a DWI series; write its gradient table in FSL form (one row of b-values, 3 rows of
     unit vectors). The series itself is passed on unchanged."""
     _, bvals, bvecs = load_dwi(dwi_file, bval_file, bvec_file)

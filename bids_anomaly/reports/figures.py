@@ -45,8 +45,13 @@ def _finish(fig: Figure, output_file: Path | str | None) -> Figure:
     return fig
 
 
-def plot_embedding(coords: pd.DataFrame, *, colour: str = 'group', title: str | None = None,
-                   output_file: Path | str | None = None) -> Figure:
+def plot_embedding(
+    coords: pd.DataFrame,
+    *,
+    colour: str = 'group',
+    title: str | None = None,
+    output_file: Path | str | None = None,
+) -> Figure:
     """Scatter the 2D latent maps of :func:`~bids_anomaly.analysis.latent.embed`, one panel each.
 
     Parameters
@@ -74,30 +79,46 @@ def plot_embedding(coords: pd.DataFrame, *, colour: str = 'group', title: str | 
     for ax, method in zip(axes, methods, strict=False):
         panel = coords[coords['method'] == method]
         if numeric:
-            points = ax.scatter(panel['x'], panel['y'], c=panel[colour], s=4, cmap='viridis',
-                                rasterized=True)
+            points = ax.scatter(
+                panel['x'], panel['y'], c=panel[colour], s=4, cmap='viridis', rasterized=True
+            )
         else:
             codes = pd.Categorical(panel[colour], categories=categories).codes
-            points = ax.scatter(panel['x'], panel['y'], c=codes % 20, s=4, cmap=palette,
-                                vmin=0, vmax=9 if palette == 'tab10' else 19, rasterized=True)
+            points = ax.scatter(
+                panel['x'],
+                panel['y'],
+                c=codes % 20,
+                s=4,
+                cmap=palette,
+                vmin=0,
+                vmax=9 if palette == 'tab10' else 19,
+                rasterized=True,
+            )
         ax.set(title=method, xticks=[], yticks=[])
-    for ax in axes[len(methods):]:
+    for ax in axes[len(methods) :]:
         ax.set_axis_off()
     if numeric:
-        fig.colorbar(points, ax=axes[:len(methods)].tolist(), label=colour, shrink=0.8)
+        fig.colorbar(points, ax=axes[: len(methods)].tolist(), label=colour, shrink=0.8)
     elif len(categories) <= MAX_LEGEND_ENTRIES:
-        handles = [axes[0].scatter([], [], s=16, color=points.cmap(points.norm(k % 20)))
-                   for k in range(len(categories))]
+        handles = [
+            axes[0].scatter([], [], s=16, color=points.cmap(points.norm(k % 20)))
+            for k in range(len(categories))
+        ]
         fig.legend(handles, [str(c) for c in categories], title=colour, loc='outside right')
     if title:
         fig.suptitle(title)
     return _finish(fig, output_file)
 
 
-def plot_regional_heatmap(table: pd.DataFrame, *, group_column: str = 'group',
-                          control_label: str = 'control', regions: list[str] | None = None,
-                          title: str | None = None,
-                          output_file: Path | str | None = None) -> Figure:
+def plot_regional_heatmap(
+    table: pd.DataFrame,
+    *,
+    group_column: str = 'group',
+    control_label: str = 'control',
+    regions: list[str] | None = None,
+    title: str | None = None,
+    output_file: Path | str | None = None,
+) -> Figure:
     """Heatmap of % abnormal voxels, participants (controls first) by regions ("Figure 1").
 
     Parameters
@@ -125,8 +146,9 @@ def plot_regional_heatmap(table: pd.DataFrame, *, group_column: str = 'group',
     values = rows[regions].to_numpy(dtype=float)
     fig = Figure(figsize=(2 + 0.35 * len(regions), 2 + 0.12 * len(rows)), layout='constrained')
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(values), aspect='auto', cmap='magma',
-                      interpolation='nearest')
+    image = ax.imshow(
+        np.ma.masked_invalid(values), aspect='auto', cmap='magma', interpolation='nearest'
+    )
     fig.colorbar(image, ax=ax, label='% abnormal voxels')
     ax.set_xticks(range(len(regions)), regions, rotation=60, ha='right')
     if len(rows) <= MAX_ROW_LABELS:
@@ -137,17 +159,24 @@ def plot_regional_heatmap(table: pd.DataFrame, *, group_column: str = 'group',
     for edge in np.cumsum(sizes)[:-1]:
         ax.axhline(edge - 0.5, color='white', linewidth=2)
     for group, start, size in zip(order, np.cumsum(sizes) - sizes, sizes, strict=True):
-        ax.annotate(f'{group} (n={size})', xy=(1.0, start + size / 2 - 0.5),
-                    xycoords=('axes fraction', 'data'), xytext=(4, 0),
-                    textcoords='offset points', va='center', rotation=90)
+        ax.annotate(
+            f'{group} (n={size})',
+            xy=(1.0, start + size / 2 - 0.5),
+            xycoords=('axes fraction', 'data'),
+            xytext=(4, 0),
+            textcoords='offset points',
+            va='center',
+            rotation=90,
+        )
     ax.set_ylabel('participants')
     if title:
         ax.set_title(title)
     return _finish(fig, output_file)
 
 
-def plot_group_statistics(stats: pd.DataFrame, *, title: str | None = None,
-                          output_file: Path | str | None = None) -> Figure:
+def plot_group_statistics(
+    stats: pd.DataFrame, *, title: str | None = None, output_file: Path | str | None = None
+) -> Figure:
     """Bars of per-region AUC and best g-mean, one panel per model.
 
     Parameters
@@ -171,8 +200,7 @@ def plot_group_statistics(stats: pd.DataFrame, *, title: str | None = None,
     for ax, model in zip(axes, models, strict=True):
         panel = stats[stats['model'] == model].set_index('region').reindex(regions)
         ax.bar(positions - 0.2, panel['auc'], width=0.4, label='ROC AUC', color='tab:blue')
-        ax.bar(positions + 0.2, panel['gmean'], width=0.4, label='best g-mean',
-               color='tab:orange')
+        ax.bar(positions + 0.2, panel['gmean'], width=0.4, label='best g-mean', color='tab:orange')
         ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
         ax.set(ylim=(0, 1), ylabel=model or None)
     axes[0].legend(loc='lower right', fontsize=8)
@@ -182,8 +210,9 @@ def plot_group_statistics(stats: pd.DataFrame, *, title: str | None = None,
     return _finish(fig, output_file)
 
 
-def plot_latent_metrics(metrics: pd.DataFrame, *, title: str | None = None,
-                        output_file: Path | str | None = None) -> Figure:
+def plot_latent_metrics(
+    metrics: pd.DataFrame, *, title: str | None = None, output_file: Path | str | None = None
+) -> Figure:
     """Every model side by side: one panel per metric, a group of bars per method.
 
     So that SAE vs AE, patch vs slice or two losses compare at a glance.
@@ -203,33 +232,46 @@ def plot_latent_metrics(metrics: pd.DataFrame, *, title: str | None = None,
     names = list(dict.fromkeys(metrics['metric']))
     methods = list(dict.fromkeys(metrics['method']))
     models = list(dict.fromkeys(metrics['model']))
-    table = metrics.pivot_table(index=['metric', 'method'], columns='model', values='value',
-                                dropna=False)
-    fig = Figure(figsize=(2 + 1.1 * len(methods) * max(1, len(models) / 3), 2.4 * len(names)),
-                 layout='constrained')
+    table = metrics.pivot_table(
+        index=['metric', 'method'], columns='model', values='value', dropna=False
+    )
+    fig = Figure(
+        figsize=(2 + 1.1 * len(methods) * max(1, len(models) / 3), 2.4 * len(names)),
+        layout='constrained',
+    )
     axes = fig.subplots(len(names), 1, squeeze=False, sharex=True).ravel()
     width = 0.8 / len(models)
     positions = np.arange(len(methods))
     for ax, name in zip(axes, names, strict=True):
         for index, model in enumerate(models):
             heights = [table[model].get((name, method), np.nan) for method in methods]
-            ax.bar(positions + (index - (len(models) - 1) / 2) * width, heights, width=width,
-                   label=model, color=f'C{index}')
+            ax.bar(
+                positions + (index - (len(models) - 1) / 2) * width,
+                heights,
+                width=width,
+                label=model,
+                color=f'C{index}',
+            )
         ax.axhline(0, color='grey', linewidth=0.8)
         ax.set(ylabel=name.replace('_', ' '))
-    axes[0].legend(fontsize=8, ncols=min(len(models), 4), loc='lower left',
-                   bbox_to_anchor=(0, 1.02))
+    axes[0].legend(
+        fontsize=8, ncols=min(len(models), 4), loc='lower left', bbox_to_anchor=(0, 1.02)
+    )
     axes[-1].set_xticks(positions, methods)
     if title:
         fig.suptitle(title)
     return _finish(fig, output_file)
 
 
-def plot_score_overlay(score_img: nib.Nifti1Image, anat_img: nib.Nifti1Image, *,
-                       threshold: float | None = None,
-                       cut_coords: tuple[float, float, float] | None = None,
-                       title: str | None = None,
-                       output_file: Path | str | None = None) -> Figure:
+def plot_score_overlay(
+    score_img: nib.Nifti1Image,
+    anat_img: nib.Nifti1Image,
+    *,
+    threshold: float | None = None,
+    cut_coords: tuple[float, float, float] | None = None,
+    title: str | None = None,
+    output_file: Path | str | None = None,
+) -> Figure:
     """Orthogonal slices of an anomaly score map over a T1w image.
 
     Parameters
@@ -249,7 +291,16 @@ def plot_score_overlay(score_img: nib.Nifti1Image, anat_img: nib.Nifti1Image, *,
     from nilearn.plotting import plot_stat_map
 
     fig = Figure(figsize=(10, 3.5))
-    plot_stat_map(score_img, bg_img=anat_img, display_mode='ortho', threshold=threshold,
-                  cut_coords=cut_coords, title=title, figure=fig, cmap='hot',
-                  draw_cross=False, black_bg=True)
+    plot_stat_map(
+        score_img,
+        bg_img=anat_img,
+        display_mode='ortho',
+        threshold=threshold,
+        cut_coords=cut_coords,
+        title=title,
+        figure=fig,
+        cmap='hot',
+        draw_cross=False,
+        black_bg=True,
+    )
     return _finish(fig, output_file)

@@ -14,85 +14,138 @@ from bids_anomaly.scoring.scorer import BASELINE, BundleScorer
 REPORT_ATLAS_SUFFIX = 'macro'
 
 
-def write_group_report(context: RunContext, *, people: pd.DataFrame,
-                       regional: dict[tuple[str, str, str], pd.DataFrame],
-                       statistics: pd.DataFrame, latent_metrics: pd.DataFrame,
-                       evaluation: pd.DataFrame | None,
-                       scorers: Sequence[BundleScorer]) -> None:
+def write_group_report(
+    context: RunContext,
+    *,
+    people: pd.DataFrame,
+    regional: dict[tuple[str, str, str], pd.DataFrame],
+    statistics: pd.DataFrame,
+    latent_metrics: pd.DataFrame,
+    evaluation: pd.DataFrame | None,
+    scorers: Sequence[BundleScorer],
+) -> None:
     """Write ``OUTPUT_DIR/group_report.html``."""
     from bids_anomaly.reports.figures import (
-        plot_embedding, plot_group_statistics, plot_latent_metrics, plot_regional_heatmap,
+        plot_embedding,
+        plot_group_statistics,
+        plot_latent_metrics,
+        plot_regional_heatmap,
     )
 
     sections = [cohort_section(people), models_section(scorers)]
     if evaluation is not None:
-        section = Section('Against the ground truth',
-                          'The dataset ships anomaly masks (a simulated cohort): detection '
-                          'quality of every score on the held-out participants.')
+        section = Section(
+            'Against the ground truth',
+            'The dataset ships anomaly masks (a simulated cohort): detection '
+            'quality of every score on the held-out participants.',
+        )
         section.add_table(evaluation, 'Voxel AP, Dice, false positives and subject AUROC.')
         sections.append(section)
-    atlas = next((a for a, _, _ in regional if a.endswith(REPORT_ATLAS_SUFFIX)),
-                 next(iter(regional))[0])
-    section = Section(f'Regional anomalies ({atlas})',
-                      'Rows are participants (controls first), columns regions, colour the % '
-                      'of abnormal voxels (above the threshold calibrated on held-out '
-                      'controls).')
+    atlas = next(
+        (a for a, _, _ in regional if a.endswith(REPORT_ATLAS_SUFFIX)), next(iter(regional))[0]
+    )
+    section = Section(
+        f'Regional anomalies ({atlas})',
+        'Rows are participants (controls first), columns regions, colour the % '
+        'of abnormal voxels (above the threshold calibrated on held-out '
+        'controls).',
+    )
     for (name, model, stat), table in regional.items():
         if name == atlas:
-            section.add_figure(plot_regional_heatmap(
-                table.drop(columns=['group', 'held_out']).rename(columns={'cohort': 'group'})
-                .set_index('participant_id'), group_column='group', control_label='control',
-                title=f'{model} / {stat}'), f'% abnormal voxels, {model}, {stat}.')
+            section.add_figure(
+                plot_regional_heatmap(
+                    table.drop(columns=['group', 'held_out'])
+                    .rename(columns={'cohort': 'group'})
+                    .set_index('participant_id'),
+                    group_column='group',
+                    control_label='control',
+                    title=f'{model} / {stat}',
+                ),
+                f'% abnormal voxels, {model}, {stat}.',
+            )
     sections.append(section)
-    section = Section('Patients versus controls',
-                      'Per region: Mann-Whitney U, ROC AUC and best g-mean on held-out '
-                      'participants only, with Benjamini-Hochberg FDR.')
+    section = Section(
+        'Patients versus controls',
+        'Per region: Mann-Whitney U, ROC AUC and best g-mean on held-out '
+        'participants only, with Benjamini-Hochberg FDR.',
+    )
     shown = statistics.loc[statistics['atlas'] == atlas]
     for (model, stat), rows in shown.groupby(['model', 'score_type'], sort=False):
-        section.add_figure(plot_group_statistics(rows.assign(model=f'{model}/{stat}')),
-                           f'AUC and g-mean per region, {model}, {stat}.')
-    section.add_table(statistics.sort_values('auc', ascending=False),
-                      'Regions sorted by AUC (all atlases, models and scores).')
+        section.add_figure(
+            plot_group_statistics(rows.assign(model=f'{model}/{stat}')),
+            f'AUC and g-mean per region, {model}, {stat}.',
+        )
+    section.add_table(
+        statistics.sort_values('auc', ascending=False),
+        'Regions sorted by AUC (all atlases, models and scores).',
+    )
     sections.append(section)
-    section = Section('Latent space',
-                      'Each model\'s codes embedded in 2-D (fitted on controls; patients '
-                      'placed by transform where the method allows, else fitted jointly).')
+    section = Section(
+        'Latent space',
+        "Each model's codes embedded in 2-D (fitted on controls; patients "
+        'placed by transform where the method allows, else fitted jointly).',
+    )
     for scorer in scorers:
         path = context.config.output_dir / f'group_embedding_{scorer.label}.tsv'
         coords = pd.read_csv(path, sep='\t', na_values='n/a')
         for colour in ('group', 'region', 'score'):
             if colour in coords and coords[colour].notna().any():
-                section.add_figure(plot_embedding(coords, colour=colour,
-                                                  title=f'{scorer.label} by {colour}'),
-                                   f'{scorer.label}: embeddings coloured by {colour}.')
-    section.add_figure(plot_latent_metrics(latent_metrics),
-                       'Latent metrics of every model side by side (method latent = the codes '
-                       'themselves).')
-    section.add_table(latent_metrics.pivot_table(index=['model', 'method'], columns='metric',
-                                                 values='value').reset_index(),
-                      'Trustworthiness, silhouettes and co-location consistency per model.')
+                section.add_figure(
+                    plot_embedding(coords, colour=colour, title=f'{scorer.label} by {colour}'),
+                    f'{scorer.label}: embeddings coloured by {colour}.',
+                )
+    section.add_figure(
+        plot_latent_metrics(latent_metrics),
+        'Latent metrics of every model side by side (method latent = the codes themselves).',
+    )
+    section.add_table(
+        latent_metrics.pivot_table(
+            index=['model', 'method'], columns='metric', values='value'
+        ).reset_index(),
+        'Trustworthiness, silhouettes and co-location consistency per model.',
+    )
     sections.append(section)
-    render_report(context.config.output_dir / 'group_report.html', 'bids_anomaly group report',
-                  sections, subtitle=f'{len(people)} participant(s).')
+    render_report(
+        context.config.output_dir / 'group_report.html',
+        'bids_anomaly group report',
+        sections,
+        subtitle=f'{len(people)} participant(s).',
+    )
 
 
 def cohort_section(people: pd.DataFrame) -> Section:
     counts = people.groupby(['cohort', 'held_out']).size().rename('n').reset_index()
-    section = Section('Cohort', 'Participants used for training or calibration are left out of '
-                      'the statistics (held_out = False).')
+    section = Section(
+        'Cohort',
+        'Participants used for training or calibration are left out of '
+        'the statistics (held_out = False).',
+    )
     section.add_table(counts, 'Participants per cohort.')
     return section
 
 
 def models_section(scorers: Sequence[BundleScorer]) -> Section:
-    rows = [{'model': s.label, 'family': s.card.family, 'modalities': '+'.join(s.modalities),
-             'training': len(s.card.training_participants),
-             'calibration': len(s.card.calibration_participants), 'bundle': str(s.path)}
-            for s in scorers]
-    rows.append({'model': BASELINE, 'family': 'voxel-wise z-score', 'modalities': 'all',
-                 'training': len(scorers[0].card.training_participants),
-                 'calibration': len(scorers[0].card.calibration_participants),
-                 'bundle': 'stored in every bundle'})
+    rows = [
+        {
+            'model': s.label,
+            'family': s.card.family,
+            'modalities': '+'.join(s.modalities),
+            'training': len(s.card.training_participants),
+            'calibration': len(s.card.calibration_participants),
+            'bundle': str(s.path),
+        }
+        for s in scorers
+    ]
+    rows.append(
+        {
+            'model': BASELINE,
+            'family': 'voxel-wise z-score',
+            'modalities': 'all',
+            'training': len(scorers[0].card.training_participants),
+            'calibration': len(scorers[0].card.calibration_participants),
+            'bundle': 'stored in every bundle',
+        }
+    )
     section = Section('Models')
     section.add_table(pd.DataFrame(rows), 'Model bundles applied.')
     return section

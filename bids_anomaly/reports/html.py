@@ -48,8 +48,9 @@ class Section:
 
     def add_table(self, table: pd.DataFrame, caption: str, max_rows: int = 30) -> None:
         shown = table.head(max_rows)
-        html = shown.to_html(index=False, float_format=lambda v: f'{v:.4g}', na_rep='n/a',
-                             border=0, classes='table')
+        html = shown.to_html(
+            index=False, float_format=lambda v: f'{v:.4g}', na_rep='n/a', border=0, classes='table'
+        )
         if len(table) > max_rows:
             caption += f' (first {max_rows} of {len(table)} rows; full table in the TSV)'
         self.tables.append((caption, html))
@@ -63,8 +64,11 @@ def render_report(path: Path, title: str, sections: list[Section], subtitle: str
     """Write the report atomically and return its path."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    environment = Environment(loader=PackageLoader('bids_anomaly', 'reports/templates'),
-                              autoescape=select_autoescape(['html']))
+    environment = Environment(
+        loader=PackageLoader('bids_anomaly', 'reports/templates'),
+        autoescape=select_autoescape(['html']),
+    )
     page = environment.get_template('report.html').render(
-        title=title, subtitle=subtitle, sections=sections, version=__version__)
+        title=title, subtitle=subtitle, sections=sections, version=__version__
+    )
     return write_text(path, page)

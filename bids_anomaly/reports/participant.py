@@ -42,9 +42,15 @@ ScoreKey = tuple[str, str]  # (model, stat)
 RegionKey = tuple[str, str, str]  # (atlas, model, stat)
 
 
-def write_participant_report(output_dir: Path, participant: Participant, template: Template,
-                             scorers: Sequence[BundleScorer], atlases: Sequence[Atlas], *,
-                             quantile: float) -> Path:
+def write_participant_report(
+    output_dir: Path,
+    participant: Participant,
+    template: Template,
+    scorers: Sequence[BundleScorer],
+    atlases: Sequence[Atlas],
+    *,
+    quantile: float,
+) -> Path:
     """Write ``OUTPUT_DIR/sub-<label>[_ses-<label>]_report.html`` and return its path.
 
     Parameters
@@ -70,16 +76,27 @@ def write_participant_report(output_dir: Path, participant: Participant, templat
     t1w = output_dir / build_path({**space, 'desc': 'preproc'}, 'T1w', '.nii.gz')
     sections = [
         qc_section(output_dir.joinpath(*_folders(participant), 'figures'), t1w),
-        maps_section(output_dir, space, thresholds,
-                     nib.load(t1w) if t1w.is_file() else template.t1w, template.mask_array()),
+        maps_section(
+            output_dir,
+            space,
+            thresholds,
+            nib.load(t1w) if t1w.is_file() else template.t1w,
+            template.mask_array(),
+        ),
         regions_section(regional),
         flags_section(regional, quantile),
     ]
     group = participant.group or 'n/a'
-    subtitle = (f'Group {group} ({"control" if participant.is_control else "not a control"}); '
-                f'template {template.name} at {template.resolution:g} mm.')
-    return render_report(output_dir / f'{participant.name}_report.html',
-                         f'bids_anomaly report: {participant.name}', sections, subtitle)
+    subtitle = (
+        f'Group {group} ({"control" if participant.is_control else "not a control"}); '
+        f'template {template.name} at {template.resolution:g} mm.'
+    )
+    return render_report(
+        output_dir / f'{participant.name}_report.html',
+        f'bids_anomaly report: {participant.name}',
+        sections,
+        subtitle,
+    )
 
 
 def calibrated_thresholds(scorers: Sequence[BundleScorer]) -> dict[ScoreKey, float]:
@@ -91,14 +108,16 @@ def calibrated_thresholds(scorers: Sequence[BundleScorer]) -> dict[ScoreKey, flo
     return thresholds
 
 
-def read_regional(output_dir: Path, space: Mapping[str, str], atlases: Sequence[str],
-                  keys: Iterable[ScoreKey]) -> dict[RegionKey, pd.DataFrame]:
+def read_regional(
+    output_dir: Path, space: Mapping[str, str], atlases: Sequence[str], keys: Iterable[ScoreKey]
+) -> dict[RegionKey, pd.DataFrame]:
     """Regional tables by ``(atlas, model, stat)``, in score-map order then atlas order."""
     regional = {}
     for model, stat in keys:
         for atlas in atlases:
-            path = output_dir / build_path({**space, 'atlas': atlas, 'model': model},
-                                           'regions', '.tsv')
+            path = output_dir / build_path(
+                {**space, 'atlas': atlas, 'model': model}, 'regions', '.tsv'
+            )
             table = pd.read_csv(path, sep='\t', na_values='n/a')  # one file holds every stat
             regional[atlas, model, stat] = table.loc[table['score_type'] == stat, REGION_COLUMNS]
     return regional
@@ -107,13 +126,18 @@ def read_regional(output_dir: Path, space: Mapping[str, str], atlases: Sequence[
 def top_regions(table: pd.DataFrame, n: int = TOP_REGIONS) -> pd.DataFrame:
     """The ``n`` regions with the most abnormal voxels (whole brain left out, empty ones last)."""
     regions = table[table['region'] != WHOLE_BRAIN]
-    return regions.sort_values(['pct_abnormal', 'mean_score'], ascending=False,
-                               na_position='last').head(n)
+    return regions.sort_values(
+        ['pct_abnormal', 'mean_score'], ascending=False, na_position='last'
+    ).head(n)
 
 
-def flag_regions(regional: Mapping[RegionKey, pd.DataFrame], expected_pct: float, *,
-                 factor: float = FLAG_FACTOR, min_voxels: int = MIN_FLAG_VOXELS
-                 ) -> pd.DataFrame:
+def flag_regions(
+    regional: Mapping[RegionKey, pd.DataFrame],
+    expected_pct: float,
+    *,
+    factor: float = FLAG_FACTOR,
+    min_voxels: int = MIN_FLAG_VOXELS,
+) -> pd.DataFrame:
     """Regions with more than ``factor * expected_pct`` % abnormal voxels and enough voxels.
 
     The whole brain is left out: it is the same in every atlas, and the score-map table of the
@@ -126,8 +150,11 @@ def flag_regions(regional: Mapping[RegionKey, pd.DataFrame], expected_pct: float
         ``times_expected`` (``pct_abnormal / expected_pct``), most abnormal first.
     """
     pooled = pd.concat(regional, names=['atlas', 'model', 'stat']).reset_index(level=[0, 1, 2])
-    flagged = pooled[(pooled['pct_abnormal'] > factor * expected_pct)
-                     & (pooled['n_voxels'] >= min_voxels) & (pooled['region'] != WHOLE_BRAIN)]
+    flagged = pooled[
+        (pooled['pct_abnormal'] > factor * expected_pct)
+        & (pooled['n_voxels'] >= min_voxels)
+        & (pooled['region'] != WHOLE_BRAIN)
+    ]
     flagged = flagged.assign(times_expected=flagged['pct_abnormal'] / expected_pct)
     columns = ['atlas', 'model', 'stat', 'region', 'n_voxels', 'pct_abnormal', 'times_expected']
     return flagged.sort_values('pct_abnormal', ascending=False)[columns]
@@ -137,21 +164,30 @@ def registration_quality(sidecar: Path) -> tuple[str, pd.DataFrame]:
     """Registration method and metrics recorded in a sidecar (``'n/a'`` and none if absent)."""
     content = json.loads(sidecar.read_text(encoding='utf-8')) if sidecar.is_file() else {}
     metrics = content.get('RegistrationQuality') or {}
-    table = pd.DataFrame({'metric': list(metrics), 'value': list(metrics.values()),
-                          'description': [REGISTRATION_METRICS.get(k, '') for k in metrics]})
+    table = pd.DataFrame(
+        {
+            'metric': list(metrics),
+            'value': list(metrics.values()),
+            'description': [REGISTRATION_METRICS.get(k, '') for k in metrics],
+        }
+    )
     return str(content.get('Registration', 'n/a')), table
 
 
 def qc_section(figures: Path, t1w: Path) -> Section:
     """Registration metrics of the template-space T1w, then every QC figure of ``figures``."""
-    section = Section('Preprocessing quality',
-                      'Registration to the template. A poor registration (low correlation or '
-                      'mask overlap, misplaced outline) makes every anomaly map below '
-                      'unreliable.')
+    section = Section(
+        'Preprocessing quality',
+        'Registration to the template. A poor registration (low correlation or '
+        'mask overlap, misplaced outline) makes every anomaly map below '
+        'unreliable.',
+    )
     method, metrics = registration_quality(sidecar_path(t1w))
     if metrics.empty:
-        section.text += (f'\nNo registration metrics: {sidecar_path(t1w).name} is missing '
-                         'or has no RegistrationQuality.')
+        section.text += (
+            f'\nNo registration metrics: {sidecar_path(t1w).name} is missing '
+            'or has no RegistrationQuality.'
+        )
     else:
         section.add_table(metrics, f'Registration quality (method: {method}).')
     paths = sorted(p for p in figures.glob('*') if p.suffix.lower() in IMAGE_TYPES)
@@ -162,48 +198,66 @@ def qc_section(figures: Path, t1w: Path) -> Section:
     return section
 
 
-def maps_section(output_dir: Path, space: Mapping[str, str],
-                 thresholds: Mapping[ScoreKey, float], anat: nib.Nifti1Image,
-                 brain: np.ndarray) -> Section:
+def maps_section(
+    output_dir: Path,
+    space: Mapping[str, str],
+    thresholds: Mapping[ScoreKey, float],
+    anat: nib.Nifti1Image,
+    brain: np.ndarray,
+) -> Section:
     """One orthogonal overlay per score map, showing only the voxels above its threshold."""
     from bids_anomaly.reports.figures import plot_score_overlay
 
-    section = Section('Anomaly maps',
-                      'Voxels whose score exceeds the threshold calibrated on held-out '
-                      'controls, coloured by score, over the participant\'s template-space '
-                      'T1w. Maps without any such voxel are listed but not drawn.')
+    section = Section(
+        'Anomaly maps',
+        'Voxels whose score exceeds the threshold calibrated on held-out '
+        "controls, coloured by score, over the participant's template-space "
+        'T1w. Maps without any such voxel are listed but not drawn.',
+    )
     rows = []
     for (model, stat), threshold in thresholds.items():
-        path = output_dir / build_path({**space, 'model': model, 'stat': stat}, 'statmap',
-                                       '.nii.gz')
+        path = output_dir / build_path(
+            {**space, 'model': model, 'stat': stat}, 'statmap', '.nii.gz'
+        )
         img = nib.load(path)
         scores = np.asarray(img.dataobj, dtype=np.float32)
         abnormal = (scores > threshold) & brain  # the definition of the desc-abnormal masks
         sidecar = json.loads(sidecar_path(path).read_text(encoding='utf-8'))
-        rows.append({'model': model, 'stat': stat, 'threshold': threshold,
-                     'n_abnormal': int(abnormal.sum()),
-                     'pct_abnormal': 100.0 * abnormal.sum() / brain.sum(),
-                     'description': sidecar.get('Description', '')})
+        rows.append(
+            {
+                'model': model,
+                'stat': stat,
+                'threshold': threshold,
+                'n_abnormal': int(abnormal.sum()),
+                'pct_abnormal': 100.0 * abnormal.sum() / brain.sum(),
+                'description': sidecar.get('Description', ''),
+            }
+        )
         if abnormal.any():
             # normal voxels set to 0 and hidden; a 0 threshold still hides them when the
             # calibrated one is negative (nilearn thresholds absolute values, never below 0)
-            shown = nib.Nifti1Image(np.where(abnormal, scores, 0).astype(np.float32),
-                                    img.affine)
+            shown = nib.Nifti1Image(np.where(abnormal, scores, 0).astype(np.float32), img.affine)
             section.add_figure(
-                plot_score_overlay(shown, anat, threshold=max(threshold, 0.0),
-                                   title=f'{model} / {stat}'),
+                plot_score_overlay(
+                    shown, anat, threshold=max(threshold, 0.0), title=f'{model} / {stat}'
+                ),
                 f'{model} / {stat}: {int(abnormal.sum())} voxels above the threshold '
-                f'({threshold:.4g}).')
-    section.add_table(pd.DataFrame(rows), 'Score maps, thresholds and abnormal voxels '
-                      '(% of the template brain mask).')
+                f'({threshold:.4g}).',
+            )
+    section.add_table(
+        pd.DataFrame(rows),
+        'Score maps, thresholds and abnormal voxels (% of the template brain mask).',
+    )
     return section
 
 
 def regions_section(regional: Mapping[RegionKey, pd.DataFrame]) -> Section:
     """The top regions of each atlas for each score map."""
-    section = Section('Regional anomalies',
-                      f'Per atlas and score map, the {TOP_REGIONS} regions with the highest % '
-                      'of abnormal voxels; the full tables are the *_regions.tsv files.')
+    section = Section(
+        'Regional anomalies',
+        f'Per atlas and score map, the {TOP_REGIONS} regions with the highest % '
+        'of abnormal voxels; the full tables are the *_regions.tsv files.',
+    )
     for (atlas, model, stat), table in regional.items():
         whole = table.loc[table['region'] == WHOLE_BRAIN, 'pct_abnormal']
         overall = f'; whole brain {whole.iloc[0]:.2f} % abnormal' if len(whole) else ''
@@ -215,13 +269,17 @@ def flags_section(regional: Mapping[RegionKey, pd.DataFrame], quantile: float) -
     """Regions far above the abnormal rate expected in a control, with the rule stated."""
     expected = 100.0 * (1.0 - quantile)
     flags = flag_regions(regional, expected)
-    section = Section('Flags', (
-        f'Rule: a region is flagged when more than {FLAG_FACTOR * expected:.3g} % of its '
-        f'voxels are abnormal, {FLAG_FACTOR:g} times the {expected:.3g} % expected in a '
-        f'control (thresholds are the {quantile:g} quantile of calibration controls\' '
-        f'scores), and it has at least {MIN_FLAG_VOXELS} voxels. The whole brain is not '
-        'flagged (see the score-map table). Flags say where to look; they are not a '
-        'diagnosis.'))
+    section = Section(
+        'Flags',
+        (
+            f'Rule: a region is flagged when more than {FLAG_FACTOR * expected:.3g} % of its '
+            f'voxels are abnormal, {FLAG_FACTOR:g} times the {expected:.3g} % expected in a '
+            f"control (thresholds are the {quantile:g} quantile of calibration controls' "
+            f'scores), and it has at least {MIN_FLAG_VOXELS} voxels. The whole brain is not '
+            'flagged (see the score-map table). Flags say where to look; they are not a '
+            'diagnosis.'
+        ),
+    )
     if flags.empty:
         section.text += '\nNo region is flagged.'
     else:

@@ -13,8 +13,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def calibrate_threshold(scores: ArrayLike, quantile: float = 0.98,
-                        mask: ArrayLike | None = None) -> float:
+def calibrate_threshold(
+    scores: ArrayLike, quantile: float = 0.98, mask: ArrayLike | None = None
+) -> float:
     """The ``quantile`` of the calibration controls' anomaly scores, pooled over voxels.
 
     Parameters
@@ -42,8 +43,9 @@ def calibrate_threshold(scores: ArrayLike, quantile: float = 0.98,
     return float(np.quantile(values, quantile))
 
 
-def apply_threshold(scores: ArrayLike, threshold: float,
-                    mask: ArrayLike | None = None) -> np.ndarray:
+def apply_threshold(
+    scores: ArrayLike, threshold: float, mask: ArrayLike | None = None
+) -> np.ndarray:
     """Binary anomaly mask: True where the score exceeds ``threshold`` (and inside ``mask``).
 
     Parameters

@@ -79,11 +79,13 @@ class NeighbourhoodSamples:
     def __init__(self, codes: ty.Any, mask: np.ndarray, radius: int = 1) -> None:
         mask = np.asarray(mask, dtype=bool)
         if codes.ndim != 3 or codes.shape[1] != mask.sum():
-            message = (f'codes of shape {codes.shape} do not match a mask with {mask.sum()} '
-                       'voxels; expected (n_subjects, n_brain_voxels, n_features).')
+            message = (
+                f'codes of shape {codes.shape} do not match a mask with {mask.sum()} '
+                'voxels; expected (n_subjects, n_brain_voxels, n_features).'
+            )
             raise ValueError(message)
         self.codes = codes
-        self.neighbours = _neighbour_table(mask, radius)
+        self.neighbours = neighbour_table(mask, radius)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -101,7 +103,7 @@ class NeighbourhoodSamples:
         return picked.transpose(1, 0, 2, 3).reshape(len(rows), -1, self.codes.shape[2])
 
 
-def _neighbour_table(mask: np.ndarray, radius: int) -> np.ndarray:
+def neighbour_table(mask: np.ndarray, radius: int) -> np.ndarray:
     """Brain-voxel index of each neighbour of each brain voxel, ``(n_brain, (2r+1)**3)``."""
     index = np.full(mask.shape, -1, dtype=np.int64)
     index[mask] = np.arange(int(mask.sum()))
@@ -154,8 +156,10 @@ class _VoxelEstimator(BaseEstimator):
             bounds = np.linspace(0, X.shape[0], jobs + 1).astype(int)
             # one thread per worker, even where OMP_NUM_THREADS asks for more (--omp-nthreads)
             with parallel_config(backend='loky', inner_max_num_threads=1):
-                blocks = Parallel(n_jobs=jobs)(delayed(self._fit_range)(X, start, stop)
-                                               for start, stop in zip(bounds[:-1], bounds[1:]))
+                blocks = Parallel(n_jobs=jobs)(
+                    delayed(self._fit_range)(X, start, stop)
+                    for start, stop in zip(bounds[:-1], bounds[1:])
+                )
             parts = [part for block in blocks for part in block]
         for name in parts[0]:
             setattr(self, name, np.concatenate([part[name] for part in parts]))
@@ -164,8 +168,10 @@ class _VoxelEstimator(BaseEstimator):
 
     def _fit_range(self, X: VoxelArray, start: int, stop: int) -> list[dict[str, np.ndarray]]:
         """Fitted arrays of the voxels ``start:stop``, one dict per chunk."""
-        return [self._fit_chunk(chunk)
-                for _, chunk in self._chunks(X, self._chunk_size(X), start, stop)]
+        return [
+            self._fit_chunk(chunk)
+            for _, chunk in self._chunks(X, self._chunk_size(X), start, stop)
+        ]
 
     def _n_jobs(self, n_voxels: int) -> int:
         """Worker processes for :meth:`fit`: one on a GPU, at most one per
@@ -189,14 +195,17 @@ class _VoxelEstimator(BaseEstimator):
         check_is_fitted(self)
         n_voxels = len(self.offset_)
         if len(Z.shape) != 3 or Z.shape[0] != n_voxels or Z.shape[2] != self.n_features_in_:
-            message = (f'Z must be ({n_voxels}, n_queries, {self.n_features_in_}) like the '
-                       f'training data, got {Z.shape}.')
+            message = (
+                f'Z must be ({n_voxels}, n_queries, {self.n_features_in_}) like the '
+                f'training data, got {Z.shape}.'
+            )
             raise ValueError(message)
         out = np.empty(Z.shape[:2], dtype=np.float32)
         size = self._chunk_size(Z)
-        for (start, chunk), fitted in zip(self._chunks(Z, size), self._fitted_chunks(size),
-                                          strict=True):
-            out[start:start + len(chunk)] = self._score_chunk(fitted, chunk).cpu().numpy()
+        for (start, chunk), fitted in zip(
+            self._chunks(Z, size), self._fitted_chunks(size), strict=True
+        ):
+            out[start : start + len(chunk)] = self._score_chunk(fitted, chunk).cpu().numpy()
         return out
 
     def decision_function(self, Z: VoxelArray) -> np.ndarray:
@@ -237,8 +246,11 @@ class _VoxelEstimator(BaseEstimator):
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
         estimator.n_features_in_ = int(arrays.pop('n_features_in_'))
         for name, value in estimator._expand(arrays).items():
-            setattr(estimator, name, value.astype(np.float32, copy=False)
-                    if value.dtype.kind == 'f' else value)
+            setattr(
+                estimator,
+                name,
+                value.astype(np.float32, copy=False) if value.dtype.kind == 'f' else value,
+            )
         return estimator
 
     def _compact(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -250,14 +262,19 @@ class _VoxelEstimator(BaseEstimator):
         return arrays
 
     def _fitted_names(self) -> list[str]:
-        return [name for name in vars(self) if name.endswith('_') and name != 'n_features_in_'
-                and not name.startswith('_')]
+        return [
+            name
+            for name in vars(self)
+            if name.endswith('_') and name != 'n_features_in_' and not name.startswith('_')
+        ]
 
     def _fitted_chunks(self, size: int) -> ty.Iterator[dict[str, torch.Tensor]]:
         """The per-voxel fitted arrays, ``size`` voxels at a time, as tensors on the device."""
         for start in range(0, len(self.offset_), size):
-            yield {name: self._tensor(getattr(self, name)[start:start + size])
-                   for name in self._voxel_arrays}
+            yield {
+                name: self._tensor(getattr(self, name)[start : start + size])
+                for name in self._voxel_arrays
+            }
 
     def _torch_device(self) -> torch.device:
         return torch.device(self.device)
@@ -271,8 +288,9 @@ class _VoxelEstimator(BaseEstimator):
         tensor = tensor.float() if tensor.is_floating_point() else tensor
         return tensor.to(self._torch_device())
 
-    def _chunks(self, data: VoxelArray, size: int, start: int = 0,
-                stop: int | None = None) -> ty.Iterator[tuple[int, torch.Tensor]]:
+    def _chunks(
+        self, data: VoxelArray, size: int, start: int = 0, stop: int | None = None
+    ) -> ty.Iterator[tuple[int, torch.Tensor]]:
         """``(first, chunk)`` for consecutive chunks of the voxels ``start:stop``, read one at a
         time.
 
@@ -280,16 +298,19 @@ class _VoxelEstimator(BaseEstimator):
         overwrite: reusing it spares a fresh allocation (and its page faults) per chunk.
         """
         stop = data.shape[0] if stop is None else stop
-        buffer = torch.empty((min(size, stop - start), *data.shape[1:]),
-                             device=self._torch_device())
+        buffer = torch.empty(
+            (min(size, stop - start), *data.shape[1:]), device=self._torch_device()
+        )
         for first in range(start, stop, size):
-            chunk = torch.as_tensor(np.require(data[first:min(first + size, stop)],
-                                               requirements=('C', 'W')))  # e.g. a memmap
-            yield first, buffer[:len(chunk)].copy_(chunk)
+            chunk = torch.as_tensor(
+                np.require(data[first : min(first + size, stop)], requirements=('C', 'W'))
+            )  # e.g. a memmap
+            yield first, buffer[: len(chunk)].copy_(chunk)
 
 
-def encode_per_voxel(values: np.ndarray, counts: np.ndarray,
-                     dtype: type[np.integer] | type[np.floating]) -> tuple[np.ndarray, np.ndarray]:
+def encode_per_voxel(
+    values: np.ndarray, counts: np.ndarray, dtype: type[np.integer] | type[np.floating]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``values`` in ``dtype`` (int8 or float16), scaled per voxel.
 
     ``values`` holds ``counts[v] >= 1`` rows for each voxel ``v`` in turn. Each voxel's rows are
@@ -315,8 +336,12 @@ def decode_per_voxel(encoded: np.ndarray, unit: np.ndarray, counts: np.ndarray) 
 # One-class SVM
 
 
-def rbf_kernel(A: torch.Tensor, B: torch.Tensor, half_a: torch.Tensor | None = None,
-               half_b: torch.Tensor | None = None) -> torch.Tensor:
+def rbf_kernel(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    half_a: torch.Tensor | None = None,
+    half_b: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Batched RBF kernel of points already scaled by ``sqrt(2 * gamma)``.
 
     ``exp(-gamma |a - b|^2) = exp(a.b - |a|^2 / 2 - |b|^2 / 2)``: one batched matrix product,
@@ -343,8 +368,9 @@ def _half_sq_norm(A: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(A, dim=2).square_().mul_(-0.5)
 
 
-def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
-        max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def smo(
+    K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Solve ``min 1/2 a^T K a`` s.t. ``0 <= a <= bound``, ``sum a = const`` for many voxels.
 
     Sequential minimal optimisation as in libsvm (second-order working-set selection, stopping
@@ -369,9 +395,13 @@ def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
     n_voxels, n, _ = K.shape
     rows = K.reshape(n_voxels * n, n)
     grad = torch.bmm(alpha[:, None, :], K)[:, 0]
-    state = [alpha.clone(), grad, grad.masked_fill(alpha >= bound, math.inf),
-             grad.masked_fill(alpha <= 0, -math.inf),
-             torch.zeros(n_voxels, dtype=torch.long, device=K.device)]
+    state = [
+        alpha.clone(),
+        grad,
+        grad.masked_fill(alpha >= bound, math.inf),
+        grad.masked_fill(alpha <= 0, -math.inf),
+        torch.zeros(n_voxels, dtype=torch.long, device=K.device),
+    ]
     out = [t.clone() for t in state]
     active = torch.arange(n_voxels, device=K.device)
     for step in range(max_iter):
@@ -412,15 +442,19 @@ def smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
             g_up.scatter_(1, k, g_k.masked_fill(a_k >= bound, math.inf))
             g_low.scatter_(1, k, g_k.masked_fill(a_k <= 0, -math.inf))
     else:
-        warnings.warn(f'SMO stopped after max_iter={max_iter} steps before reaching tol.',
-                      ConvergenceWarning, stacklevel=3)
+        warnings.warn(
+            f'SMO stopped after max_iter={max_iter} steps before reaching tol.',
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     for o, s in zip(out, state, strict=True):
         o.index_copy_(0, active, s)
     return out[0], out[4]
 
 
-def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, working_set: int,
-               max_iter: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ocsvm_dual(
+    Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, working_set: int, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact RBF one-class SVM duals of many voxels by working-set decomposition.
 
     Solves ``min 1/2 a^T K a`` s.t. ``0 <= a_i <= 1 / (nu n)``, ``sum a = 1`` per voxel. The
@@ -482,7 +516,8 @@ def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, worki
         if S.shape[1] == n or len(growing) == 0:
             break
         active, S, K_S, alpha_S, Y, half, outside = (
-            v.index_select(0, growing) for v in (active, S, K_S, alpha_S, Y, half, outside))
+            v.index_select(0, growing) for v in (active, S, K_S, alpha_S, Y, half, outside)
+        )
         added = outside.topk(min(max(size // 2, 1), n - S.shape[1]), 1, largest=False).indices
         S = torch.cat([S, added], 1)
         Y_S, half_S = _take(Y, S), half.gather(1, S)
@@ -493,16 +528,19 @@ def ocsvm_dual(Y: torch.Tensor, half: torch.Tensor, nu: float, tol: float, worki
     return alpha, _rho(alpha, grad, bound), n_iter
 
 
-def _sliced_smo(K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float,
-                max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _sliced_smo(
+    K: torch.Tensor, alpha: torch.Tensor, bound: float, tol: float, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`smo` on slices of voxels small enough for torch to run each step on one CPU thread.
 
     A parallel region per tiny step costs more than it gains on CPU, and stalls badly when other
     processes share the cores; the GPU gets all voxels at once.
     """
     width = len(K) if K.device.type != 'cpu' else max(1, GRAIN_SIZE // K.shape[1] - 1)
-    parts = [smo(K[s:s + width], alpha[s:s + width], bound, tol, max_iter)
-             for s in range(0, len(K), width)]
+    parts = [
+        smo(K[s : s + width], alpha[s : s + width], bound, tol, max_iter)
+        for s in range(0, len(K), width)
+    ]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -593,10 +631,18 @@ class VoxelOneClassSVM(_VoxelEstimator):
 
     _voxel_arrays = ('location_', 'gamma_', 'n_support_')
 
-    def __init__(self, *, nu: float = 0.03, gamma: str | float = 'scale', tol: float = 1e-3,
-                 working_set: int | None = None, max_iter: int = 100_000,
-                 chunk_size: int | None = None, device: str = 'cpu',
-                 n_jobs: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        nu: float = 0.03,
+        gamma: str | float = 'scale',
+        tol: float = 1e-3,
+        working_set: int | None = None,
+        max_iter: int = 100_000,
+        chunk_size: int | None = None,
+        device: str = 'cpu',
+        n_jobs: int | None = None,
+    ) -> None:
         self.nu = nu
         self.gamma = gamma
         self.tol = tol
@@ -621,21 +667,28 @@ class VoxelOneClassSVM(_VoxelEstimator):
         elif isinstance(self.gamma, (int, float)) and self.gamma > 0:
             gamma = torch.full((n_voxels,), float(self.gamma), device=X.device)
         else:
-            raise ValueError(f"gamma must be 'scale', 'auto' or a positive float, got "
-                             f'{self.gamma!r}.')
+            raise ValueError(
+                f"gamma must be 'scale', 'auto' or a positive float, got {self.gamma!r}."
+            )
         scale = (2 * gamma).sqrt()
         working_set = self.working_set or max(96, math.ceil(6 * self.nu * n))
-        alpha, rho, n_iter = ocsvm_dual(Y.mul_(scale[:, None, None]), -gamma[:, None] * sq_norm,
-                                        self.nu, self.tol / (self.nu * n), working_set,
-                                        self.max_iter)
+        alpha, rho, n_iter = ocsvm_dual(
+            Y.mul_(scale[:, None, None]),
+            -gamma[:, None] * sq_norm,
+            self.nu,
+            self.tol / (self.nu * n),
+            working_set,
+            self.max_iter,
+        )
         voxel, sample = (alpha > 0).nonzero().unbind(1)
         flat = voxel * n + sample
         return {
             'location_': location.cpu().numpy(),
             'gamma_': gamma.cpu().numpy(),
             'n_support_': (alpha > 0).sum(1).int().cpu().numpy(),
-            'support_vectors_': (Y.reshape(-1, d).index_select(0, flat)
-                                 / scale[voxel, None]).cpu().numpy(),
+            'support_vectors_': (Y.reshape(-1, d).index_select(0, flat) / scale[voxel, None])
+            .cpu()
+            .numpy(),
             'dual_coef_': alpha.flatten().index_select(0, flat).cpu().numpy(),
             'offset_': rho.cpu().numpy(),
             'n_iter_': n_iter.int().cpu().numpy(),
@@ -654,9 +707,12 @@ class VoxelOneClassSVM(_VoxelEstimator):
         shift = arrays['location_'] - location.astype(np.float32)
         vectors = arrays['support_vectors_'] + np.repeat(shift, counts, axis=0)
         encoded, unit = encode_per_voxel(vectors, counts, np.int8)
-        return arrays | {'location_': location, 'support_vectors_': encoded,
-                         'support_unit_': unit,
-                         'dual_coef_': arrays['dual_coef_'].astype(np.float16)}
+        return arrays | {
+            'location_': location,
+            'support_vectors_': encoded,
+            'support_unit_': unit,
+            'dual_coef_': arrays['dual_coef_'].astype(np.float16),
+        }
 
     def _expand(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if 'support_unit_' not in arrays:
@@ -671,18 +727,22 @@ class VoxelOneClassSVM(_VoxelEstimator):
         for fitted in super()._fitted_chunks(size):
             counts = fitted['n_support_'].long()
             last = first + int(counts.sum())
-            voxel = torch.repeat_interleave(torch.arange(len(counts), device=counts.device),
-                                            counts)
-            rank = torch.arange(len(voxel), device=counts.device) - (counts.cumsum(0)
-                                                                     - counts)[voxel]
+            voxel = torch.repeat_interleave(
+                torch.arange(len(counts), device=counts.device), counts
+            )
+            rank = (
+                torch.arange(len(voxel), device=counts.device) - (counts.cumsum(0) - counts)[voxel]
+            )
             width = max(int(counts.max()), 1)
             slots = voxel * width + rank
             vectors = torch.zeros(len(counts) * width, self.n_features_in_, device=counts.device)
             vectors.index_copy_(0, slots, self._tensor(self.support_vectors_[first:last]))
             coef = torch.zeros(len(counts) * width, device=counts.device)
             coef.index_copy_(0, slots, self._tensor(self.dual_coef_[first:last]))
-            yield fitted | {'support_vectors_': vectors.view(len(counts), width, -1),
-                            'dual_coef_': coef.view(len(counts), width)}
+            yield fitted | {
+                'support_vectors_': vectors.view(len(counts), width, -1),
+                'dual_coef_': coef.view(len(counts), width),
+            }
             first = last
 
     def _score_chunk(self, fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
@@ -737,8 +797,12 @@ def shrunk_variances(X: torch.Tensor, shrinkage: str | float | None) -> torch.Te
     return (1 - coef)[:, None] * variances + (coef * mu)[:, None]
 
 
-def _shrinkage(X: torch.Tensor, variances: torch.Tensor, frobenius2: torch.Tensor,
-               shrinkage: str | float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _shrinkage(
+    X: torch.Tensor,
+    variances: torch.Tensor,
+    frobenius2: torch.Tensor,
+    shrinkage: str | float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-voxel shrinkage coefficient and target variance ``mu``.
 
     ``frobenius2`` is the squared Frobenius norm of each empirical covariance.
@@ -761,8 +825,10 @@ def _shrinkage(X: torch.Tensor, variances: torch.Tensor, frobenius2: torch.Tenso
     elif isinstance(shrinkage, (int, float)) and 0 <= shrinkage <= 1:
         coef = torch.full_like(mu, float(shrinkage))
     else:
-        raise ValueError("shrinkage must be 'ledoit_wolf', 'oas', a float in [0, 1] or None, "
-                         f'got {shrinkage!r}.')
+        raise ValueError(
+            "shrinkage must be 'ledoit_wolf', 'oas', a float in [0, 1] or None, "
+            f'got {shrinkage!r}.'
+        )
     return coef, mu
 
 
@@ -810,10 +876,16 @@ class VoxelGaussian(_VoxelEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, *, shrinkage: str | float | None = 'ledoit_wolf',
-                 covariance_type: str = 'full', n_components: int = 8,
-                 contamination: float = 0.03, chunk_size: int | None = None,
-                 device: str = 'cpu') -> None:
+    def __init__(
+        self,
+        *,
+        shrinkage: str | float | None = 'ledoit_wolf',
+        covariance_type: str = 'full',
+        n_components: int = 8,
+        contamination: float = 0.03,
+        chunk_size: int | None = None,
+        device: str = 'cpu',
+    ) -> None:
         self.shrinkage = shrinkage
         self.covariance_type = covariance_type
         self.n_components = n_components
@@ -835,8 +907,11 @@ class VoxelGaussian(_VoxelEstimator):
         """
         ones = np.ones(len(arrays['variance_']), dtype=np.int64)
         variance, unit = encode_per_voxel(arrays['variance_'], ones, np.float16)
-        compact = arrays | {'location_': arrays['location_'].astype(np.float16),
-                            'variance_': variance, 'variance_unit_': unit}
+        compact = arrays | {
+            'location_': arrays['location_'].astype(np.float16),
+            'variance_': variance,
+            'variance_unit_': unit,
+        }
         if 'components_' in arrays:
             compact['components_'] = arrays['components_'].astype(np.float16)
         return compact
@@ -850,8 +925,10 @@ class VoxelGaussian(_VoxelEstimator):
 
     def _fit_chunk(self, X: torch.Tensor) -> dict[str, np.ndarray]:
         if self.covariance_type not in ('full', 'lowrank', 'diag'):
-            raise ValueError("covariance_type must be 'full', 'lowrank' or 'diag', got "
-                             f'{self.covariance_type!r}.')
+            raise ValueError(
+                "covariance_type must be 'full', 'lowrank' or 'diag', got "
+                f'{self.covariance_type!r}.'
+            )
         location = X.mean(1)
         if self.covariance_type == 'diag':
             variance = shrunk_variances(X - location[:, None], self.shrinkage)
@@ -917,9 +994,15 @@ class VoxelZScore(_VoxelEstimator):
 
     _voxel_arrays = ('location_', 'scale_')
 
-    def __init__(self, *, combine: str = 'max', contamination: float = 0.03,
-                 min_std: float = 1e-6, chunk_size: int | None = None,
-                 device: str = 'cpu') -> None:
+    def __init__(
+        self,
+        *,
+        combine: str = 'max',
+        contamination: float = 0.03,
+        min_std: float = 1e-6,
+        chunk_size: int | None = None,
+        device: str = 'cpu',
+    ) -> None:
         self.combine = combine
         self.contamination = contamination
         self.min_std = min_std

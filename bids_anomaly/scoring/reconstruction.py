@@ -73,8 +73,11 @@ def dense_patch_codes(model: AutoEncoder, image: torch.Tensor) -> torch.Tensor:
     channels, height, width = model.latent_shape
     features = features[0, :channels]  # the posterior mean of a variational model
     size_x, size_y = image.shape[1:]
-    parts = [features[:, dilation * a:dilation * a + size_x, dilation * b:dilation * b + size_y]
-             for a in range(height) for b in range(width)]
+    parts = [
+        features[:, dilation * a : dilation * a + size_x, dilation * b : dilation * b + size_y]
+        for a in range(height)
+        for b in range(width)
+    ]
     codes = torch.stack(parts, 1).reshape(channels * height * width, size_x, size_y)
     return codes.permute(1, 2, 0)
 
@@ -97,10 +100,17 @@ def _grid_centres(slice_mask: np.ndarray, half: int, stride: int) -> tuple[np.nd
 
 
 @torch.no_grad()
-def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
-                  stride: int | None = None, batch_size: int = 4096,
-                  device: str | torch.device = 'cpu', codes_dtype: type = np.float16,
-                  with_error: bool = True) -> VolumeOutputs:
+def score_patches(
+    model: AutoEncoder,
+    volume: np.ndarray,
+    mask: np.ndarray,
+    *,
+    stride: int | None = None,
+    batch_size: int = 4096,
+    device: str | torch.device = 'cpu',
+    codes_dtype: type = np.float16,
+    with_error: bool = True,
+) -> VolumeOutputs:
     """Per-voxel latent codes and reconstruction error of a patch model.
 
     Codes are exact for the patch centred on every brain voxel (:func:`dense_patch_codes`).
@@ -138,16 +148,20 @@ def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
         weight = torch.zeros(recon.shape[1], device=device)
         # flat offsets of a patch's pixels in the padded slice: patches are added with one
         # index_add per batch instead of a Python loop over patches
-        offsets = (torch.arange(size, device=device)[:, None] * width
-                   + torch.arange(size, device=device)).ravel()
+        offsets = (
+            torch.arange(size, device=device)[:, None] * width + torch.arange(size, device=device)
+        ).ravel()
         cx, cy = _grid_centres(mask[:, :, z], half, stride)
         for start in range(0, len(cx), batch_size):
-            bx, by = cx[start:start + batch_size], cy[start:start + batch_size]
+            bx, by = cx[start : start + batch_size], cy[start : start + batch_size]
             patches = model.decode(dense[bx, by].float()) * window
             corners = torch.as_tensor(bx * width + by, device=device)
             targets = (corners[:, None] + offsets).ravel()
-            recon.index_add_(1, targets, patches.reshape(len(bx), channels, -1)
-                             .transpose(0, 1).reshape(channels, -1))
+            recon.index_add_(
+                1,
+                targets,
+                patches.reshape(len(bx), channels, -1).transpose(0, 1).reshape(channels, -1),
+            )
             weight.index_add_(0, targets, window.ravel().repeat(len(bx)))
         recon = recon.view(channels, -1, width)[:, half:-half, half:-half]
         recon = recon / weight.view(-1, width)[half:-half, half:-half].clamp(min=1e-6)
@@ -157,8 +171,14 @@ def score_patches(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
 
 
 @torch.no_grad()
-def score_slices(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
-                 batch_size: int = 16, device: str | torch.device = 'cpu') -> VolumeOutputs:
+def score_slices(
+    model: AutoEncoder,
+    volume: np.ndarray,
+    mask: np.ndarray,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = 'cpu',
+) -> VolumeOutputs:
     """Per-voxel error of the reconstruction of every axial slice that holds brain."""
     model.eval().to(device)
     loss = model.spec.reconstruction_loss
@@ -166,12 +186,13 @@ def score_slices(model: AutoEncoder, volume: np.ndarray, mask: np.ndarray, *,
     error = np.zeros(mask.shape, dtype=np.float32)
     codes = np.zeros((len(slices), model.latent_dim), dtype=np.float32)
     for start in range(0, len(slices), batch_size):
-        chosen = slices[start:start + batch_size]
-        batch = torch.from_numpy(np.ascontiguousarray(
-            np.moveaxis(volume[:, :, :, chosen], -1, 0), dtype=np.float32)).to(device)
+        chosen = slices[start : start + batch_size]
+        batch = torch.from_numpy(
+            np.ascontiguousarray(np.moveaxis(volume[:, :, :, chosen], -1, 0), dtype=np.float32)
+        ).to(device)
         out = model(batch)
         err = _pointwise_error(out.recon, batch, loss).mean(dim=1).cpu().numpy()
         error[:, :, chosen] = np.moveaxis(err, 0, -1)
-        codes[start:start + len(chosen)] = out.z.float().cpu().numpy()
+        codes[start : start + len(chosen)] = out.z.float().cpu().numpy()
     error[~mask] = 0
     return VolumeOutputs(error, codes, slices)

@@ -44,21 +44,31 @@ class BundleScorer:
         self.device = str(resolve_device(device))
         self.template = template
         self.mask = template.mask_array()
-        loaded = load_bundle(path, template=template.name, resolution=template.resolution,
-                             grid_shape=template.shape, device=self.device)
+        loaded = load_bundle(
+            path,
+            template=template.name,
+            resolution=template.resolution,
+            grid_shape=template.shape,
+            device=self.device,
+        )
         self.path, self.model, self.card = loaded.path, loaded.model, loaded.card
         self.label = model_label(self.card.family)
         stored = set(list_arrays(self.path))
-        self.estimators = {name: self._estimator(name) for name in self.score_types
-                           if name in ESTIMATORS and name in stored}
+        self.estimators = {
+            name: self._estimator(name)
+            for name in self.score_types
+            if name in ESTIMATORS and name in stored
+        }
         self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
         self.thresholds: dict[tuple[str, str], float] = {}
         self.quantile: float | None = None
         if 'thresholds' in stored:
             arrays, metadata = load_arrays(self.path, 'thresholds')
             self.quantile = float(metadata['quantile'])
-            self.thresholds = {tuple(key.split('.')): float(value[0])  # type: ignore[misc]
-                               for key, value in arrays.items()}
+            self.thresholds = {
+                tuple(key.split('.')): float(value[0])  # type: ignore[misc]
+                for key, value in arrays.items()
+            }
 
     def _estimator(self, name: str):
         arrays, params = load_arrays(self.path, name)
@@ -81,8 +91,9 @@ class BundleScorer:
     def infer(self, volume: np.ndarray, with_error: bool = True) -> VolumeOutputs:
         """Reconstruction errors and latent codes of a ``(C, X, Y, Z)`` volume."""
         if self.card.spec.is_patch:
-            return score_patches(self.model, volume, self.mask, device=self.device,
-                                 with_error=with_error)
+            return score_patches(
+                self.model, volume, self.mask, device=self.device, with_error=with_error
+            )
         return score_slices(self.model, volume, self.mask, device=self.device)
 
     def score(self, volume: np.ndarray) -> ParticipantScores:
@@ -93,7 +104,8 @@ class BundleScorer:
             values = estimator.anomaly_score(outputs.codes[:, None, :])[:, 0]
             maps[(self.label, name)] = self._to_volume(values)
         maps[(BASELINE, ZSCORE)] = self._to_volume(
-            self.zscore.anomaly_score(brain_samples(volume[None], self.mask))[:, 0])
+            self.zscore.anomaly_score(brain_samples(volume[None], self.mask))[:, 0]
+        )
         return ParticipantScores(maps, outputs)
 
     def _to_volume(self, values: np.ndarray) -> np.ndarray:

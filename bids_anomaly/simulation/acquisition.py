@@ -12,19 +12,25 @@ import numpy as np
 from bids_anomaly.simulation.transforms import grid_axes, random_smooth_field
 
 
-def random_bias_field(random_state: np.random.Generator, shape: tuple[int, ...],
-                      affine: np.ndarray, std: float = 0.12,
-                      smoothness_mm: float = 70.0) -> np.ndarray:
+def random_bias_field(
+    random_state: np.random.Generator,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    std: float = 0.12,
+    smoothness_mm: float = 70.0,
+) -> np.ndarray:
     """Smooth multiplicative bias ``exp(field)`` on an axis-aligned grid (about +-12 % per std)."""
     axes = grid_axes(shape, affine)
     extent = np.array([[a.min(), a.max()] for a in axes])
-    field = random_smooth_field(random_state, extent, spacing_mm=smoothness_mm,
-                                sigma_mm=smoothness_mm, std=std)
+    field = random_smooth_field(
+        random_state, extent, spacing_mm=smoothness_mm, sigma_mm=smoothness_mm, std=std
+    )
     return np.exp(field.on_grid(axes)[0])
 
 
-def add_rician_noise(signal: np.ndarray, sigma: float,
-                     random_state: np.random.Generator) -> np.ndarray:
+def add_rician_noise(
+    signal: np.ndarray, sigma: float, random_state: np.random.Generator
+) -> np.ndarray:
     """Magnitude of signal + complex Gaussian noise of std ``sigma`` (Rician; Rayleigh in air)."""
     real = random_state.standard_normal(signal.shape, dtype=np.float32)
     real *= sigma

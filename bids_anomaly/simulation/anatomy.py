@@ -22,8 +22,22 @@ from bids_anomaly.simulation.transforms import grid_axes, random_smooth_field, w
 #: Intensity of the head around the brain against the distance to the brain mask (mm),
 #: with the template's white matter near 0.87.
 _SHELL_MM = (0.0, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5, 12.0, 13.0, 14.0, 15.0)
-_SHELL_INTENSITY = (0.25, 0.15, 0.15, 0.04, 0.04, 0.5, 0.5, 0.04, 0.04, 0.85, 0.85, 0.45, 0.45,
-                    0.0)
+_SHELL_INTENSITY = (
+    0.25,
+    0.15,
+    0.15,
+    0.04,
+    0.04,
+    0.5,
+    0.5,
+    0.04,
+    0.04,
+    0.85,
+    0.85,
+    0.45,
+    0.45,
+    0.0,
+)
 #: Sampled brain intensities below this are background: half the template's darkest brain voxel.
 _BRAIN_THRESHOLD = 0.1
 
@@ -61,15 +75,22 @@ def head_model(template: Template) -> HeadModel:
     # centre of the brain's bounding box, raised 8 mm to leave room for the top of the skull
     center = box.mean(axis=1) + template.affine[:3, 3] + np.array([0.0, 0.0, 8.0])
     return HeadModel(
-        affine=template.affine.copy(), t1w=t1w.astype(np.float32),
+        affine=template.affine.copy(),
+        t1w=t1w.astype(np.float32),
         depth_mm=brain_depth(brain, template.affine),
-        outside_mm=brain_depth(~brain, template.affine), center_mm=center,
+        outside_mm=brain_depth(~brain, template.affine),
+        center_mm=center,
     )
 
 
-def generate_t1w(head: HeadModel, points_mm: np.ndarray, affine: np.ndarray,
-                 random_state: np.random.Generator, anomalies: list[Anomaly] | None = None,
-                 skull: bool = False) -> np.ndarray:
+def generate_t1w(
+    head: HeadModel,
+    points_mm: np.ndarray,
+    affine: np.ndarray,
+    random_state: np.random.Generator,
+    anomalies: list[Anomaly] | None = None,
+    skull: bool = False,
+) -> np.ndarray:
     """One participant's T1w on a scanner grid (float32, scanner units).
 
     ``points_mm`` ``(3, X, Y, Z)`` is the template position of each voxel of the grid ``affine``
@@ -89,8 +110,9 @@ def generate_t1w(head: HeadModel, points_mm: np.ndarray, affine: np.ndarray,
     image **= random_state.uniform(0.85, 1.15)
     image *= random_bias_field(random_state, shape, affine)
     scale = random_state.uniform(900.0, 2300.0)
-    image = add_rician_noise(scale * image, scale * random_state.uniform(0.015, 0.035),
-                             random_state)
+    image = add_rician_noise(
+        scale * image, scale * random_state.uniform(0.015, 0.035), random_state
+    )
     if not skull:
         image[~brain] = 0
     return image

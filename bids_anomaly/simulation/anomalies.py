@@ -50,6 +50,9 @@ class Anomaly:
         Relative intensity change per modality (``{'T1w': -0.1, 'MD': 0.1}``).
     shrink : float
         Atrophy only: fraction of the radii lost, in [0, 0.5].
+    edge_mm : float
+        Width of the soft edge of an intensity anomaly (1 mm: a sharp lesion; a few mm: a
+        blurred boundary like a focal cortical dysplasia's).
     """
 
     name: str
@@ -58,6 +61,7 @@ class Anomaly:
     radii_mm: tuple[float, float, float]
     contrast: dict[str, float] = field(default_factory=dict)
     shrink: float = 0.0
+    edge_mm: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.name.isalnum():
@@ -73,6 +77,8 @@ class Anomaly:
             raise ValueError(f'anomaly {self.name}: unknown modalities {sorted(unknown)}')
         if self.kind == 'atrophy' and not 0 <= self.shrink <= 0.5:
             raise ValueError(f'anomaly {self.name}: shrink {self.shrink} is not in [0, 0.5]')
+        if self.edge_mm <= 0:
+            raise ValueError(f'anomaly {self.name}: edge {self.edge_mm} mm must be positive')
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -87,7 +93,9 @@ class Anomaly:
     def describe(self, label: int) -> dict:
         """JSON-ready description for ground-truth sidecars (BIDS-style CamelCase keys)."""
         description = {
-            'Label': label, 'Name': self.name, 'Kind': self.kind,
+            'Label': label,
+            'Name': self.name,
+            'Kind': self.kind,
             'CenterMM': [round(float(c), 3) for c in self.center_mm],
             'RadiiMM': [round(float(r), 3) for r in self.radii_mm],
             'VolumeMM3': round(self.volume_mm3, 1),
@@ -136,8 +144,9 @@ def rasterise(anomalies: list[Anomaly], shape: tuple[int, ...], affine: np.ndarr
     return labels
 
 
-def soft_mask(anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray,
-              edge_mm: float = 1.0) -> tuple[tuple[slice, ...], np.ndarray]:
+def soft_mask(
+    anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray, edge_mm: float = 1.0
+) -> tuple[tuple[slice, ...], np.ndarray]:
     """Weights in [0, 1] of an anomaly on a grid window: 1 inside, 0.5 on its surface, 0 outside.
 
     Returns the window (slices into the grid) and the weights on it, so that callers touch only
@@ -150,8 +159,9 @@ def soft_mask(anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray,
     return window, (t * t * (3 - 2 * t)).astype(np.float32)
 
 
-def insert_anomalies(image: np.ndarray, affine: np.ndarray, anomalies: list[Anomaly],
-                     modality: str) -> np.ndarray:
+def insert_anomalies(
+    image: np.ndarray, affine: np.ndarray, anomalies: list[Anomaly], modality: str
+) -> np.ndarray:
     """Copy of ``image`` with each anomaly's contrast for ``modality`` applied (atrophy included).
 
     Intensity anomalies multiply the image by ``1 + contrast * weight``; anomalies that do not
@@ -164,7 +174,7 @@ def insert_anomalies(image: np.ndarray, affine: np.ndarray, anomalies: list[Anom
         if anomaly.kind == 'atrophy':
             out = apply_atrophy(out, affine, anomaly)
         elif modality in anomaly.contrast:
-            window, weights = soft_mask(anomaly, out.shape, affine)
+            window, weights = soft_mask(anomaly, out.shape, affine, anomaly.edge_mm)
             out[window] *= 1 + anomaly.contrast[modality] * weights
     return out
 
@@ -183,13 +193,15 @@ def apply_atrophy(image: np.ndarray, affine: np.ndarray, anomaly: Anomaly) -> np
         return out
     inner = 1 - anomaly.shrink
     gain = anomaly.shrink / (inner * _bump(np.float32(inner)))
-    window, points = _window(anomaly, image.shape, affine,
-                             margin_mm=(_ATROPHY_SUPPORT - 1) * max(anomaly.radii_mm))
+    window, points = _window(
+        anomaly, image.shape, affine, margin_mm=(_ATROPHY_SUPPORT - 1) * max(anomaly.radii_mm)
+    )
     center = np.asarray(anomaly.center_mm, dtype=np.float32).reshape(3, 1, 1, 1)
     scale = 1 + gain * _bump(normalised_radius(anomaly, points))
     source = center + (points - center) * scale
-    out[window] = ndimage.map_coordinates(image, world_to_voxels(source, affine), order=1,
-                                          mode='nearest')
+    out[window] = ndimage.map_coordinates(
+        image, world_to_voxels(source, affine), order=1, mode='nearest'
+    )
     return out
 
 
@@ -204,10 +216,15 @@ def parkinson_anomalies(random_state: np.random.Generator) -> list[Anomaly]:
         for side, sign in (('L', -1.0), ('R', 1.0)):
             severity = random_state.uniform()
             contrast = {m: lo + severity * (hi - lo) for m, (lo, hi) in PARKINSON_CONTRAST.items()}
-            anomalies.append(Anomaly(
-                f'{structure}{side}', 'ellipsoid', (sign * center[0], center[1], center[2]),
-                radii, contrast,
-            ))
+            anomalies.append(
+                Anomaly(
+                    f'{structure}{side}',
+                    'ellipsoid',
+                    (sign * center[0], center[1], center[2]),
+                    radii,
+                    contrast,
+                )
+            )
     return anomalies
 
 
@@ -217,9 +234,15 @@ def brain_depth(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(mask, sampling=zooms).astype(np.float32)
 
 
-def sample_lesions(random_state: np.random.Generator, depth_mm: np.ndarray, affine: np.ndarray,
-                   n_lesions: int, radius_mm: tuple[float, float] = (3.0, 7.0),
-                   avoid: list[Anomaly] | None = None, max_tries: int = 1000) -> list[Anomaly]:
+def sample_lesions(
+    random_state: np.random.Generator,
+    depth_mm: np.ndarray,
+    affine: np.ndarray,
+    n_lesions: int,
+    radius_mm: tuple[float, float] = (3.0, 7.0),
+    avoid: list[Anomaly] | None = None,
+    max_tries: int = 1000,
+) -> list[Anomaly]:
     """Focal lesions (spheres) at random places wholly inside the brain, apart from ``avoid``.
 
     Parameters
@@ -238,8 +261,16 @@ def sample_lesions(random_state: np.random.Generator, depth_mm: np.ndarray, affi
     lesions: list[Anomaly] = []
     for index in range(1, n_lesions + 1):
         radius = random_state.uniform(*radius_mm)
-        center = _free_centre(random_state, depth_mm, affine, radius, placed, gap_mm=2.0,
-                              max_tries=max_tries, what=f'lesion {index}')
+        center = _free_centre(
+            random_state,
+            depth_mm,
+            affine,
+            radius,
+            placed,
+            gap_mm=2.0,
+            max_tries=max_tries,
+            what=f'lesion {index}',
+        )
         contrast = {
             'T1w': random_state.choice([-1.0, 1.0]) * random_state.uniform(0.2, 0.4),
             'FA': -random_state.uniform(0.2, 0.4),
@@ -251,10 +282,18 @@ def sample_lesions(random_state: np.random.Generator, depth_mm: np.ndarray, affi
     return lesions
 
 
-def place_spheres(random_state: np.random.Generator, depth_mm: np.ndarray, affine: np.ndarray,
-                  spheres: Sequence[tuple[float, float]], *, modality: str = 'T1w',
-                  centres: np.ndarray | None = None, avoid: Sequence[Anomaly] = (),
-                  gap_mm: float = 2.0, max_tries: int = 1000) -> list[Anomaly]:
+def place_spheres(
+    random_state: np.random.Generator,
+    depth_mm: np.ndarray,
+    affine: np.ndarray,
+    spheres: Sequence[tuple[float, float]],
+    *,
+    modality: str = 'T1w',
+    centres: np.ndarray | None = None,
+    avoid: Sequence[Anomaly] = (),
+    gap_mm: float = 2.0,
+    max_tries: int = 1000,
+) -> list[Anomaly]:
     """Spheres of given radii and contrasts at random places inside the brain, none touching.
 
     The benchmarks' generator: unlike :func:`sample_lesions`, every radius and contrast is
@@ -285,16 +324,26 @@ def place_spheres(random_state: np.random.Generator, depth_mm: np.ndarray, affin
     found: dict[int, Anomaly] = {}
     for index in sorted(range(len(spheres)), key=lambda i: -spheres[i][0]):
         radius, contrast = spheres[index]
-        center = _free_centre(random_state, allowed, affine, radius, placed, gap_mm=gap_mm,
-                              max_tries=max_tries, what=f'sphere {index + 1}')
-        found[index] = Anomaly(f'sphere{index + 1}', 'sphere', center, (radius,) * 3,
-                               {modality: float(contrast)})
+        center = _free_centre(
+            random_state,
+            allowed,
+            affine,
+            radius,
+            placed,
+            gap_mm=gap_mm,
+            max_tries=max_tries,
+            what=f'sphere {index + 1}',
+        )
+        found[index] = Anomaly(
+            f'sphere{index + 1}', 'sphere', center, (radius,) * 3, {modality: float(contrast)}
+        )
         placed.append(found[index])
     return [found[i] for i in range(len(spheres))]
 
 
-def region_ellipsoid(region: np.ndarray, affine: np.ndarray) -> tuple[tuple[float, ...],
-                                                                     tuple[float, ...]]:
+def region_ellipsoid(
+    region: np.ndarray, affine: np.ndarray
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Centre and semi-axes (world mm) of the axis-aligned ellipsoid with a region's moments.
 
     A solid ellipsoid's coordinates have variance ``r^2 / 5`` along each axis, so an atlas
@@ -307,13 +356,23 @@ def region_ellipsoid(region: np.ndarray, affine: np.ndarray) -> tuple[tuple[floa
     points = voxels @ affine[:3, :3].T + affine[:3, 3]
     center = points.mean(axis=0)
     radii = np.sqrt(5 * points.var(axis=0))
-    return (tuple(float(c) for c in np.round(center, 3)),
-            tuple(float(r) for r in np.round(radii, 3)))
+    return (
+        tuple(float(c) for c in np.round(center, 3)),
+        tuple(float(r) for r in np.round(radii, 3)),
+    )
 
 
-def _free_centre(random_state: np.random.Generator, depth_mm: np.ndarray, affine: np.ndarray,
-                 radius: float, placed: Sequence[Anomaly], *, gap_mm: float, max_tries: int,
-                 what: str) -> tuple[float, float, float]:
+def _free_centre(
+    random_state: np.random.Generator,
+    depth_mm: np.ndarray,
+    affine: np.ndarray,
+    radius: float,
+    placed: Sequence[Anomaly],
+    *,
+    gap_mm: float,
+    max_tries: int,
+    what: str,
+) -> tuple[float, float, float]:
     """A random centre deeper than ``radius + 1`` mm and ``gap_mm`` clear of ``placed``."""
     candidates = np.flatnonzero(depth_mm.ravel() > radius + 1)
     if not candidates.size:
@@ -321,8 +380,10 @@ def _free_centre(random_state: np.random.Generator, depth_mm: np.ndarray, affine
     for _ in range(max_tries):
         voxel = np.unravel_index(random_state.choice(candidates), depth_mm.shape)
         center = affine[:3, :3] @ np.asarray(voxel, dtype=float) + affine[:3, 3]
-        if all(np.linalg.norm(center - np.asarray(a.center_mm)) > radius + max(a.radii_mm)
-               + gap_mm for a in placed):
+        if all(
+            np.linalg.norm(center - np.asarray(a.center_mm)) > radius + max(a.radii_mm) + gap_mm
+            for a in placed
+        ):
             return tuple(float(c) for c in np.round(center, 3))
     raise ValueError(f'could not place {what} after {max_tries} tries')
 
@@ -331,8 +392,9 @@ def _bump(rho: np.ndarray) -> np.ndarray:
     return np.clip(1 - rho * rho / _ATROPHY_SUPPORT**2, 0, None) ** 3
 
 
-def _window(anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray,
-            margin_mm: float) -> tuple[tuple[slice, ...], np.ndarray]:
+def _window(
+    anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray, margin_mm: float
+) -> tuple[tuple[slice, ...], np.ndarray]:
     """Grid window around an anomaly (bounding box + margin) and the world mm of its voxels."""
     half = np.asarray(anomaly.radii_mm) + margin_mm
     corners = np.array(np.meshgrid(*[(-1, 1)] * 3, indexing='ij')).reshape(3, -1).T * half
@@ -343,6 +405,7 @@ def _window(anomaly: Anomaly, shape: tuple[int, ...], affine: np.ndarray,
     high = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 1, 0, shape[:3])
     window = tuple(slice(lo, hi) for lo, hi in zip(low, high))
     index = np.mgrid[window].astype(np.float32)
-    points = (np.tensordot(affine[:3, :3].astype(np.float32), index, axes=1)
-              + affine[:3, 3].astype(np.float32).reshape(3, 1, 1, 1))
+    points = np.tensordot(affine[:3, :3].astype(np.float32), index, axes=1) + affine[:3, 3].astype(
+        np.float32
+    ).reshape(3, 1, 1, 1)
     return window, points

@@ -51,9 +51,13 @@ class DiffusionModel:
     water_s0: np.ndarray
 
 
-def fibre_orientation(wm: np.ndarray, voxel_mm: float, mask: np.ndarray,
-                      gradient_mm: float = 1.5,
-                      integration_mm: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def fibre_orientation(
+    wm: np.ndarray,
+    voxel_mm: float,
+    mask: np.ndarray,
+    gradient_mm: float = 1.5,
+    integration_mm: float = 5.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Smooth fibre directions and their coherence from the white-matter map's structure tensor.
 
     White matter varies least along its tracts, so the direction is the structure tensor's
@@ -67,8 +71,10 @@ def fibre_orientation(wm: np.ndarray, voxel_mm: float, mask: np.ndarray,
     coherence : ndarray of shape (X, Y, Z)
     """
     wm = np.asarray(wm, dtype=np.float32)
-    gradient = [ndimage.gaussian_filter(wm, gradient_mm / voxel_mm, order=order)
-                for order in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+    gradient = [
+        ndimage.gaussian_filter(wm, gradient_mm / voxel_mm, order=order)
+        for order in ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+    ]
     structure = np.empty((int(mask.sum()), 3, 3), dtype=np.float32)
     for i in range(3):
         for j in range(i, 3):
@@ -83,8 +89,9 @@ def fibre_orientation(wm: np.ndarray, voxel_mm: float, mask: np.ndarray,
     return direction, np.clip(coherence, 0, 1)
 
 
-def tensor_along(direction: np.ndarray, along: np.ndarray | float,
-                 across: np.ndarray | float) -> np.ndarray:
+def tensor_along(
+    direction: np.ndarray, along: np.ndarray | float, across: np.ndarray | float
+) -> np.ndarray:
     """Six components of ``across * I + (along - across) * d d^T``, ``d`` unit vectors (3, ...)."""
     x, y, z = direction
     delta = np.asarray(along, dtype=np.float32) - np.asarray(across, dtype=np.float32)
@@ -108,13 +115,15 @@ def diffusion_model(template: Template) -> DiffusionModel:
     for name, (along, across) in (('wm', _WM_EIGENVALUES), ('gm', _GM_EIGENVALUES)):
         mean = (along + 2 * across) / 3
         scale = anisotropy if name == 'wm' else 1.0
-        tensors[name] = tensor_along(direction, mean + (along - mean) * scale,
-                                     mean + (across - mean) * scale)
+        tensors[name] = tensor_along(
+            direction, mean + (along - mean) * scale, mean + (across - mean) * scale
+        )
     tissue = wm + gm
     weight = wm / np.maximum(tissue, 1e-6)
     tensor = weight * tensors['wm'] + (1 - weight) * tensors['gm']
     return DiffusionModel(
-        affine=template.affine.copy(), tensor=tensor.astype(np.float32),
+        affine=template.affine.copy(),
+        tensor=tensor.astype(np.float32),
         tissue_s0=(_S0['wm'] * wm + _S0['gm'] * gm).astype(np.float32),
         water_s0=(_S0['csf'] * csf).astype(np.float32),
     )
@@ -135,15 +144,19 @@ def insert_diffusion_anomalies(model: DiffusionModel, anomalies: list[Anomaly]) 
             tissue_s0 = apply_atrophy(tissue_s0, model.affine, anomaly)
             water_s0 = apply_atrophy(water_s0, model.affine, anomaly)
             continue
-        window, weights = soft_mask(anomaly, model.tissue_s0.shape, model.affine)
+        window, weights = soft_mask(anomaly, model.tissue_s0.shape, model.affine, anomaly.edge_mm)
         window = (slice(None), *window)
-        tensor[window] = _rescale(tensor[window], 1 + anomaly.contrast.get('FA', 0.0) * weights,
-                                  1 + anomaly.contrast.get('MD', 0.0) * weights)
+        tensor[window] = _rescale(
+            tensor[window],
+            1 + anomaly.contrast.get('FA', 0.0) * weights,
+            1 + anomaly.contrast.get('MD', 0.0) * weights,
+        )
     return replace(model, tensor=tensor, tissue_s0=tissue_s0, water_s0=water_s0)
 
 
-def gradient_scheme(n_directions: int = 32, n_b0: int = 2, bvalue: float = B_VALUE,
-                    random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def gradient_scheme(
+    n_directions: int = 32, n_b0: int = 2, bvalue: float = B_VALUE, random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Single-shell protocol: ``n_b0`` b0 volumes, then ``n_directions`` well-spread directions.
 
     Directions come from :func:`dipy.core.sphere.disperse_charges` (electrostatic repulsion on
@@ -158,24 +171,32 @@ def gradient_scheme(n_directions: int = 32, n_b0: int = 2, bvalue: float = B_VAL
     from dipy.core.sphere import HemiSphere, disperse_charges
 
     rng = np.random.default_rng(random_state)
-    start = HemiSphere(theta=np.arccos(rng.uniform(0, 1, n_directions)),
-                       phi=rng.uniform(0, 2 * np.pi, n_directions))
+    start = HemiSphere(
+        theta=np.arccos(rng.uniform(0, 1, n_directions)),
+        phi=rng.uniform(0, 2 * np.pi, n_directions),
+    )
     hemisphere, _ = disperse_charges(start, 1000)
     bvals = np.r_[np.zeros(n_b0), np.full(n_directions, bvalue)]
     bvecs = np.r_[np.zeros((n_b0, 3)), hemisphere.vertices]
     return bvals, bvecs
 
 
-def dwi_signal(tensor: np.ndarray, tissue_s0: np.ndarray, water_s0: np.ndarray,
-               bvals: np.ndarray, directions: np.ndarray) -> np.ndarray:
+def dwi_signal(
+    tensor: np.ndarray,
+    tissue_s0: np.ndarray,
+    water_s0: np.ndarray,
+    bvals: np.ndarray,
+    directions: np.ndarray,
+) -> np.ndarray:
     """Noise-free signal ``(N, n_volumes)``: tensor ``(6, N)``, directions in the tensor's axes."""
     g = np.asarray(directions, dtype=np.float32)
     x, y, z = g.T
     design = np.stack([x * x, 2 * x * y, 2 * x * z, y * y, 2 * y * z, z * z], axis=1)
     adc = tensor.T @ design.T
     b = np.asarray(bvals, dtype=np.float32)
-    return (tissue_s0[:, None] * np.exp(-b * adc)
-            + water_s0[:, None] * np.exp(-b * WATER_DIFFUSIVITY)).astype(np.float32)
+    return (
+        tissue_s0[:, None] * np.exp(-b * adc) + water_s0[:, None] * np.exp(-b * WATER_DIFFUSIVITY)
+    ).astype(np.float32)
 
 
 def bvecs_to_world(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -187,10 +208,16 @@ def bvecs_to_world(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return voxel @ axes.T
 
 
-def generate_dwi(model: DiffusionModel, points_mm: np.ndarray, affine: np.ndarray,
-                 rotation: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
-                 random_state: np.random.Generator,
-                 anomalies: list[Anomaly] | None = None) -> np.ndarray:
+def generate_dwi(
+    model: DiffusionModel,
+    points_mm: np.ndarray,
+    affine: np.ndarray,
+    rotation: np.ndarray,
+    bvals: np.ndarray,
+    bvecs: np.ndarray,
+    random_state: np.random.Generator,
+    anomalies: list[Anomaly] | None = None,
+) -> np.ndarray:
     """One participant's DWI run on a scanner grid: float32 ``(X, Y, Z, n_volumes)``.
 
     ``points_mm`` ``(3, X, Y, Z)`` is the template position of each voxel of the grid ``affine``
@@ -216,8 +243,10 @@ def generate_dwi(model: DiffusionModel, points_mm: np.ndarray, affine: np.ndarra
     gain = random_bias_field(random_state, shape, affine)[inside]
     scale = random_state.uniform(300.0, 900.0)
     signal = np.zeros((*shape, len(bvals)), dtype=np.float32)
-    signal[inside] = (dwi_signal(tensor, sample(model.tissue_s0), sample(model.water_s0), bvals,
-                                 directions) * (scale * gain)[:, None])
+    signal[inside] = (
+        dwi_signal(tensor, sample(model.tissue_s0), sample(model.water_s0), bvals, directions)
+        * (scale * gain)[:, None]
+    )
     return add_rician_noise(signal, scale * random_state.uniform(0.03, 0.05), random_state)
 
 
@@ -229,10 +258,12 @@ def _rescale(tensor: np.ndarray, fa_factor: np.ndarray, md_factor: np.ndarray) -
     """
     md = (tensor[0] + tensor[3] + tensor[5]) / 3
     deviatoric = tensor - md * _IDENTITY6.reshape((6,) + (1,) * md.ndim)
-    weights = np.array([1, 2, 2, 1, 2, 1], dtype=np.float32).reshape(deviatoric.shape[:1]
-                                                                     + (1,) * md.ndim)
+    weights = np.array([1, 2, 2, 1, 2, 1], dtype=np.float32).reshape(
+        deviatoric.shape[:1] + (1,) * md.ndim
+    )
     a = np.sum(weights * deviatoric**2, axis=0)
     ratio = a / np.maximum(3 * md**2, 1e-18)
     s = fa_factor / np.sqrt(np.maximum(1 + (1 - fa_factor**2) * ratio, 1e-12))
-    return md_factor * (md * _IDENTITY6.reshape(deviatoric.shape[:1] + (1,) * md.ndim)
-                        + s * deviatoric)
+    return md_factor * (
+        md * _IDENTITY6.reshape(deviatoric.shape[:1] + (1,) * md.ndim) + s * deviatoric
+    )

@@ -43,13 +43,18 @@ class SmoothField:
         return np.einsum('cijk,ni,nj,nk->cn', self.coefs, bx, by, bz, optimize=True)
 
     def _basis(self, positions: np.ndarray, centers: np.ndarray) -> np.ndarray:
-        distance = (np.asarray(positions, dtype=np.float32)[:, None] - centers[None, :])
+        distance = np.asarray(positions, dtype=np.float32)[:, None] - centers[None, :]
         return np.exp(-0.5 * (distance / self.sigma_mm) ** 2).astype(np.float32)
 
 
-def random_smooth_field(random_state: np.random.Generator, extent_mm: np.ndarray,
-                        spacing_mm: float, sigma_mm: float, std: float,
-                        n_components: int = 1) -> SmoothField:
+def random_smooth_field(
+    random_state: np.random.Generator,
+    extent_mm: np.ndarray,
+    spacing_mm: float,
+    sigma_mm: float,
+    std: float,
+    n_components: int = 1,
+) -> SmoothField:
     """Random :class:`SmoothField` over a box with standard deviation close to ``std``.
 
     Parameters
@@ -86,12 +91,14 @@ def grid_axes(shape: tuple[int, ...], affine: np.ndarray) -> tuple[np.ndarray, .
 def world_to_voxels(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Voxel coordinates of world points ``(3, ...)`` on a grid (float32, for map_coordinates)."""
     inverse = np.linalg.inv(affine).astype(np.float32)
-    return (np.tensordot(inverse[:3, :3], points_mm, axes=1)
-            + inverse[:3, 3].reshape((3,) + (1,) * (points_mm.ndim - 1)))
+    return np.tensordot(inverse[:3, :3], points_mm, axes=1) + inverse[:3, 3].reshape(
+        (3,) + (1,) * (points_mm.ndim - 1)
+    )
 
 
-def scanner_grid(resolution: float, fov_mm: tuple[float, float, float]
-                 ) -> tuple[tuple[int, int, int], np.ndarray]:
+def scanner_grid(
+    resolution: float, fov_mm: tuple[float, float, float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape and LAS affine of an isotropic scanner grid centred on the isocentre.
 
     LAS (x flipped), like most scanner exports and the real test data, so that consumers must
@@ -103,9 +110,14 @@ def scanner_grid(resolution: float, fov_mm: tuple[float, float, float]
     return shape, affine  # type: ignore[return-value]
 
 
-def random_pose(random_state: np.random.Generator, center_mm: np.ndarray,
-                rotation_deg: float = 8.0, translation_mm: float = 5.0, scale: float = 0.06,
-                shear: float = 0.03) -> np.ndarray:
+def random_pose(
+    random_state: np.random.Generator,
+    center_mm: np.ndarray,
+    rotation_deg: float = 8.0,
+    translation_mm: float = 5.0,
+    scale: float = 0.06,
+    shear: float = 0.03,
+) -> np.ndarray:
     """Random template-to-scanner affine: rotation, translation, head size and a mild shear.
 
     ``center_mm`` (template) lands within ``translation_mm`` of the scanner isocentre.
@@ -165,14 +177,24 @@ class SubjectTransform:
         return point
 
 
-def random_subject_transform(random_state: np.random.Generator, center_mm: np.ndarray,
-                             extent_mm: np.ndarray, displacement_mm: float = 2.5,
-                             smoothness_mm: float = 20.0) -> SubjectTransform:
+def random_subject_transform(
+    random_state: np.random.Generator,
+    center_mm: np.ndarray,
+    extent_mm: np.ndarray,
+    displacement_mm: float = 2.5,
+    smoothness_mm: float = 20.0,
+) -> SubjectTransform:
     """Random pose (:func:`random_pose`) and smooth deformation of about ``displacement_mm`` std.
 
     ``extent_mm`` (3, 2) is the scanner box the displacement field must cover.
     """
     pose = random_pose(random_state, center_mm)
-    field = random_smooth_field(random_state, extent_mm, spacing_mm=smoothness_mm,
-                                sigma_mm=smoothness_mm, std=displacement_mm, n_components=3)
+    field = random_smooth_field(
+        random_state,
+        extent_mm,
+        spacing_mm=smoothness_mm,
+        sigma_mm=smoothness_mm,
+        std=displacement_mm,
+        n_components=3,
+    )
     return SubjectTransform(pose, field)

@@ -267,9 +267,7 @@ def _train_epoch(
 
 
 @torch.no_grad()
-def _evaluate(
-    spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | SliceSampler
-) -> float:
+def _evaluate(spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | SliceSampler) -> float:
     """Mean loss on the fixed validation draw (the posterior mean for a VAE)."""
     model.eval()
     device = next(model.parameters()).device
