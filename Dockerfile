@@ -33,8 +33,9 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Torch first and pinned, from the index of the chosen variant: left to the dependency resolver,
-# a plain "torch" requirement would pull whichever build PyPI serves. (DL3013: the pin is in
+# Torch first and pinned, from pip's configured index unless TORCH_INDEX_URL names another (no
+# address is built in): left to the dependency resolver, a plain "torch" requirement would pull
+# whichever build the index serves. (DL3013: the pin is in
 # ${torch}, which hadolint cannot read.)
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cuda
@@ -45,13 +46,16 @@ COPY requirements-container.txt /src/
 RUN --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && case "${TORCH_VARIANT}" in \
-        cuda) torch="torch==${TORCH_VERSION}" \
-            index="${TORCH_INDEX_URL:-https://pypi.org/simple}" ;; \
+        cuda) torch="torch==${TORCH_VERSION}" ;; \
         cpu) torch="torch==${TORCH_VERSION}+cpu" \
-            index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" ;; \
+            && if [ -z "${TORCH_INDEX_URL}${WHEELHOUSE}" ]; then \
+                echo "TORCH_VARIANT=cpu needs TORCH_INDEX_URL (PyTorch's CPU wheel index)" \
+                    "or a WHEELHOUSE that holds the wheel" >&2; exit 64; \
+            fi ;; \
         *) echo "TORCH_VARIANT must be cuda or cpu, not '${TORCH_VARIANT}'" >&2; exit 64 ;; \
     esac \
-    && pip install --index-url "${index}" ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
+    && pip install ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
+        ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
     && pip install ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} -r /src/requirements-container.txt
 
 # The package itself (every dependency is already locked above), then the checks. torch's C++

@@ -60,8 +60,14 @@ build_image() {
         step "making $BASE_IMAGE with mmdebstrap (Debian's archive, no registry)"
         local rootfs
         rootfs=$(mktemp --suffix=.tar)
+        # the host's own apt sources, so that no archive address is written here
+        local sources
+        for sources in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list ''; do
+            [ -z "$sources" ] || [ -s "$sources" ] && break
+        done
+        [ -n "$sources" ] || fail 'no apt sources on this host for mmdebstrap'
         mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$rootfs" \
-            'deb http://deb.debian.org/debian bookworm main'
+            "$sources"
         "$ENGINE" import "$rootfs" "$BASE_IMAGE"
         rm -f "$rootfs"
     fi
@@ -71,10 +77,6 @@ build_image() {
     if [ -n "$WHEELHOUSE" ]; then
         [ "$ENGINE" = podman ] || fail 'WHEELHOUSE needs podman (docker build has no -v)'
         args+=(--volume "$WHEELHOUSE:/wheelhouse:ro" --build-arg WHEELHOUSE=/wheelhouse)
-        # The PyTorch CPU index only serves the torch wheel, which the wheelhouse then holds.
-        if compgen -G "$WHEELHOUSE/torch-${torch_version}+${TORCH_VARIANT}-*.whl" > /dev/null; then
-            args+=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
-        fi
     fi
     step "building $IMAGE ($ENGINE, torch $torch_version $TORCH_VARIANT, base $BASE_IMAGE)"
     local started
