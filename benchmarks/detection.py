@@ -1085,6 +1085,11 @@ def main() -> None:
     parser.add_argument('--folds', type=int, nargs='+', help='run only these folds')
     parser.add_argument('--nprocs', type=int, default=2)
     parser.add_argument(
+        '--wait-native',
+        action='store_true',
+        help='wait for --prepare-native processes instead of preprocessing the copies here',
+    )
+    parser.add_argument(
         '--prepare-native',
         metavar='PART/PARTS',
         help='only write and preprocess the native copies, this share of them '
