@@ -19,6 +19,8 @@ from bids_anomaly.cli import main
 from bids_anomaly.preprocessing.templates import load_template
 from tests.conftest import tree_snapshot
 
+pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
+
 FAST = [
     '--resolution',
     '2',

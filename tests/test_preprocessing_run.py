@@ -31,6 +31,8 @@ from bids_anomaly.preprocessing.run import (
 from bids_anomaly.preprocessing.templates import load_template
 from bids_anomaly.simulate import create_fake_bids_dataset
 
+pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
+
 TEMPLATE = 'MNI152NLin2009aSym'
 STD = f'space-{TEMPLATE}_res-2'
 
