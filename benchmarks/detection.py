@@ -65,8 +65,8 @@ from scipy import ndimage
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import load_volumes, preprocessed_path
-from bids_anomaly.preprocessing.templates import Template, load_template
 from bids_anomaly.scoring.normative import neighbour_table
+from bids_anomaly.templates import Template, load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / 'shared' / 'data' / 'ds002748'

@@ -36,7 +36,7 @@ from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.preprocessing.outputs import derivatives
 from bids_anomaly.preprocessing.run import run_preprocessing
-from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, res_label
+from bids_anomaly.templates import TEMPLATE_NAME, res_label
 
 
 def all_labels(data: Path) -> list[str]:

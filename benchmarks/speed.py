@@ -194,7 +194,7 @@ def stage_training(settings: Settings) -> list[Row]:
     from training_speed import FAMILY_BATCHES, SPEC, epoch_rate, pairs_per_second, random_volumes
 
     from bids_anomaly.models import build_model
-    from bids_anomaly.preprocessing.templates import template_grid
+    from bids_anomaly.templates import template_grid
 
     device = torch.device(settings.device)
     sizes = settings.sizes
@@ -290,7 +290,7 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
     from bids_anomaly.levels.score import fit_normative
     from bids_anomaly.models import ModelSpec, TrainParams
     from bids_anomaly.models.bundle import ModelCard, load_arrays, save_bundle
-    from bids_anomaly.preprocessing.templates import load_template
+    from bids_anomaly.templates import load_template
     from bids_anomaly.training import train_model
 
     template = load_template(settings.sizes.resolution)
@@ -343,8 +343,8 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
 
 def stage_scoring(settings: Settings, family: str) -> list[Row]:
     """Full-brain scoring of one held-out participant, as the scoring stage runs it."""
-    from bids_anomaly.preprocessing.templates import load_template
     from bids_anomaly.scoring.scorer import BundleScorer, brain_samples
+    from bids_anomaly.templates import load_template
 
     template = load_template(settings.sizes.resolution)
     volume = np.array(np.load(settings.work / VOLUMES, mmap_mode='r')[-1])

@@ -16,10 +16,14 @@ from typing import Any
 
 import tomli_w
 
-MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice')
-MODALITIES = ('T1w', 'FA', 'MD')
-EMBEDDING_METHODS = ('tsne', 'umap', 'spectral', 'pca')
-DEFAULT_CONTROL_LABELS = ('control', 'controls', 'hc', 'healthy')
+from bids_anomaly.constants import (
+    DEFAULT_CONTROL_LABELS,
+    EMBEDDING_METHODS,
+    MODALITIES,
+    MODEL_FAMILIES,
+    NORM_METHODS,
+    REGISTRATIONS,
+)
 
 
 def setting(default: Any, help: str, *flags: str, **click_kwargs: Any) -> Any:
@@ -145,7 +149,7 @@ class PreprocessingConfig:
         'syn',
         'Registration to the template: affine or syn (rigid -> affine -> SyN).',
         '--registration',
-        choices=('affine', 'syn'),
+        choices=REGISTRATIONS,
     )
     intensity_norm: str = setting(
         'quantile',
@@ -154,7 +158,7 @@ class PreprocessingConfig:
         '(the same map, not clipped: bright lesions keep their '
         'contrast) or zscore.',
         '--intensity-norm',
-        choices=('quantile', 'quantile-unclipped', 'zscore'),
+        choices=NORM_METHODS,
     )
     derivatives: tuple[Path, ...] = setting(
         (),

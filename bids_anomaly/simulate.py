@@ -26,7 +26,6 @@ from bids_anomaly import APP_NAME, CODE_URL, __version__
 from bids_anomaly.bids.derivatives import BIDS_VERSION, build_path
 from bids_anomaly.errors import AppError, CannotCreateError
 from bids_anomaly.io import write_json, write_text
-from bids_anomaly.preprocessing.templates import RESOLUTIONS, Template, load_template
 from bids_anomaly.simulation.anatomy import HeadModel, generate_t1w, head_model
 from bids_anomaly.simulation.anomalies import (
     Anomaly,
@@ -46,6 +45,7 @@ from bids_anomaly.simulation.transforms import (
     random_subject_transform,
     scanner_grid,
 )
+from bids_anomaly.templates import RESOLUTIONS, Template, load_template
 
 #: Field of view of the native grids (mm), like a sagittal 3D T1w and an axial DWI.
 T1W_FOV_MM = (240.0, 240.0, 192.0)

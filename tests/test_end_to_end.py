@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from bids_anomaly.cli import main
-from bids_anomaly.preprocessing.templates import load_template
+from bids_anomaly.templates import load_template
 from tests.conftest import tree_snapshot
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`

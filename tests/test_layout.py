@@ -137,7 +137,7 @@ def test_discover_real_dataset(tmp_path: Path) -> None:
         queries=load_filters(None),
         control_labels=DEFAULT_CONTROL_LABELS,
     )
-    assert len(found) == 24
+    assert len(found) == 63  # 12 controls, 51 depression patients
     assert sum(p.is_control for p in found) == 12
     assert {p.group for p in found} == {'control', 'depr'}
     assert all(p.t1w.is_file() and p.dwi is None for p in found)

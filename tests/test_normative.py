@@ -295,3 +295,22 @@ def test_shrunk_variances_are_the_diagonal_of_the_shrunk_covariance(n_samples, s
     if shrinkage == 'ledoit_wolf':
         reference = LedoitWolf(assume_centered=True).fit(X[0].numpy()).covariance_
         assert np.allclose(expected[0].numpy(), np.diag(reference), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    'estimator',
+    [
+        VoxelOneClassSVM(nu=0.1, gamma=0.5, n_jobs=2),
+        VoxelGaussian(shrinkage='oas', covariance_type='diag', contamination=0.05),
+        VoxelZScore(combine='sumsq', min_std=1e-3),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_clone_round_trips_the_parameters_and_drops_the_fit(estimator):
+    rng = np.random.default_rng(0)
+    fitted = clone(estimator).fit(rng.normal(size=(8, 12, 3)).astype(np.float32))
+    copy = clone(fitted)
+    assert copy.get_params() == estimator.get_params()
+    assert type(copy)(**copy.get_params()).get_params() == estimator.get_params()
+    with pytest.raises(NotFittedError):
+        copy.score_samples(np.zeros((8, 1, 3), dtype=np.float32))

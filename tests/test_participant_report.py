@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 from bids_anomaly.analysis.regions import WHOLE_BRAIN, Atlas, regional_table
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.reports.html import Section
 from bids_anomaly.reports.participant import (
     calibrated_thresholds,
@@ -24,6 +23,7 @@ from bids_anomaly.reports.participant import (
     top_regions,
     write_participant_report,
 )
+from bids_anomaly.templates import Template
 
 SHAPE = (12, 14, 12)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])

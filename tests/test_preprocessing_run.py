@@ -28,8 +28,8 @@ from bids_anomaly.preprocessing.run import (
     run_preprocessing,
     update_status_table,
 )
-from bids_anomaly.preprocessing.templates import load_template
 from bids_anomaly.simulate import create_fake_bids_dataset
+from bids_anomaly.templates import load_template
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
 

@@ -12,14 +12,16 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE, SpectralEmbedding, trustworthiness
 from sklearn.metrics import silhouette_score
 
-METHODS = ('pca', 'umap', 'tsne', 'spectral')
+from bids_anomaly.constants import EMBEDDING_METHODS, TRANSFORM_EMBEDDINGS
+
+METHODS = EMBEDDING_METHODS
 """Embedding methods known to :func:`embed`."""
 
 META_COLUMNS = ('participant', 'group', 'region', 'position', 'score')
 """Columns every code needs: who, which group, which atlas region, where (a template voxel or
 slice identifier shared by co-located codes) and its anomaly score."""
 
-TRANSFORM_METHODS = frozenset({'pca', 'umap'})
+TRANSFORM_METHODS = TRANSFORM_EMBEDDINGS
 
 
 def _check_inputs(codes: np.ndarray, meta: pd.DataFrame) -> None:

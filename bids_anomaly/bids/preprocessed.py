@@ -15,7 +15,7 @@ import numpy as np
 from bids_anomaly.bids.derivatives import build_path
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.errors import MissingInputError
-from bids_anomaly.preprocessing.templates import Template
+from bids_anomaly.templates import Template
 
 #: How each input channel is named in OUTPUT_DIR (entities besides sub/ses/space/res).
 MODALITY_FILES = {

@@ -24,6 +24,7 @@ from bids_anomaly.bids.layout import (
     validate_dataset,
 )
 from bids_anomaly.config import RunConfig
+from bids_anomaly.devices import check_device, set_threads
 from bids_anomaly.errors import AppError, CannotCreateError, MissingInputError, UsageError
 
 LOGGER = logging.getLogger('bids_anomaly')
@@ -102,7 +103,7 @@ def prepare(config: RunConfig) -> RunContext:
     setup_logging(
         log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log', config.execution.verbose
     )
-    set_threads(config)
+    set_threads(config.execution)
     config.to_toml(log_dir / f'config_{config.analysis_level}_{stamp}.toml')
     LOGGER.info(
         'bids_anomaly %s, %s level, BIDS_DIR=%s, OUTPUT_DIR=%s',
@@ -143,32 +144,6 @@ def setup_logging(log_file: Path, verbose: int) -> None:
         handler.setFormatter(formatter)
         handler.setLevel(level)
         LOGGER.addHandler(handler)
-
-
-def check_device(device: str) -> None:
-    """A CUDA device that is not there is a usage error, found before any work starts."""
-    if not device.startswith('cuda'):
-        return
-    import torch
-
-    index = int(device.split(':')[1]) if ':' in device else 0
-    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        raise UsageError(
-            f'--device {device}: no such CUDA device is visible (in a container, '
-            'run it with --gpus all / --nv); use --device auto or cpu'
-        )
-
-
-def set_threads(config: RunConfig) -> None:
-    """Resolve ``--nprocs``/``--omp-nthreads`` (0 = automatic) and cap the numeric libraries."""
-    execution = config.execution
-    execution.nprocs = execution.nprocs or os.cpu_count() or 1
-    execution.omp_nthreads = execution.omp_nthreads or min(8, execution.nprocs)
-    for variable in ('OMP_NUM_THREADS', 'ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS'):
-        os.environ.setdefault(variable, str(execution.omp_nthreads))
-    import torch
-
-    torch.set_num_threads(execution.omp_nthreads)
 
 
 def require_controls(

@@ -16,7 +16,7 @@ from bids_anomaly.bids.preprocessed import preprocessed_path
 from bids_anomaly.errors import MissingInputError
 from bids_anomaly.levels import RunContext, require_controls
 from bids_anomaly.levels.score import bundle_paths, load_atlases, load_scorers, score_participants
-from bids_anomaly.preprocessing.templates import load_template
+from bids_anomaly.templates import load_template
 
 if TYPE_CHECKING:
     from bids_anomaly.scoring.scorer import BundleScorer

@@ -17,8 +17,8 @@ import pandas as pd
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.levels import RunContext
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
+from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
 GROUP_COLUMNS = {

@@ -9,8 +9,8 @@ from bids_anomaly.errors import AppError
 from bids_anomaly.levels import RunContext
 
 if TYPE_CHECKING:
-    from bids_anomaly.preprocessing.templates import Template
     from bids_anomaly.scoring.scorer import BundleScorer
+    from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -63,7 +63,7 @@ def run_participant_level(context: RunContext) -> None:
 def load_bundles(context: RunContext) -> tuple[list[BundleScorer], Template] | None:
     """The scorers of every available bundle, verified (none yet: ``None``)."""
     from bids_anomaly.levels.score import bundle_paths, load_scorers
-    from bids_anomaly.preprocessing.templates import load_template
+    from bids_anomaly.templates import load_template
 
     config = context.config
     paths = bundle_paths(config)

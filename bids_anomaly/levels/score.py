@@ -19,9 +19,9 @@ from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.models.bundle import BundleError, add_arrays
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
 from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
+from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
 

@@ -16,10 +16,11 @@ import numpy as np
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import default_modalities, load_volumes, preprocessed_path
 from bids_anomaly.config import RunConfig
+from bids_anomaly.constants import INTENSITY_QUANTILES
 from bids_anomaly.errors import MissingInputError, UsageError
 from bids_anomaly.levels import RunContext
 from bids_anomaly.levels.score import fit_normative
-from bids_anomaly.preprocessing.templates import Template, load_template
+from bids_anomaly.templates import Template, load_template
 
 LOGGER = logging.getLogger('bids_anomaly')
 MIN_CALIBRATION = 2
@@ -178,8 +179,11 @@ def normalisation_card(config: RunConfig) -> dict:
     """How the inputs were scaled, so a bundle is only applied to data scaled the same way."""
     method = config.preprocessing.intensity_norm
     card = {'method': method, 'within': 'brain', 'registration': config.preprocessing.registration}
-    if method == 'quantile':
-        card.update(low=0.01, high=0.99, range=[0.0, 1.0], clip=True)
+    if method.startswith('quantile'):
+        low, high = INTENSITY_QUANTILES
+        card.update(low=low, high=high, clip=method == 'quantile')
+        if method == 'quantile':
+            card['range'] = [0.0, 1.0]
     return card
 
 

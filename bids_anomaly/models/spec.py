@@ -12,11 +12,13 @@ import dataclasses
 import typing as ty
 from dataclasses import dataclass
 
+from bids_anomaly.constants import MODEL_FAMILIES
+
 Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice']
 ReconstructionLoss = ty.Literal['l1', 'l2', 'ssim']
 SiameseMetric = ty.Literal['cosine', 'l2']
 
-FAMILIES: tuple[str, ...] = ty.get_args(Family)
+FAMILIES: tuple[str, ...] = MODEL_FAMILIES
 _LOSSES = ty.get_args(ReconstructionLoss)
 _METRICS = ty.get_args(SiameseMetric)
 

@@ -21,7 +21,7 @@ from bids_anomaly.preprocessing.interfaces import (
     ValidateT1w,
 )
 from bids_anomaly.preprocessing.registration import GRID_MM
-from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, check_resolution
+from bids_anomaly.templates import TEMPLATE_NAME, check_resolution
 
 #: Fields of the anatomical workflow's ``outputnode`` (native-space fields are undefined when
 #: precomputed derivatives are reused without them).

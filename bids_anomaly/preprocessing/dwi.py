@@ -15,7 +15,7 @@ from bids_anomaly.preprocessing.interfaces import (
     TensorFit,
     ValidateDWI,
 )
-from bids_anomaly.preprocessing.templates import TEMPLATE_NAME
+from bids_anomaly.templates import TEMPLATE_NAME
 
 #: Fields of the DWI workflow's ``inputnode`` and ``outputnode``.
 DWI_INPUTS = (

@@ -16,16 +16,16 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
+from bids_anomaly.constants import INTENSITY_QUANTILES, NORM_METHODS
+
 NormMethod = Literal['quantile', 'quantile-unclipped', 'zscore']
 #: The methods, the default first.
-NORM_METHODS = ('quantile', 'quantile-unclipped', 'zscore')
-QUANTILES = (0.01, 0.99)
 
 
 def quantile_scale(
     data: np.ndarray,
     mask: np.ndarray,
-    quantiles: tuple[float, float] = QUANTILES,
+    quantiles: tuple[float, float] = INTENSITY_QUANTILES,
     clip: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Map the brain's quantiles to 0 and 1 (clipped to [0, 1] if ``clip``); 0 outside ``mask``."""

@@ -41,7 +41,7 @@ def write_template(resolution: float, *, newpath: str | None = None) -> tuple[st
     import nibabel as nib
 
     from bids_anomaly.io import atomic_path
-    from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, load_template, res_label
+    from bids_anomaly.templates import TEMPLATE_NAME, load_template, res_label
 
     name = f'tpl-{TEMPLATE_NAME}_res-{res_label(resolution)}'
     prefix = os.path.join(newpath or os.getcwd(), name)

@@ -10,7 +10,6 @@ on (unless ``stop_on_first_crash``). The caller turns failures into a non-zero e
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -22,10 +21,11 @@ import pandas as pd
 
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
+from bids_anomaly.devices import resolve_threads
 from bids_anomaly.io import atomic_path
 from bids_anomaly.preprocessing.precomputed import Precomputed, find_precomputed
-from bids_anomaly.preprocessing.templates import TEMPLATE_NAME, res_label
 from bids_anomaly.preprocessing.validation import load_dwi, load_t1w
+from bids_anomaly.templates import TEMPLATE_NAME, res_label
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
@@ -71,8 +71,7 @@ def run_preprocessing(
         for unusable inputs, the failed workflow node, ``outputs``, or ``all``), status
         (``ok``, ``failed`` or ``skipped``), seconds, message, finished (UTC time).
     """
-    nprocs = execution.nprocs or os.cpu_count() or 1
-    omp_nthreads = min(execution.omp_nthreads or min(8, nprocs), nprocs)
+    nprocs, omp_nthreads = resolve_threads(execution.nprocs, execution.omp_nthreads)
     rows = []
     for index, participant in enumerate(participants, 1):
         LOGGER.info('[%d/%d] %s: preprocessing', index, len(participants), participant.name)

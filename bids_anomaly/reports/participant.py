@@ -22,8 +22,8 @@ from bids_anomaly.reports.html import IMAGE_TYPES, Section, render_report
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
-    from bids_anomaly.preprocessing.templates import Template
     from bids_anomaly.scoring.scorer import BundleScorer
+    from bids_anomaly.templates import Template
 
 #: Regions shown per atlas and score map, by decreasing % of abnormal voxels.
 TOP_REGIONS = 15

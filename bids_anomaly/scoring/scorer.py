@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_anomaly.devices import resolve_device
 from bids_anomaly.models.bundle import list_arrays, load_arrays, load_bundle
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.scoring.normative import VoxelGaussian, VoxelOneClassSVM, VoxelZScore
 from bids_anomaly.scoring.reconstruction import VolumeOutputs, score_patches, score_slices
+from bids_anomaly.templates import Template
 
 BASELINE = 'baseline'
 ZSCORE = 'zscore'
@@ -39,8 +40,6 @@ class BundleScorer:
     """A verified bundle with its normative models, ready to score volumes."""
 
     def __init__(self, path: Path, template: Template, device: str = 'cpu') -> None:
-        from bids_anomaly.training.trainer import resolve_device
-
         self.device = str(resolve_device(device))
         self.template = template
         self.mask = template.mask_array()

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.simulation.acquisition import add_rician_noise, random_bias_field
 from bids_anomaly.simulation.anomalies import Anomaly, brain_depth, insert_anomalies
 from bids_anomaly.simulation.transforms import grid_axes, random_smooth_field, world_to_voxels
+from bids_anomaly.templates import Template
 
 #: Intensity of the head around the brain against the distance to the brain mask (mm),
 #: with the template's white matter near 0.87.

@@ -16,10 +16,10 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from bids_anomaly.constants import MODALITIES
 from bids_anomaly.simulation.transforms import world_to_voxels
 
 #: Images an anomaly can change: the T1w and the two DTI maps derived from the DWI.
-MODALITIES = ('T1w', 'FA', 'MD')
 KINDS = ('ellipsoid', 'sphere', 'atrophy')
 #: Parkinson-like targets (centre of the right-hemisphere structure, semi-axes), both in mm of
 #: MNI152 space; close to the CIT168 atlas (putamen, substantia nigra pars compacta+reticulata).

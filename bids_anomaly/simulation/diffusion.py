@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
-from bids_anomaly.preprocessing.templates import Template
 from bids_anomaly.simulation.acquisition import add_rician_noise, random_bias_field
 from bids_anomaly.simulation.anomalies import Anomaly, apply_atrophy, soft_mask
 from bids_anomaly.simulation.transforms import world_to_voxels
+from bids_anomaly.templates import Template
 
 B_VALUE = 1000.0
 WATER_DIFFUSIVITY = 3.0e-3

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bids_anomaly.devices import resolve_device
 from bids_anomaly.io import atomic_path, write_text
 from bids_anomaly.models.losses import objective
 from bids_anomaly.models.networks import AutoEncoder, build_model
@@ -57,19 +58,6 @@ class TrainingResult(ty.NamedTuple):
 class StaleCheckpointError(ValueError):
     """A checkpoint in the work directory belongs to other settings or data (the user's fix:
     delete it), as opposed to a programming error."""
-
-
-def resolve_device(device: str | torch.device = 'auto') -> torch.device:
-    """``'auto'`` is the first CUDA device when there is one, else the CPU."""
-    if str(device) == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    resolved = torch.device(device)
-    if resolved.type == 'cuda':
-        index = resolved.index or 0
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            message = f'Device {device!r} requested but no such CUDA device is available.'
-            raise ValueError(message)
-    return resolved
 
 
 def make_sampler(

@@ -16,8 +16,9 @@ from functools import lru_cache
 import nibabel as nib
 import numpy as np
 
+from bids_anomaly.constants import RESOLUTIONS
+
 TEMPLATE_NAME = 'MNI152NLin2009aSym'
-RESOLUTIONS = (1.0, 1.5, 2.0)
 _BOX_MIN = np.array([-90.0, -126.0, -72.0])
 _BOX_MAX = np.array([90.0, 90.0, 108.0])
 

@@ -1,0 +1,27 @@
+"""The names every layer agrees on, in one torch-free module.
+
+Configuration (:mod:`bids_anomaly.config`), the command line, the models, the preprocessing and
+the analyses read these tuples; none of them spells the names again. Order matters where it is
+shown to users: the first entry is the default.
+"""
+
+from __future__ import annotations
+
+#: Auto-encoder families: siamese (``sae``) or plain (``ae``), on patches or whole slices.
+MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice')
+#: Input channels: the T1w and the DTI maps derived from the DWI.
+MODALITIES = ('T1w', 'FA', 'MD')
+#: Latent-space embeddings of the group level (scikit-learn, umap-learn).
+EMBEDDING_METHODS = ('tsne', 'umap', 'spectral', 'pca')
+#: Embeddings that map new points into a fitted space (the others are fitted on all points).
+TRANSFORM_EMBEDDINGS = frozenset({'pca', 'umap'})
+#: Template grid resolutions (mm) for which the offline template is built.
+RESOLUTIONS = (1.0, 1.5, 2.0)
+#: Intensity normalisations inside the brain (see :mod:`bids_anomaly.preprocessing.intensity`).
+NORM_METHODS = ('quantile', 'quantile-unclipped', 'zscore')
+#: Brain intensity quantiles mapped to 0 and 1 by the quantile normalisations.
+INTENSITY_QUANTILES = (0.01, 0.99)
+#: Registration models to the template.
+REGISTRATIONS = ('affine', 'syn')
+#: Values of the participants.tsv group column that mean "control" by default.
+DEFAULT_CONTROL_LABELS = ('control', 'controls', 'hc', 'healthy')
