@@ -202,6 +202,26 @@ class DerivativesWriter:
             nib.save(img, tmp)
         return path
 
+    def write_output(
+        self,
+        output: Any,
+        data: nib.Nifti1Image | pd.DataFrame | Path,
+        entities: Mapping[str, str],
+        *,
+        columns: Mapping[str, str] | None = None,
+        sidecar: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write ``data`` as a named output (:data:`bids_anomaly.bids.names.OUTPUTS`)."""
+        where = {
+            'entities': output.entities(entities),
+            'suffix': output.suffix,
+            'datatype': output.datatype,
+            'sidecar': sidecar,
+        }
+        if output.extension == '.tsv':
+            return self.write_table(data, columns=columns or {}, **where)
+        return self.write_image(data, **where)
+
     def write_table(
         self,
         table: pd.DataFrame,

@@ -12,31 +12,22 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_anomaly.bids.derivatives import build_path
 from bids_anomaly.bids.layout import Participant
+from bids_anomaly.bids.names import OUTPUTS
+from bids_anomaly.constants import MODALITIES
 from bids_anomaly.errors import MissingInputError
 from bids_anomaly.templates import Template
 
-#: How each input channel is named in OUTPUT_DIR (entities besides sub/ses/space/res).
-MODALITY_FILES = {
-    'T1w': ({'desc': 'preproc'}, 'T1w', 'anat'),
-    'FA': ({'model': 'tensor', 'param': 'FA'}, 'dwimap', 'dwi'),
-    'MD': ({'model': 'tensor', 'param': 'MD'}, 'dwimap', 'dwi'),
-}
+#: The input channels, in stacking order (their names: :data:`~bids_anomaly.bids.names.OUTPUTS`).
+MODALITY_FILES = MODALITIES
 
 
 def preprocessed_path(
     output_dir: Path, participant: Participant, modality: str, template: Template
 ) -> Path:
     """Where the participant level writes ``modality`` in template space."""
-    entities, suffix, datatype = MODALITY_FILES[modality]
-    entities = {
-        **participant.entities,
-        'space': template.name,
-        'res': template.res_label,
-        **entities,
-    }
-    return output_dir / build_path(entities, suffix, '.nii.gz', datatype)
+    space = {**participant.entities, 'space': template.name, 'res': template.res_label}
+    return OUTPUTS[modality].path(output_dir, space)
 
 
 def available_modalities(

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.layout import Participant
+from bids_anomaly.bids.names import OUTPUTS, group_embedding_name, group_regions_name
 from bids_anomaly.levels import RunContext
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
 from bids_anomaly.templates import Template
@@ -68,7 +69,7 @@ def write_group_outputs(
     latent_metrics = latent_analysis(context, participants, scorers, template, people)
     evaluation = ground_truth_evaluation(context, participants, scorers, template, used)
     write_group_report(
-        context,
+        context.config.output_dir,
         people=people,
         regional=regional,
         statistics=statistics,
@@ -92,7 +93,8 @@ def group_regional_tables(
         for model in dict.fromkeys(m for m, _ in score_kinds(scorers)):
             frames = []
             for participant in participants:
-                path = context.writer.path(
+                path = OUTPUTS['regions'].path(
+                    context.writer.output_dir,
                     {
                         **participant.entities,
                         'space': template.name,
@@ -100,8 +102,6 @@ def group_regional_tables(
                         'atlas': atlas.name,
                         'model': model,
                     },
-                    'regions',
-                    '.tsv',
                 )
                 table = pd.read_csv(path, sep='\t', na_values='n/a')
                 frames.append(table.assign(participant_id=participant.name))
@@ -115,7 +115,7 @@ def group_regional_tables(
                     r: f'% abnormal voxels in {r} ({atlas.name}).' for r in wide.columns
                 }
                 context.writer.write_group_table(
-                    f'group_atlas-{atlas.name}_model-{model}_stat-{stat}_regions.tsv',
+                    group_regions_name(atlas.name, model, stat),
                     table,
                     columns=columns,
                     sidecar={'Atlas': atlas.name, 'Model': model, 'ScoreType': stat},
@@ -188,7 +188,8 @@ def latent_analysis(
         desc = 'voxels' if scorer.card.spec.is_patch else 'slices'
         codes, meta = [], []
         for participant in participants:
-            path = context.writer.path(
+            path = OUTPUTS['latent_samples'].path(
+                context.writer.output_dir,
                 {
                     **participant.entities,
                     'space': template.name,
@@ -196,8 +197,6 @@ def latent_analysis(
                     'model': scorer.label,
                     'desc': desc,
                 },
-                'latent',
-                '.tsv',
             )
             table = pd.read_csv(path, sep='\t', na_values='n/a')
             code_columns = [c for c in table.columns if c.startswith('z') and c[1:].isdigit()]
@@ -225,7 +224,7 @@ def latent_analysis(
             random_state=config.execution.seed,
         )
         context.writer.write_group_table(
-            f'group_embedding_{scorer.label}.tsv',
+            group_embedding_name(scorer.label),
             coords,
             columns={c: EMBEDDING_COLUMNS.get(c, 'See docs/outputs.md.') for c in coords.columns},
         )
@@ -283,7 +282,8 @@ def ground_truth_evaluation(
     for model, stat in score_kinds(scorers):
         scores = []
         for participant in held:
-            path = context.writer.path(
+            path = OUTPUTS['score_map'].path(
+                context.writer.output_dir,
                 {
                     **participant.entities,
                     'space': template.name,
@@ -291,8 +291,6 @@ def ground_truth_evaluation(
                     'model': model,
                     'stat': stat,
                 },
-                'statmap',
-                '.nii.gz',
             )
             scores.append(np.asarray(nib.load(path).dataobj, dtype=np.float32)[mask])
         rows.append(

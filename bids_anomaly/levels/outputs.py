@@ -27,6 +27,7 @@ from bids_anomaly.analysis.regions import (
 )
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
+from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.preprocessing.registration import Interpolation
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer, ParticipantScores
 
@@ -112,16 +113,16 @@ def write_participant_scores(
             'Description': STAT_DESCRIPTIONS[stat],
         }
         entities = {**space, 'model': model, 'stat': stat}
-        map_path = writer.write_image(
+        map_path = writer.write_output(
+            OUTPUTS['score_map'],
             nib.Nifti1Image(score_map, template.affine),
-            entities=entities,
-            suffix='statmap',
+            entities,
             sidecar=provenance,
         )
-        mask_path = writer.write_image(
+        mask_path = writer.write_output(
+            OUTPUTS['abnormal_mask'],
             nib.Nifti1Image(abnormal.astype(np.uint8), template.affine),
-            entities={**entities, 'desc': 'abnormal'},
-            suffix='mask',
+            entities,
             sidecar=provenance,
         )
         if native is not None:
@@ -130,8 +131,8 @@ def write_participant_scores(
                 writer,
                 map_path,
                 native,
-                entities=native_entities,
-                suffix='statmap',
+                entities=OUTPUTS['score_map'].entities(native_entities),
+                suffix=OUTPUTS['score_map'].suffix,
                 interpolation='linear',
                 sidecar=provenance,
             )
@@ -139,8 +140,8 @@ def write_participant_scores(
                 writer,
                 mask_path,
                 native,
-                entities={**native_entities, 'desc': 'abnormal'},
-                suffix='mask',
+                entities=OUTPUTS['abnormal_mask'].entities(native_entities),
+                suffix=OUTPUTS['abnormal_mask'].suffix,
                 interpolation='genericLabel',
                 sidecar=provenance,
             )
@@ -149,10 +150,10 @@ def write_participant_scores(
             table.insert(0, 'score_type', stat)
             tables.setdefault((atlas.name, model), []).append(table)
     for (atlas_name, model), parts in tables.items():
-        writer.write_table(
+        writer.write_output(
+            OUTPUTS['regions'],
             pd.concat(parts, ignore_index=True),
-            entities={**space, 'atlas': atlas_name, 'model': model},
-            suffix='regions',
+            {**space, 'atlas': atlas_name, 'model': model},
             columns=REGION_COLUMNS,
             sidecar={'Atlas': atlas_name, 'Model': model},
         )
@@ -272,10 +273,10 @@ def write_latents(
     columns = {
         c: columns.get(c, 'Anomaly score of this type at the point.') for c in table.columns
     }
-    writer.write_table(
+    writer.write_output(
+        OUTPUTS['latent_samples'],
         table,
-        entities={**entities, 'desc': desc},
-        suffix='latent',
+        {**entities, 'desc': desc},
         columns=columns,
         sidecar={
             'Model': scorer.label,
@@ -336,10 +337,10 @@ def write_dense_latents(
         if name in ('region', 'index', 'n_voxels')
     } | code_columns
     for atlas in atlases:
-        writer.write_table(
+        writer.write_output(
+            OUTPUTS['latent_regions'],
             regional_codes(codes, mask, atlas),
-            entities={**entities, 'atlas': atlas.name, 'desc': 'regions'},
-            suffix='latent',
+            {**entities, 'atlas': atlas.name},
             columns=columns,
             sidecar={
                 'Atlas': atlas.name,
@@ -351,10 +352,10 @@ def write_dense_latents(
     if latent_maps:
         img = nib.Nifti1Image(latent_volume(codes, mask), affine)
         img.header.set_xyzt_units('mm')
-        writer.write_image(
+        writer.write_output(
+            OUTPUTS['latent_codes'],
             img,
-            entities={**entities, 'desc': 'codes'},
-            suffix='latent',
+            entities,
             sidecar={
                 'Model': model,
                 'LatentDimension': dimension,

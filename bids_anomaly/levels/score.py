@@ -18,6 +18,7 @@ import numpy as np
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
+from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.models.bundle import BundleError, add_arrays
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
 from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
@@ -252,23 +253,16 @@ def expected_scores(
         'res': template.res_label,
         'model': scorer.label,
     }
-    expected = [writer.path({**space, 'stat': 'recon'}, 'statmap', '.nii.gz')]
-    expected += [
-        writer.path({**space, 'atlas': atlas.name}, 'regions', '.tsv') for atlas in atlases
-    ]
+    out = writer.output_dir
+    expected = [OUTPUTS['score_map'].path(out, {**space, 'stat': 'recon'})]
+    expected += [OUTPUTS['regions'].path(out, {**space, 'atlas': a.name}) for a in atlases]
     if scorer.card.spec.is_patch:
         expected += [
-            writer.path({**space, 'atlas': atlas.name, 'desc': 'regions'}, 'latent', '.tsv')
-            for atlas in atlases
+            OUTPUTS['latent_regions'].path(out, {**space, 'atlas': a.name}) for a in atlases
         ]
         if latent_maps:
-            expected.append(writer.path({**space, 'desc': 'codes'}, 'latent', '.nii.gz'))
+            expected.append(OUTPUTS['latent_codes'].path(out, space))
     if native:
-        expected.append(
-            writer.path(
-                {**participant.entities, 'model': scorer.label, 'stat': 'recon'},
-                'statmap',
-                '.nii.gz',
-            )
-        )
+        native_entities = {**participant.entities, 'model': scorer.label, 'stat': 'recon'}
+        expected.append(OUTPUTS['score_map'].path(out, native_entities))
     return expected

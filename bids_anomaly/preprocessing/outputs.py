@@ -21,6 +21,7 @@ from nipype.interfaces.base import Undefined, isdefined
 from nipype.pipeline import engine as pe
 
 from bids_anomaly.bids.derivatives import DerivativesWriter
+from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.preprocessing.precomputed import Precomputed
 
 if TYPE_CHECKING:
@@ -57,7 +58,12 @@ def derivatives(template: str, res: str) -> tuple[Derivative, ...]:
         Derivative('anat_wf', 't1w_preproc', {'desc': 'preproc'}, 'T1w', 'anat'),
         Derivative('anat_wf', 't1w_mask', {'desc': 'brain'}, 'mask', 'anat'),
         Derivative(
-            'anat_wf', 'std_t1w', {**std, 'desc': 'preproc'}, 'T1w', 'anat', template_space=True
+            'anat_wf',
+            'std_t1w',
+            OUTPUTS['T1w'].entities(std),
+            OUTPUTS['T1w'].suffix,
+            'anat',
+            template_space=True,
         ),
         Derivative(
             'anat_wf', 'std_mask', {**std, 'desc': 'brain'}, 'mask', 'anat', template_space=True
@@ -84,16 +90,16 @@ def derivatives(template: str, res: str) -> tuple[Derivative, ...]:
         Derivative(
             'dwi_wf',
             'std_fa',
-            {**std, 'model': 'tensor', 'param': 'FA'},
-            'dwimap',
+            OUTPUTS['FA'].entities(std),
+            OUTPUTS['FA'].suffix,
             'dwi',
             template_space=True,
         ),
         Derivative(
             'dwi_wf',
             'std_md',
-            {**std, 'model': 'tensor', 'param': 'MD'},
-            'dwimap',
+            OUTPUTS['MD'].entities(std),
+            OUTPUTS['MD'].suffix,
             'dwi',
             template_space=True,
         ),

@@ -166,8 +166,8 @@ def plot_regional_heatmap(
             xytext=(4, 0),
             textcoords='offset points',
             va='center',
-            rotation=90,
-        )
+            fontsize=8,
+        )  # horizontal: rotated labels of small groups are longer than their band and overlap
     ax.set_ylabel('participants')
     if title:
         ax.set_title(title)

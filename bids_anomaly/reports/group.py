@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
-from bids_anomaly.levels import RunContext
+from bids_anomaly.bids.names import group_embedding_name
 from bids_anomaly.reports.html import Section, render_report
 from bids_anomaly.scoring.scorer import BASELINE, BundleScorer
 
@@ -15,7 +16,7 @@ REPORT_ATLAS_SUFFIX = 'macro'
 
 
 def write_group_report(
-    context: RunContext,
+    output_dir: Path,
     *,
     people: pd.DataFrame,
     regional: dict[tuple[str, str, str], pd.DataFrame],
@@ -86,7 +87,7 @@ def write_group_report(
         'placed by transform where the method allows, else fitted jointly).',
     )
     for scorer in scorers:
-        path = context.config.output_dir / f'group_embedding_{scorer.label}.tsv'
+        path = output_dir / group_embedding_name(scorer.label)
         coords = pd.read_csv(path, sep='\t', na_values='n/a')
         for colour in ('group', 'region', 'score'):
             if colour in coords and coords[colour].notna().any():
@@ -106,7 +107,7 @@ def write_group_report(
     )
     sections.append(section)
     render_report(
-        context.config.output_dir / 'group_report.html',
+        output_dir / 'group_report.html',
         'bids_anomaly group report',
         sections,
         subtitle=f'{len(people)} participant(s).',
@@ -132,6 +133,8 @@ def models_section(scorers: Sequence[BundleScorer]) -> Section:
             'modalities': '+'.join(s.modalities),
             'training': len(s.card.training_participants),
             'calibration': len(s.card.calibration_participants),
+            'trained on': ', '.join(s.card.training_participants),
+            'calibrated on': ', '.join(s.card.calibration_participants),
             'bundle': str(s.path),
         }
         for s in scorers
@@ -143,6 +146,8 @@ def models_section(scorers: Sequence[BundleScorer]) -> Section:
             'modalities': 'all',
             'training': len(scorers[0].card.training_participants),
             'calibration': len(scorers[0].card.calibration_participants),
+            'trained on': ', '.join(scorers[0].card.training_participants),
+            'calibrated on': ', '.join(scorers[0].card.calibration_participants),
             'bundle': 'stored in every bundle',
         }
     )

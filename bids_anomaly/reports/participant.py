@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from bids_anomaly.analysis.regions import WHOLE_BRAIN, Atlas
-from bids_anomaly.bids.derivatives import build_path, sidecar_path
+from bids_anomaly.bids.derivatives import sidecar_path
+from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.reports.html import IMAGE_TYPES, Section, render_report
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def write_participant_report(
     space = {**participant.entities, 'space': template.name, 'res': template.res_label}
     thresholds = calibrated_thresholds(scorers)
     regional = read_regional(output_dir, space, [atlas.name for atlas in atlases], thresholds)
-    t1w = output_dir / build_path({**space, 'desc': 'preproc'}, 'T1w', '.nii.gz')
+    t1w = OUTPUTS['T1w'].path(output_dir, space)
     sections = [
         qc_section(output_dir.joinpath(*_folders(participant), 'figures'), t1w),
         maps_section(
@@ -115,9 +116,7 @@ def read_regional(
     regional = {}
     for model, stat in keys:
         for atlas in atlases:
-            path = output_dir / build_path(
-                {**space, 'atlas': atlas, 'model': model}, 'regions', '.tsv'
-            )
+            path = OUTPUTS['regions'].path(output_dir, {**space, 'atlas': atlas, 'model': model})
             table = pd.read_csv(path, sep='\t', na_values='n/a')  # one file holds every stat
             regional[atlas, model, stat] = table.loc[table['score_type'] == stat, REGION_COLUMNS]
     return regional
@@ -216,9 +215,7 @@ def maps_section(
     )
     rows = []
     for (model, stat), threshold in thresholds.items():
-        path = output_dir / build_path(
-            {**space, 'model': model, 'stat': stat}, 'statmap', '.nii.gz'
-        )
+        path = OUTPUTS['score_map'].path(output_dir, {**space, 'model': model, 'stat': stat})
         img = nib.load(path)
         scores = np.asarray(img.dataobj, dtype=np.float32)
         abnormal = (scores > threshold) & brain  # the definition of the desc-abnormal masks
