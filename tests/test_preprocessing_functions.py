@@ -335,6 +335,23 @@ def test_quantile_scale():
     assert parameters['Lower'] < 100 < parameters['Upper']
 
 
+def test_quantile_unclipped_keeps_a_bright_lesion_above_one():
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 5, (20, 20, 20)).astype(np.float32)
+    mask = np.zeros(data.shape, bool)
+    mask[2:18, 2:18, 2:18] = True
+    data[8:11, 8:11, 8:11] *= 1.4  # a bright lesion, 0.7 % of the brain
+    lesion = np.zeros(data.shape, bool)
+    lesion[8:11, 8:11, 8:11] = True
+    clipped, _ = intensity.quantile_scale(data, mask)
+    unclipped, parameters = intensity.quantile_scale(data, mask, clip=False)
+    assert np.mean(clipped[lesion] == 1) > 0.9  # saturated: the lesion's contrast is gone
+    assert unclipped[lesion].min() > 1.5 and parameters['Method'] == 'quantile-unclipped'
+    same = mask & (unclipped >= 0) & (unclipped <= 1)
+    np.testing.assert_allclose(clipped[same], unclipped[same])  # the same linear map
+    assert np.all(unclipped[~mask] == 0)
+
+
 def test_zscore():
     data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
     mask = data >= 500

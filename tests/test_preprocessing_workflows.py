@@ -28,7 +28,7 @@ def node_names(workflow) -> set[str]:
 
 
 @pytest.mark.parametrize('registration', ['affine', 'syn'])
-@pytest.mark.parametrize('intensity_norm', ['quantile', 'zscore'])
+@pytest.mark.parametrize('intensity_norm', ['quantile', 'quantile-unclipped', 'zscore'])
 def test_anat_wf_graph(registration, intensity_norm):
     wf = init_anat_wf(
         resolution=1.5,
@@ -101,7 +101,7 @@ def test_anat_wf_rejects_bad_options(kwargs, message):
         init_anat_wf(**kwargs)
 
 
-@pytest.mark.parametrize('intensity_norm', ['quantile', 'zscore'])
+@pytest.mark.parametrize('intensity_norm', ['quantile', 'quantile-unclipped', 'zscore'])
 def test_dwi_wf_graph(intensity_norm):
     wf = init_dwi_wf(intensity_norm=intensity_norm, omp_nthreads=2, quick=True)
     assert wf.get_node('b0_reg').inputs.kind == 'rigid'
