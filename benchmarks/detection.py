@@ -964,6 +964,7 @@ def plot(tables: dict[str, pd.DataFrame], settings: Settings, stem: str) -> list
                 ax.plot(rows['n'], rows['voxel_ap'], 'o-', label=score)
             ax.set(title=cell, xlabel='normals (n)', ylabel='voxel AP', xscale='log')
             ax.set_xticks(sorted(cells['n'].unique()), labels=sorted(cells['n'].unique()))
+            ax.minorticks_off()
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
         path = IMAGES / f'{stem}_learning_curve.png'
@@ -990,8 +991,10 @@ def plot(tables: dict[str, pd.DataFrame], settings: Settings, stem: str) -> list
                 xlabel='severity d (SD)',
                 ylabel='AUROC',
                 xscale='log',
-                ylim=(0.3, 1.02),
+                ylim=(0.1, 1.02),
             )
+            ax.set_xticks(settings.severities, labels=[f'{d:g}' for d in settings.severities])
+            ax.minorticks_off()
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         path = IMAGES / f'{stem}_dose_response.png'
