@@ -384,7 +384,7 @@ def run_fold(
             above = values > thresholds[score.name]
             grid = np.zeros(mask.shape, dtype=bool)
             grid[mask] = above
-            labels, count = ndimage.label(grid, structure=np.ones((3, 3, 3)))
+            labels, _ = ndimage.label(grid, structure=np.ones((3, 3, 3)))
             sizes = np.bincount(labels.ravel())[1:]
             record['clean'].append(
                 {
@@ -395,28 +395,16 @@ def run_fold(
                     'fp_clusters': int(np.sum(sizes >= MIN_CLUSTER)),
                 }
             )
-            record['subjects'].append(
-                _subject_row(
-                    name,
-                    subjects[index].group,
-                    'clean',
-                    0.0,
-                    score.name,
-                    values,
-                    in_regions,
-                    thresholds[score.name],
-                )
-            )
-        record['subjects'].append(
-            {
-                'host': name,
-                'group': subjects[index].group,
-                'alteration': 'clean',
-                'd': 0.0,
-                'score': 'w-score',
-                'percent_abnormal': np.nan,
-                'mean_score': w_score(index, volumes[index]),
-            }
+        group = subjects[index].group
+        record['subjects'] += _subject_rows(
+            name,
+            group,
+            'clean',
+            0.0,
+            clean_scores,
+            thresholds,
+            in_regions,
+            w_score(index, volumes[index]),
         )
         for variant, (volume, labels, cells) in copies.get(index, {}).items():
             anomalous = extract(volume)
@@ -439,30 +427,9 @@ def run_fold(
             volumes[index], regions, sd_rel, settings, slices, sham_slices
         ):
             changed = extract(volume, base=features, slices=window)
-            for score in scores:
-                values = methods.apply(score, models, changed)
-                record['subjects'].append(
-                    _subject_row(
-                        name,
-                        subjects[index].group,
-                        alteration,
-                        d,
-                        score.name,
-                        values,
-                        in_regions,
-                        thresholds[score.name],
-                    )
-                )
-            record['subjects'].append(
-                {
-                    'host': name,
-                    'group': subjects[index].group,
-                    'alteration': alteration,
-                    'd': d,
-                    'score': 'w-score',
-                    'percent_abnormal': np.nan,
-                    'mean_score': w_score(index, volume),
-                }
+            values = {s.name: methods.apply(s, models, changed) for s in scores}
+            record['subjects'] += _subject_rows(
+                name, group, alteration, d, values, thresholds, in_regions, w_score(index, volume)
             )
         LOGGER.info('  host %s scored', name)
     return record
@@ -489,17 +456,29 @@ def _alterations(
     yield 'sham', d, out, sham_slices
 
 
-def _subject_row(host, group, alteration, d, score, values, in_regions, threshold) -> dict:
-    inside = values[in_regions]
-    return {
-        'host': host,
-        'group': group,
-        'alteration': alteration,
-        'd': d,
-        'score': score,
-        'percent_abnormal': float(100 * np.mean(inside > threshold)),
-        'mean_score': float(np.mean(inside)),
-    }
+def _subject_rows(
+    host: str,
+    group: str,
+    alteration: str,
+    d: float,
+    values: dict[str, np.ndarray],
+    thresholds: dict[str, float],
+    in_regions: np.ndarray,
+    w_score: float,
+) -> list[dict]:
+    """One brain's subject scores: % abnormal and mean score in the regions per score type,
+    and the w-score baseline (mean score only)."""
+    row = {'host': host, 'group': group, 'alteration': alteration, 'd': d}
+    rows = [
+        row
+        | {
+            'score': score,
+            'percent_abnormal': float(100 * np.mean(v[in_regions] > thresholds[score])),
+            'mean_score': float(np.mean(v[in_regions])),
+        }
+        for score, v in values.items()
+    ]
+    return [*rows, row | {'score': 'w-score', 'percent_abnormal': np.nan, 'mean_score': w_score}]
 
 
 # -- anomalous copies -------------------------------------------------------------------------
@@ -625,6 +604,7 @@ def summarise(records: list[dict], settings: Settings, seed: int) -> dict[str, p
                 continue
             negs[score] = [x for r in chosen for x in r['negatives'][score]]
         pooled = {score: _pool(value) for score, value in negs.items()}
+        host_thresholds = {c['host']: r['thresholds'] for r in chosen for c in r['clean']}
         positives = pd.DataFrame([p for r in chosen for p in r['positives']])
         clean = pd.DataFrame([c for r in chosen for c in r['clean']])
         thresholds = {s: [r['thresholds'][s] for r in chosen] for s in negs}
@@ -640,15 +620,8 @@ def summarise(records: list[dict], settings: Settings, seed: int) -> dict[str, p
                 size = len(values)
                 fp_per_host = clean[clean['score'] == score].set_index('host')['fp_voxels']
                 dice = [
-                    2
-                    * np.sum(v > _threshold_of(r, score, chosen))
-                    / (
-                        len(v)
-                        + np.sum(v > _threshold_of(r, score, chosen))
-                        + fp_per_host[r['host']]
-                    )
-                    for _, r in rows.iterrows()
-                    for v in [r['values']]
+                    _dice(v, host_thresholds[h][score], fp_per_host[h])
+                    for h, v in zip(rows['host'], rows['values'])
                     if len(v)
                 ]
                 row = {
@@ -751,11 +724,10 @@ def _pool(negatives: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
 BASELINES = ('zscore', 'zscore-moderated', 'gaussian-intensity', 'random-encoder gaussian')
 
 
-def _threshold_of(row, score: str, chosen: list[dict]) -> float:
-    for record in chosen:
-        if any(c['host'] == row['host'] for c in record['clean']):
-            return record['thresholds'][score]
-    raise KeyError(row['host'])
+def _dice(positives: np.ndarray, threshold: float, false_positives: int) -> float:
+    """Dice of one anomaly at ``threshold``, its host's clean false positives counted."""
+    hits = int(np.sum(positives > threshold))
+    return 2 * hits / (len(positives) + hits + false_positives)
 
 
 def subject_auroc(subjects: pd.DataFrame, settings: Settings, seed: int) -> pd.DataFrame:
@@ -810,7 +782,6 @@ def report(
     tables: dict[str, pd.DataFrame],
     context: dict,
     settings: Settings,
-    out: Path,
     stem: str,
     figures: bool,
 ) -> str:
@@ -1148,7 +1119,7 @@ def main() -> None:
     out = args.out or (RESULTS if default else work / 'results')
     out.mkdir(parents=True, exist_ok=True)
     stem = f'detection_{name}' + ('' if args.seed == 0 else f'_seed{args.seed}')
-    page = report(tables, context, settings, out, stem, figures=default or args.out is not None)
+    page = report(tables, context, settings, stem, figures=default or args.out is not None)
     (out / f'{stem}.md').write_text(page, encoding='utf-8')
     for key, table in tables.items():
         if key != 'subjects':

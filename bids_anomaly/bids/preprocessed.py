@@ -18,9 +18,6 @@ from bids_anomaly.constants import MODALITIES
 from bids_anomaly.errors import MissingInputError
 from bids_anomaly.templates import Template
 
-#: The input channels, in stacking order (their names: :data:`~bids_anomaly.bids.names.OUTPUTS`).
-MODALITY_FILES = MODALITIES
-
 
 def preprocessed_path(
     output_dir: Path, participant: Participant, modality: str, template: Template
@@ -33,11 +30,9 @@ def preprocessed_path(
 def available_modalities(
     output_dir: Path, participant: Participant, template: Template
 ) -> tuple[str, ...]:
-    """Modalities present for ``participant`` (T1w first), in :data:`MODALITY_FILES` order."""
+    """Modalities present for ``participant`` (T1w first), in :data:`MODALITIES` order."""
     return tuple(
-        m
-        for m in MODALITY_FILES
-        if preprocessed_path(output_dir, participant, m, template).is_file()
+        m for m in MODALITIES if preprocessed_path(output_dir, participant, m, template).is_file()
     )
 
 
@@ -45,10 +40,10 @@ def default_modalities(
     output_dir: Path, participants: Sequence[Participant], template: Template
 ) -> tuple[str, ...]:
     """T1w, plus FA and MD when every one of ``participants`` has them (the published default)."""
-    common = set(MODALITY_FILES)
+    common = set(MODALITIES)
     for participant in participants:
         common &= set(available_modalities(output_dir, participant, template))
-    return tuple(m for m in MODALITY_FILES if m in common) or ('T1w',)
+    return tuple(m for m in MODALITIES if m in common) or ('T1w',)
 
 
 def load_volumes(
