@@ -17,7 +17,9 @@ Protocol (docs/benchmarks.md explains the choices):
    (positives: the cell's voxels; negatives: the clean hosts' voxels), sensitivity at 0.1 % and
    1 % voxel FPR (thresholds from the clean hosts), Dice at the calibrated threshold, the
    calibrated threshold's FPR on clean hosts, false-positive clusters per clean brain, and paired
-   bootstrap intervals over hosts of the AP difference to the best baseline.
+   bootstrap intervals over hosts of the AP difference to the best baseline. Smoothed
+   variants of every score (``fwhm<k>``) are scores of their own; their widths are chosen on
+   the validation configuration (another seed), never on these folds.
 5. Subject level: half of each fold's hosts get a Parkinson-like alteration (substantia nigra,
    putamen, caudate, pallidum of CIT168, intensity lowered by d = 0.25, 0.5, 1, 2 SD of the
    normals' regional means), the other half stay clean; AUROC per d against a w-score baseline;
@@ -27,7 +29,7 @@ Usage::
 
     python benchmarks/detection.py --quick     # one fold, template space, n = 24 (< 20 min warm)
     python benchmarks/detection.py             # the full configuration (hours; resumable)
-    python benchmarks/detection.py --seed 1    # a validation seed: tune on these, not on seed 0
+    python benchmarks/detection.py --config validation --seed 1   # tuning, never on seed 0
 
 Each (fold, n) is saved under ``--work``/runs as soon as it is done; a rerun reuses it.
 """
@@ -106,6 +108,7 @@ class Settings:
     calibration_parts: int = 3
     quantile: float = 0.98
     n_boot: int = 500
+    fwhm_mm: tuple[float, ...] = ()  # smoothed variants of every score (post-processing)
 
 
 CONFIGS = {
@@ -124,6 +127,24 @@ CONFIGS = {
         epochs=1,
         patches_per_subject=5000,
         severities=(0.5, 1.0, 2.0),
+    ),
+    # Tuning (post-processing widths) on its own seed and template-space copies, never seed 0.
+    'validation': Settings(
+        folds=5,
+        folds_run=(0,),
+        hosts_per_fold=None,
+        ns=(24,),
+        learned_ns=(24,),
+        edges=('sharp', 'blurred'),
+        radii_mm=(3.0, 6.0, 10.0),
+        contrasts=(0.10, 0.15, 0.20, 0.40),
+        per_copy=8,
+        variants=('template',),
+        families=('sae-patch',),
+        epochs=3,
+        patches_per_subject=15000,
+        severities=(0.5, 1.0, 2.0),
+        fwhm_mm=(3.0, 6.0, 9.0, 12.0),
     ),
     'full': Settings(
         folds=5,
@@ -315,9 +336,10 @@ def run_fold(
         else {}
     )
     extract = Extractor(mask, encoders)
-    scores = methods.baseline_scores()
+    smoother = methods.MapSmoother(mask, template.resolution)
+    scores = methods.baseline_scores(settings.fwhm_mm)
     for name, (_, trained) in encoders.items():
-        scores += methods.encoder_scores(name, trained)
+        scores += methods.encoder_scores(name, trained, settings.fwhm_mm)
     # moments of the normals, in calibration parts for the cross-fitted thresholds
     parts = np.arange(n) % settings.calibration_parts
     normal_features, part_moments = [], [dict() for _ in range(settings.calibration_parts)]
@@ -339,7 +361,9 @@ def run_fold(
         fitted = methods.fit_all(scores, rest, mask)
         for k in np.flatnonzero(parts == part):
             for score in scores:
-                calibration[score.name].append(methods.apply(score, fitted, normal_features[k]))
+                calibration[score.name].append(
+                    methods.apply(score, fitted, normal_features[k], smoother)
+                )
     thresholds = {
         name: float(np.quantile(np.concatenate(values), settings.quantile))
         for name, values in calibration.items()
@@ -377,7 +401,7 @@ def run_fold(
     for index in hosts:
         name = subjects[index].participant.name
         features = extract(volumes[index])
-        clean_scores = {s.name: methods.apply(s, models, features) for s in scores}
+        clean_scores = {s.name: methods.apply(s, models, features, smoother) for s in scores}
         for score in scores:
             values = clean_scores[score.name]
             record['negatives'][score.name].append(negative_sample(values, rng))
@@ -410,7 +434,7 @@ def run_fold(
             anomalous = extract(volume)
             truth = labels[mask]
             for score in scores:
-                values = methods.apply(score, models, anomalous)
+                values = methods.apply(score, models, anomalous, smoother)
                 for k, cell in enumerate(cells, start=1):
                     record['positives'].append(
                         {
@@ -427,7 +451,7 @@ def run_fold(
             volumes[index], regions, sd_rel, settings, slices, sham_slices
         ):
             changed = extract(volume, base=features, slices=window)
-            values = {s.name: methods.apply(s, models, changed) for s in scores}
+            values = {s.name: methods.apply(s, models, changed, smoother) for s in scores}
             record['subjects'] += _subject_rows(
                 name, group, alteration, d, values, thresholds, in_regions, w_score(index, volume)
             )
@@ -648,11 +672,11 @@ def summarise(records: list[dict], settings: Settings, seed: int) -> dict[str, p
                     if r['n'] == n and r['variant'] == variant and r['cell'] == cell
                 ]
             )
-            base = frame[frame['score'].isin(BASELINES)].sort_values('voxel_ap')
+            base = frame[frame['score'].map(is_baseline)].sort_values('voxel_ap')
             if base.empty or n not in settings.learned_ns:
                 continue
             best_baseline = base['score'].iloc[-1]
-            others = [s for s in frame['score'] if s not in BASELINES]
+            others = [s for s in frame['score'] if not is_baseline(s)]
             pos = {
                 s: np.concatenate(list(group[group['score'] == s]['values']))
                 for s in others + [best_baseline]
@@ -722,6 +746,11 @@ def _pool(negatives: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
 
 
 BASELINES = ('zscore', 'zscore-moderated', 'gaussian-intensity', 'random-encoder gaussian')
+
+
+def is_baseline(score: str) -> bool:
+    """A baseline or a smoothed variant of one (post-processing is open to every score)."""
+    return score.split(' fwhm')[0] in BASELINES
 
 
 def _dice(positives: np.ndarray, threshold: float, false_positives: int) -> float:
@@ -1044,6 +1073,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='one fold, template space')
     parser.add_argument(
+        '--config',
+        choices=sorted(CONFIGS),
+        default=None,
+        help='a named configuration (default: full; --quick is --config quick)',
+    )
+    parser.add_argument(
         '--seed',
         type=int,
         default=0,
@@ -1077,7 +1112,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
-    name = 'quick' if args.quick else 'full'
+    name = args.config or ('quick' if args.quick else 'full')
+    if name == 'validation' and args.seed == 0:
+        parser.error(
+            '--config validation tunes on a validation seed: pass --seed 1 (or any but 0)'
+        )
     settings = CONFIGS[name]
     if args.folds:
         settings = dataclasses.replace(settings, folds_run=tuple(args.folds))

@@ -18,10 +18,16 @@ Scores (higher = more abnormal):
   over the neighbourhood, each variance floored at 1 % of that feature's brain median;
 - ``recon``: the reconstruction error itself; ``recon-z``: the error standardised against the
   normals' errors at that voxel (moderated like ``zscore-moderated``, one-sided).
+
+Any score may be post-processed: ``<score> fwhm<k>`` is its map smoothed inside the brain by a
+Gaussian of ``k`` mm FWHM (z-scores smoothed signed, then made absolute, so that noise averages
+out and a lesion of one sign does not), a matched filter at the lesion scale. Its width is
+chosen on a validation seed (``--config validation``), never on the test folds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,14 +88,37 @@ class VoxelModel:
     variance: np.ndarray
     kind: str  # 'abs', 'onesided' (z-scores) or 'mahalanobis'
 
-    def score(self, features: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray, signed: bool = False) -> np.ndarray:
+        """The score of each voxel; ``signed``: z-scores keep their sign (for smoothing)."""
         z2 = np.square(features - self.mean) / self.variance
         if self.kind == 'mahalanobis':
             return z2.sum(1).astype(np.float32)
         z = np.sqrt(z2[:, 0])
-        if self.kind == 'onesided':
+        if self.kind == 'onesided' or signed:
             z = np.where(features[:, 0] >= self.mean[:, 0], z, -z)
         return z.astype(np.float32)
+
+
+class MapSmoother:
+    """Gaussian smoothing of a score map inside the brain mask (normalised convolution: voxels
+    outside the brain neither contribute nor dilute)."""
+
+    def __init__(self, mask: np.ndarray, voxel_mm: float) -> None:
+        self.mask = mask
+        self.voxel_mm = voxel_mm
+        self._weights: dict[float, np.ndarray] = {}
+
+    def _sigma(self, fwhm_mm: float) -> float:
+        return fwhm_mm / self.voxel_mm / np.sqrt(8 * np.log(2))
+
+    def __call__(self, values: np.ndarray, fwhm_mm: float) -> np.ndarray:
+        sigma = self._sigma(fwhm_mm)
+        if fwhm_mm not in self._weights:
+            weight = ndimage.gaussian_filter(self.mask.astype(np.float32), sigma)[self.mask]
+            self._weights[fwhm_mm] = weight
+        grid = np.zeros(self.mask.shape, dtype=np.float32)
+        grid[self.mask] = values
+        return ndimage.gaussian_filter(grid, sigma)[self.mask] / self._weights[fwhm_mm]
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,15 @@ class Score:
     kind: str
     radius: int = 0
     moderated: bool = False
+    fwhm_mm: float = 0.0  # smoothing of the score map; 0: none
+
+    @property
+    def model_key(self) -> tuple:
+        """What the fitted model depends on: smoothed variants share their score's model."""
+        return (self.features, self.kind, self.radius, self.moderated)
+
+    def smoothed(self, fwhm_mm: float) -> Score:
+        return dataclasses.replace(self, name=f'{self.name} fwhm{fwhm_mm:g}', fwhm_mm=fwhm_mm)
 
     def fit(self, moments: Moments, mask: np.ndarray) -> VoxelModel:
         s1, s2, n = moments.pooled(mask, self.radius)
@@ -135,15 +173,23 @@ def patch_features(volume: np.ndarray, table: np.ndarray) -> np.ndarray:
     return volume[table].astype(np.float16)
 
 
-def baseline_scores() -> list[Score]:
-    return [
-        Score('zscore', 'intensity', 'abs'),
-        Score('zscore-moderated', 'intensity', 'abs', moderated=True),
-        Score('gaussian-intensity', 'patch', 'mahalanobis', radius=1),
-    ]
+def with_smoothing(scores: Sequence[Score], widths_mm: Sequence[float]) -> list[Score]:
+    """Each score, then each smoothed variant of it."""
+    return [variant for s in scores for variant in (s, *(s.smoothed(w) for w in widths_mm))]
 
 
-def encoder_scores(encoder: str, trained: bool) -> list[Score]:
+def baseline_scores(widths_mm: Sequence[float] = ()) -> list[Score]:
+    return with_smoothing(
+        [
+            Score('zscore', 'intensity', 'abs'),
+            Score('zscore-moderated', 'intensity', 'abs', moderated=True),
+            Score('gaussian-intensity', 'patch', 'mahalanobis', radius=1),
+        ],
+        widths_mm,
+    )
+
+
+def encoder_scores(encoder: str, trained: bool, widths_mm: Sequence[float] = ()) -> list[Score]:
     """Scores of an encoder's codes (and, if trained, of its reconstruction error)."""
     scores = [Score(f'{encoder} gaussian', f'codes:{encoder}', 'mahalanobis', radius=1)]
     if trained:
@@ -151,20 +197,34 @@ def encoder_scores(encoder: str, trained: bool) -> list[Score]:
             Score(f'{encoder} recon', f'error:{encoder}', 'identity'),
             Score(f'{encoder} recon-z', f'error:{encoder}', 'onesided', moderated=True),
         ]
-    return scores
+    return with_smoothing(scores, widths_mm)
 
 
 def fit_all(
     scores: Sequence[Score],
     moments: dict[str, Moments],
     mask: np.ndarray,
-) -> dict[str, VoxelModel]:
-    return {s.name: s.fit(moments[s.features], mask) for s in scores if s.kind != 'identity'}
+) -> dict[tuple, VoxelModel]:
+    """One fitted model per distinct :attr:`Score.model_key`."""
+    unique = {s.model_key: s for s in scores if s.kind != 'identity'}
+    return {key: s.fit(moments[s.features], mask) for key, s in unique.items()}
 
 
 def apply(
-    score: Score, models: dict[str, VoxelModel], features: dict[str, np.ndarray]
+    score: Score,
+    models: dict[tuple, VoxelModel],
+    features: dict[str, np.ndarray],
+    smoother: MapSmoother | None = None,
 ) -> np.ndarray:
     if score.kind == 'identity':
-        return features[score.features][:, 0].astype(np.float32)
-    return models[score.name].score(features[score.features])
+        values = features[score.features][:, 0].astype(np.float32)
+    else:
+        values = models[score.model_key].score(
+            features[score.features], signed=bool(score.fwhm_mm)
+        )
+    if not score.fwhm_mm:
+        return values
+    if smoother is None:
+        raise ValueError(f'{score.name} needs a MapSmoother')
+    values = smoother(values, score.fwhm_mm)
+    return np.abs(values) if score.kind == 'abs' else values

@@ -109,6 +109,39 @@ def test_moderated_variance_lifts_a_voxel_without_spread():
     assert moderated[0, 0] == pytest.approx(0.04, rel=1e-2)  # far from it: unchanged
 
 
+def test_smoothing_keeps_a_constant_map_and_ignores_voxels_outside_the_brain():
+    mask = np.zeros((12, 12, 12), dtype=bool)
+    mask[2:10, 2:10, 2:10] = True
+    smoother = methods.MapSmoother(mask, voxel_mm=1.5)
+    np.testing.assert_allclose(smoother(np.full(mask.sum(), 3.0), 6.0), 3.0, rtol=1e-5)
+
+
+def test_smoothed_z_scores_average_noise_out_but_keep_a_lesion_of_one_sign():
+    rng = np.random.default_rng(0)
+    mask = np.ones((24, 24, 24), dtype=bool)
+    grid = np.indices(mask.shape)
+    lesion = (np.square(grid - 12).sum(0) <= 16)[mask]  # radius 4 voxels
+    normals = rng.normal(size=(30, mask.sum(), 1))
+    moments = sum((methods.Moments.of(f) for f in normals[1:]), methods.Moments.of(normals[0]))
+    raw = methods.Score('z', 'intensity', 'abs')
+    smoothed = raw.smoothed(4.5)
+    assert smoothed.model_key == raw.model_key and smoothed.name == 'z fwhm4.5'
+    models = methods.fit_all([raw, smoothed], {'intensity': moments}, mask)
+    assert len(models) == 1  # one fit for a score and its smoothed variants
+    test = rng.normal(size=(mask.sum(), 1))
+    test[lesion] -= 1.5  # hypo-intense: negative z, made absolute after smoothing
+    smoother = methods.MapSmoother(mask, voxel_mm=1.5)
+    for score in (raw, smoothed):
+        values = methods.apply(score, models, {'intensity': test}, smoother)
+        assert values.min() >= 0
+        ranking = average_precision_score(lesion, values)
+        if score is raw:
+            raw_ap = ranking
+    assert ranking > 2 * raw_ap
+    with pytest.raises(ValueError, match='MapSmoother'):
+        methods.apply(smoothed, models, {'intensity': test})
+
+
 def test_each_cell_is_used_evenly_and_never_twice_in_a_copy():
     cells = anomalies.make_cells(('sharp', 'blurred'), (3.0, 10.0), (0.1, 0.4))
     assigned = anomalies.assign_cells([f'sub-{i}' for i in range(12)], cells, 8, 0)
