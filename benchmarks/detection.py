@@ -68,6 +68,7 @@ from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import load_volumes, preprocessed_path
 from bids_anomaly.scoring.normative import neighbour_table
+from bids_anomaly.scoring.smoothing import MapSmoother
 from bids_anomaly.templates import Template, load_template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,7 +337,7 @@ def run_fold(
         else {}
     )
     extract = Extractor(mask, encoders)
-    smoother = methods.MapSmoother(mask, template.resolution)
+    smoother = MapSmoother(mask, template.resolution)
     scores = methods.baseline_scores(settings.fwhm_mm)
     for name, (_, trained) in encoders.items():
         scores += methods.encoder_scores(name, trained, settings.fwhm_mm)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from bids_anomaly.scoring.smoothing import MapSmoother
+
 #: Degrees of freedom of the prior variance, and the smoothing of the prior map (voxels).
 PRIOR_DF = 10.0
 PRIOR_SIGMA = 2.0
@@ -97,28 +99,6 @@ class VoxelModel:
         if self.kind == 'onesided' or signed:
             z = np.where(features[:, 0] >= self.mean[:, 0], z, -z)
         return z.astype(np.float32)
-
-
-class MapSmoother:
-    """Gaussian smoothing of a score map inside the brain mask (normalised convolution: voxels
-    outside the brain neither contribute nor dilute)."""
-
-    def __init__(self, mask: np.ndarray, voxel_mm: float) -> None:
-        self.mask = mask
-        self.voxel_mm = voxel_mm
-        self._weights: dict[float, np.ndarray] = {}
-
-    def _sigma(self, fwhm_mm: float) -> float:
-        return fwhm_mm / self.voxel_mm / np.sqrt(8 * np.log(2))
-
-    def __call__(self, values: np.ndarray, fwhm_mm: float) -> np.ndarray:
-        sigma = self._sigma(fwhm_mm)
-        if fwhm_mm not in self._weights:
-            weight = ndimage.gaussian_filter(self.mask.astype(np.float32), sigma)[self.mask]
-            self._weights[fwhm_mm] = weight
-        grid = np.zeros(self.mask.shape, dtype=np.float32)
-        grid[self.mask] = values
-        return ndimage.gaussian_filter(grid, sigma)[self.mask] / self._weights[fwhm_mm]
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,14 @@ class ScoringConfig:
         '--threshold-quantile',
         metavar='Q',
     )
+    score_fwhm: float = setting(
+        0.0,
+        'FWHM in mm of the Gaussian that smooths every score map inside the brain before '
+        'calibration and thresholding (0: none); a matched filter for anomalies of about this '
+        'size. Set when training; a bundle is always applied with its own width.',
+        '--score-fwhm',
+        metavar='MM',
+    )
     native_space: bool = setting(
         False,
         "Also write score maps and abnormal masks on each participant's native T1w "
@@ -390,6 +398,7 @@ class RunConfig:
             ('--neighbourhood', score.neighbourhood),
             ('--mem', self.execution.mem_gb),
             ('--gamma', score.gamma),
+            ('--score-fwhm', score.score_fwhm),
         ):
             if value < 0:
                 raise ValueError(f'{flag} {value}: must not be negative')

@@ -41,6 +41,8 @@ TRAIN = [
     '1',
     '--patches-per-subject',
     '300',
+    '--score-fwhm',
+    '4',
 ]
 EXTRA = ['--native-space', '--latent-maps']  # the training run only: its 4 participants
 EMBED = ['--embedding-methods', 'pca,spectral', '--embedding-max-points', '300']
@@ -103,6 +105,7 @@ def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
     for family in ('sae-patch', 'ae-slice'):
         scorer = BundleScorer(chain['out'] / 'models' / family, template)
         assert scorer.ready and len(scorer.card.calibration_participants) == 2
+        assert scorer.fwhm_mm == 4  # the width the thresholds were calibrated with
     maps = sorted(chain['out'].glob('sub-*/anat/*_space-*_statmap.nii.gz'))
     # 6 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
     assert len(maps) == 6 * 5

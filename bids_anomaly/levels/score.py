@@ -39,10 +39,12 @@ def fit_normative(
     quantile: float,
     device: str,
     n_jobs: int = 1,
+    fwhm_mm: float = 0.0,
 ) -> None:
     """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
 
-    ``n_jobs`` worker processes fit the one-class SVMs on CPU.
+    ``n_jobs`` worker processes fit the one-class SVMs on CPU. Every map is smoothed by a
+    Gaussian of ``fwhm_mm`` before calibration; the width is stored with the thresholds.
     """
     from bids_anomaly.scoring.calibration import calibrate_threshold
 
@@ -73,6 +75,7 @@ def fit_normative(
             add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
     LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
     scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
+    scorer.fwhm_mm = fwhm_mm
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
     for volume in calibration_volumes:
         for key, values in scorer.score(volume).maps.items():
@@ -87,14 +90,17 @@ def fit_normative(
         thresholds,
         metadata={
             'quantile': quantile,
+            'fwhm_mm': fwhm_mm,
             'participants': list(scorer.card.calibration_participants),
         },
     )
     LOGGER.info(
-        '%s: thresholds at the %g quantile of %d calibration control(s): %s',
+        '%s: thresholds at the %g quantile of %d calibration control(s), maps smoothed at '
+        '%g mm FWHM: %s',
         scorer.label,
         quantile,
         len(calibration_volumes),
+        fwhm_mm,
         ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()),
     )
 

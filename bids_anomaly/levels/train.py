@@ -170,6 +170,7 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             quantile=scoring.threshold_quantile,
             device=config.execution.device,
             n_jobs=config.execution.nprocs,
+            fwhm_mm=scoring.score_fwhm,
         )
         bundles.append(bundle)
     return bundles

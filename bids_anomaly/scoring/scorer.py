@@ -2,7 +2,7 @@
 
 :class:`BundleScorer` verifies and loads a bundle (weights, per-voxel one-class SVM and
 Gaussian, z-score baseline, thresholds) and turns a ``(C, X, Y, Z)`` volume into score maps where
-higher means more abnormal.
+higher means more abnormal, smoothed at the width the thresholds were calibrated with.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bids_anomaly.devices import resolve_device
 from bids_anomaly.models.bundle import list_arrays, load_arrays, load_bundle
 from bids_anomaly.scoring.normative import VoxelGaussian, VoxelOneClassSVM, VoxelZScore
 from bids_anomaly.scoring.reconstruction import VolumeOutputs, score_patches, score_slices
+from bids_anomaly.scoring.smoothing import MapSmoother
 from bids_anomaly.templates import Template
 
 BASELINE = 'baseline'
@@ -61,9 +62,13 @@ class BundleScorer:
         self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
         self.thresholds: dict[tuple[str, str], float] = {}
         self.quantile: float | None = None
+        #: FWHM (mm) of the smoothing of every map; the thresholds hold for this width only.
+        self.fwhm_mm = 0.0
+        self.smoother = MapSmoother(self.mask, template.resolution)
         if 'thresholds' in stored:
             arrays, metadata = load_arrays(self.path, 'thresholds')
             self.quantile = float(metadata['quantile'])
+            self.fwhm_mm = float(metadata.get('fwhm_mm', 0.0))
             self.thresholds = {
                 tuple(key.split('.')): float(value[0])  # type: ignore[misc]
                 for key, value in arrays.items()
@@ -98,14 +103,24 @@ class BundleScorer:
     def score(self, volume: np.ndarray) -> ParticipantScores:
         """Every score map of this bundle, plus the z-score baseline (higher = more abnormal)."""
         outputs = self.infer(volume)
-        maps = {(self.label, 'recon'): outputs.error}
+        maps = {(self.label, 'recon'): self._smoothed(outputs.error[self.mask])}
         for name, estimator in self.estimators.items():
             values = estimator.anomaly_score(outputs.codes[:, None, :])[:, 0]
-            maps[(self.label, name)] = self._to_volume(values)
-        maps[(BASELINE, ZSCORE)] = self._to_volume(
-            self.zscore.anomaly_score(brain_samples(volume[None], self.mask))[:, 0]
-        )
+            maps[(self.label, name)] = self._smoothed(values)
+        samples = brain_samples(volume[None], self.mask)
+        if self.fwhm_mm:
+            z = self.zscore.signed_z(samples)[:, 0]
+            baseline = np.max([np.abs(self._smooth(c)) for c in z.T], axis=0)
+        else:
+            baseline = self.zscore.anomaly_score(samples)[:, 0]
+        maps[(BASELINE, ZSCORE)] = self._to_volume(baseline)
         return ParticipantScores(maps, outputs)
+
+    def _smooth(self, values: np.ndarray) -> np.ndarray:
+        return self.smoother(values, self.fwhm_mm)
+
+    def _smoothed(self, values: np.ndarray) -> np.ndarray:
+        return self._to_volume(self._smooth(values))
 
     def _to_volume(self, values: np.ndarray) -> np.ndarray:
         out = np.zeros(self.mask.shape, dtype=np.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import stats
+from sklearn.utils.validation import check_is_fitted
 
 from bids_anomaly.scoring.normative.base import (
     VoxelEstimator,
@@ -69,6 +70,12 @@ class VoxelZScore(VoxelEstimator):
             'scale_': X.std(1).clamp(min=self.min_std).cpu().numpy(),
             'offset_': np.full(X.shape[0], offset, dtype=np.float32),
         }
+
+    def signed_z(self, Z: np.ndarray) -> np.ndarray:
+        """The z-scores themselves, ``(n_voxels, n_queries, n_channels)``: a map is smoothed
+        signed, so that noise averages out while an anomaly of one sign does not."""
+        check_is_fitted(self)
+        return ((Z - self.location_[:, None]) / self.scale_[:, None]).astype(np.float32)
 
     def _score_chunk(self, fitted: dict[str, torch.Tensor], Z: torch.Tensor) -> torch.Tensor:
         z = (Z - fitted['location_'][:, None]) / fitted['scale_'][:, None]
