@@ -110,6 +110,9 @@ class Settings:
     quantile: float = 0.98
     n_boot: int = 500
     fwhm_mm: tuple[float, ...] = ()  # smoothed variants of every score (post-processing)
+    # the denoising U-Net (dae-slice), when in ``families``: its epochs and first-level filters
+    dae_epochs: int = 8
+    dae_filters: int = 8
 
 
 CONFIGS = {
@@ -141,7 +144,7 @@ CONFIGS = {
         contrasts=(0.10, 0.15, 0.20, 0.40),
         per_copy=8,
         variants=('template',),
-        families=('sae-patch',),
+        families=('sae-patch', 'dae-slice'),
         epochs=3,
         patches_per_subject=15000,
         severities=(0.5, 1.0, 2.0),
@@ -239,7 +242,7 @@ class Extractor:
     def __call__(
         self, volume: np.ndarray, base: dict | None = None, slices: tuple[int, int] | None = None
     ) -> dict[str, np.ndarray]:
-        from bids_anomaly.scoring.reconstruction import score_patches
+        from bids_anomaly.scoring.reconstruction import score_patches, score_slices
 
         flat = volume[self.mask]
         features = {'intensity': flat[:, None], 'patch': methods.patch_features(flat, self.table)}
@@ -251,6 +254,10 @@ class Extractor:
             mask[:, :, slices[1] :] = False
             chosen = mask[self.mask]
         for name, (model, trained) in self.encoders.items():
+            if not model.spec.is_patch:  # a slice model: reconstruction error only
+                error = score_slices(model, volume[None], self.mask).error[self.mask]
+                features[f'error:{name}'] = error[:, None]
+                continue
             out = score_patches(model, volume[None], mask, with_error=trained)
             codes, error = out.codes, out.error[mask][:, None]
             if chosen is not None:
@@ -281,9 +288,16 @@ def train_encoders(
     spec = ModelSpec('sae-patch', grid_shape=mask.shape)
     encoders: dict[str, object] = {'random-encoder': (build_model(spec).eval(), False)}
     for family in settings.families:
-        spec = ModelSpec(family, grid_shape=mask.shape)
+        denoising = family.startswith('dae')
+        spec = ModelSpec(
+            family,
+            grid_shape=mask.shape,
+            **({'filters': settings.dae_filters} if denoising else {}),
+        )
         params = TrainParams(
-            epochs=settings.epochs, patches_per_subject=settings.patches_per_subject, seed=seed
+            epochs=settings.dae_epochs if denoising else settings.epochs,
+            patches_per_subject=settings.patches_per_subject,
+            seed=seed,
         )
         weights = work / f'{family}.pt'
         model = build_model(spec)
@@ -331,7 +345,11 @@ def run_fold(
     learned = n in settings.learned_ns
     encoders = (
         train_encoders(
-            settings, volumes[normals], mask, work / 'models' / f'fold-{hosts[0]}_n-{n}', seed
+            settings,
+            volumes[normals],
+            mask,
+            work / 'models' / f'seed-{seed}' / f'fold-{hosts[0]}_n-{n}',
+            seed,
         )
         if learned
         else {}
@@ -339,8 +357,8 @@ def run_fold(
     extract = Extractor(mask, encoders)
     smoother = MapSmoother(mask, template.resolution)
     scores = methods.baseline_scores(settings.fwhm_mm)
-    for name, (_, trained) in encoders.items():
-        scores += methods.encoder_scores(name, trained, settings.fwhm_mm)
+    for name, (model, trained) in encoders.items():
+        scores += methods.encoder_scores(name, trained, settings.fwhm_mm, model.spec.is_patch)
     # moments of the normals, in calibration parts for the cross-fitted thresholds
     parts = np.arange(n) % settings.calibration_parts
     normal_features, part_moments = [], [dict() for _ in range(settings.calibration_parts)]

@@ -169,9 +169,14 @@ def baseline_scores(widths_mm: Sequence[float] = ()) -> list[Score]:
     )
 
 
-def encoder_scores(encoder: str, trained: bool, widths_mm: Sequence[float] = ()) -> list[Score]:
-    """Scores of an encoder's codes (and, if trained, of its reconstruction error)."""
-    scores = [Score(f'{encoder} gaussian', f'codes:{encoder}', 'mahalanobis', radius=1)]
+def encoder_scores(
+    encoder: str, trained: bool, widths_mm: Sequence[float] = (), per_voxel_codes: bool = True
+) -> list[Score]:
+    """Scores of an encoder's codes (patch models: one code per voxel) and, if trained, of its
+    reconstruction error."""
+    scores = []
+    if per_voxel_codes:
+        scores.append(Score(f'{encoder} gaussian', f'codes:{encoder}', 'mahalanobis', radius=1))
     if trained:
         scores += [
             Score(f'{encoder} recon', f'error:{encoder}', 'identity'),

@@ -8,7 +8,7 @@ shown to users: the first entry is the default.
 from __future__ import annotations
 
 #: Auto-encoder families: siamese (``sae``) or plain (``ae``), on patches or whole slices.
-MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice')
+MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice')
 #: Input channels: the T1w and the DTI maps derived from the DWI.
 MODALITIES = ('T1w', 'FA', 'MD')
 #: Latent-space embeddings of the group level (scikit-learn, umap-learn).

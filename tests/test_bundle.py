@@ -183,3 +183,15 @@ def test_inspect_prints_the_model_card(bundle: Path) -> None:
     assert 'ALTERED OR MISSING' in CliRunner().invoke(main, ['inspect', str(bundle)]).output
     failed = CliRunner().invoke(main, ['inspect', str(bundle.parent)])
     assert failed.exit_code == 1 and 'model.json: not found' in failed.output
+
+
+def test_a_denoising_unet_bundle_loads_back_with_its_noise(tmp_path: Path) -> None:
+    spec = ModelSpec('dae-slice', grid_shape=GRID, filters=4, noise_std=0.1)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    card = ModelCard(spec, TrainParams(epochs=1).resolved(spec), ('T1w',), 'MNI', 2.0)
+    loaded = load_bundle(save_bundle(tmp_path / 'dae-slice', model, card))
+    assert loaded.card.spec == spec and loaded.card.spec.noise_std == 0.1
+    x = torch.rand(2, 1, *GRID[:2])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x).recon, model(x).recon)

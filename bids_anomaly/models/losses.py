@@ -59,6 +59,22 @@ def similarity_loss(z1: torch.Tensor, z2: torch.Tensor, metric: str) -> torch.Te
     raise ValueError(f'Unknown siamese metric {metric!r}.')
 
 
+def corrupt(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
+    """The network input for the target ``x``: ``x`` itself, or for a denoising model ``x`` plus
+    coarse noise inside the brain (Kascenas et al., MIDL 2022).
+
+    The noise is drawn on a ``noise_resolution`` square grid and upsampled bilinearly to the
+    slice, so it hides blob-like structure the size of an anomaly; drawn from torch's global
+    generator, which the trainer seeds per epoch.
+    """
+    if not spec.denoising or spec.noise_std == 0:
+        return x
+    size = (spec.noise_resolution, spec.noise_resolution)
+    noise = torch.randn((x.shape[0], x.shape[1], *size), device=x.device) * spec.noise_std
+    noise = F.interpolate(noise, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return x + noise * (x > 0)
+
+
 def objective(spec: ModelSpec, x: torch.Tensor, output: AutoEncoderOutput) -> torch.Tensor:
     """Loss of one batch as published for ``spec.family``.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import typing as ty
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bids_anomaly.models.spec import ModelSpec
@@ -143,9 +144,67 @@ class SliceAutoEncoder(AutoEncoder):
         self.decoder = nn.Sequential(*decoder)
 
 
+class DenoisingUNet(AutoEncoder):
+    """U-Net that removes coarse noise from axial slices (Kascenas et al., MIDL 2022).
+
+    Skip links let it keep every normal detail, which a plain auto-encoder blurs away; the
+    coarse noise it is trained to remove keeps it from learning the identity, so what it cannot
+    explain as normal anatomy (an anomaly) stays in the residual. Four levels of two 3x3
+    convolutions (batch norm + ReLU) of ``filters``, 2x, 4x ``filters`` and ``latent_channels``
+    channels, 2x max-pooling down, bilinear upsampling back to each level's exact size (any
+    grid). The code of a slice is its bottleneck averaged over space.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec, (1, 1))
+        widths = (spec.filters, 2 * spec.filters, 4 * spec.filters, spec.latent_channels)
+        inputs = (spec.in_channels, *widths[:-1])
+        self.encoder = nn.ModuleList(_double_conv(i, o) for i, o in zip(inputs, widths))
+        self.decoder = nn.ModuleList(
+            _double_conv(widths[k] + widths[k + 1], widths[k]) for k in range(len(widths) - 1)
+        )
+        self.head = nn.Sequential(nn.Conv2d(widths[0], spec.in_channels, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> AutoEncoderOutput:
+        skips = []
+        x = _channels_last(x)
+        for level, block in enumerate(self.encoder):
+            if level:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+        code = x.mean((2, 3))
+        for block, skip in zip(reversed(self.decoder), reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode='bilinear', align_corners=False)
+            x = block(torch.cat([x, skip], 1))
+        return AutoEncoderOutput(self.head(x), code, None)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x).z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise TypeError('A U-Net decodes from its skip links too, not from a code alone.')
+
+
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
+
+
 def build_model(spec: ModelSpec) -> AutoEncoder:
     """The network of ``spec.family`` (PyTorch's default initialisation, channels-last)."""
-    model = PatchAutoEncoder(spec) if spec.is_patch else SliceAutoEncoder(spec)
+    if spec.is_patch:
+        model: AutoEncoder = PatchAutoEncoder(spec)
+    elif spec.denoising:
+        model = DenoisingUNet(spec)
+    else:
+        model = SliceAutoEncoder(spec)
     return model.to(memory_format=torch.channels_last)
 
 
@@ -160,6 +219,7 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     'AutoEncoder',
     'AutoEncoderOutput',
+    'DenoisingUNet',
     'PatchAutoEncoder',
     'SliceAutoEncoder',
     'build_model',

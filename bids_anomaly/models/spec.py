@@ -1,4 +1,4 @@
-"""Typed hyper-parameters of the four auto-encoder families.
+"""Typed hyper-parameters of the auto-encoder families.
 
 :class:`ModelSpec` fixes the network and its objective, :class:`TrainParams` the optimisation.
 Both are plain frozen dataclasses so that a model bundle can record them as JSON and rebuild
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from bids_anomaly.constants import MODEL_FAMILIES
 
-Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice']
+Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice']
 ReconstructionLoss = ty.Literal['l1', 'l2', 'ssim']
 SiameseMetric = ty.Literal['cosine', 'l2']
 
@@ -22,10 +22,12 @@ FAMILIES: tuple[str, ...] = MODEL_FAMILIES
 _LOSSES = ty.get_args(ReconstructionLoss)
 _METRICS = ty.get_args(SiameseMetric)
 
-#: Published defaults per input kind (Munoz-Ramirez, Pinon et al., MLCN 2021).
+#: Published defaults per input kind (Munoz-Ramirez, Pinon et al., MLCN 2021), and for the
+#: denoising U-Net (Kascenas et al., MIDL 2022: L2 loss, batch 16; our epochs).
 _DEFAULTS = {
     'patch': {'latent_channels': 16, 'loss': 'l2', 'epochs': 30, 'batch_size': 225},
     'slice': {'latent_channels': 256, 'loss': 'l1', 'epochs': 160, 'batch_size': 40},
+    'denoising': {'latent_channels': 64, 'loss': 'l2', 'epochs': 30, 'batch_size': 16},
 }
 
 
@@ -35,9 +37,10 @@ class ModelSpec:
 
     Parameters
     ----------
-    family : {'sae-patch', 'ae-patch', 'ae-slice', 'sae-slice'}
+    family : {'sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice'}
         Input kind (15x15 patches or whole axial slices) and whether training pairs co-located
-        samples of two controls (siamese, ``sae-*``).
+        samples of two controls (siamese, ``sae-*``); ``dae-slice`` is a denoising U-Net that
+        learns to remove coarse noise from slices (Kascenas et al., MIDL 2022).
     in_channels : int, default=1
         Number of modalities stacked as channels (e.g. 2 for FA + MD).
     grid_shape : tuple of int, default=(121, 145, 121)
@@ -60,6 +63,12 @@ class ModelSpec:
         Similarity of the latent codes of a siamese pair.
     alpha : float, default=0.005
         Weight of the siamese similarity term.
+    noise_std : float, default=0.2
+        Standard deviation of the coarse noise a denoising model learns to remove.
+    noise_resolution : int, default=16
+        Side of the grid the noise is drawn on before bilinear upsampling to the slice: coarse
+        noise hides blob-like structure the size of an anomaly, so the model learns to restore
+        normal anatomy rather than to copy its input.
     """
 
     family: Family
@@ -73,6 +82,8 @@ class ModelSpec:
     loss: ReconstructionLoss | None = None
     metric: SiameseMetric = 'cosine'
     alpha: float = 0.005
+    noise_std: float = 0.2
+    noise_resolution: int = 16
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -89,7 +100,11 @@ class ModelSpec:
             raise ValueError(
                 f'patch_size must be >= 12 to reach a 2D bottleneck, got {self.patch_size}.'
             )
-        defaults = _DEFAULTS[self.kind]
+        if self.denoising and self.variational:
+            raise ValueError('A denoising model has no variational head; drop variational.')
+        if self.noise_std < 0 or self.noise_resolution < 1:
+            raise ValueError('noise_std must be >= 0 and noise_resolution >= 1.')
+        defaults = _DEFAULTS[self.defaults_key]
         resolved = {
             'grid_shape': tuple(int(s) for s in self.grid_shape),
             'latent_channels': self.latent_channels or defaults['latent_channels'],
@@ -112,6 +127,15 @@ class ModelSpec:
         return self.family.startswith('sae')
 
     @property
+    def denoising(self) -> bool:
+        """Trained to restore inputs corrupted by coarse noise (a U-Net with skip links)."""
+        return self.family.startswith('dae')
+
+    @property
+    def defaults_key(self) -> str:
+        return 'denoising' if self.denoising else self.kind
+
+    @property
     def reconstruction_loss(self) -> str:
         """The loss name, also what scoring uses for per-voxel errors."""
         return ty.cast(str, self.loss)
@@ -131,9 +155,10 @@ class TrainParams:
     Parameters
     ----------
     epochs : int, optional
-        30 for patch models, 160 for slice models.
+        30 for patch models, 160 for slice models, 30 for the denoising U-Net.
     batch_size : int, optional
-        Samples (patches, slices or pairs) per step: 225 for patches, 40 for slices.
+        Samples (patches, slices or pairs) per step: 225 for patches, 40 for slices, 16 for
+        the denoising U-Net.
     learning_rate : float, default=1e-3
         Adam step size.
     patches_per_subject : int, default=15000
@@ -169,7 +194,7 @@ class TrainParams:
 
     def resolved(self, spec: ModelSpec) -> TrainParams:
         """Copy with the family defaults filled in."""
-        defaults = _DEFAULTS[spec.kind]
+        defaults = _DEFAULTS[spec.defaults_key]
         return dataclasses.replace(
             self,
             epochs=self.epochs or defaults['epochs'],

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bids_anomaly.devices import resolve_device
 from bids_anomaly.io import atomic_path, write_text
-from bids_anomaly.models.losses import objective
+from bids_anomaly.models.losses import corrupt, objective
 from bids_anomaly.models.networks import AutoEncoder, build_model
 from bids_anomaly.models.spec import ModelSpec, TrainParams
 from bids_anomaly.training.samplers import Batch, PairBatch, PatchSampler, SliceSampler
@@ -170,7 +170,10 @@ def train_model(
                 spec, model, optimizer, scaler, sampler, epoch, params.epochs, progress
             )
         rate = sampler.n_samples / (time.perf_counter() - start)
-        val_loss = _evaluate(spec, model, validation) if validation is not None else math.nan
+        val_loss = math.nan
+        if validation is not None:
+            with _seeded(params.seed, 0, device):  # the same denoising noise every epoch
+                val_loss = _evaluate(spec, model, validation)
         seconds = time.perf_counter() - start
         state.history.append(EpochLog(epoch, train_loss, val_loss, seconds, rate))
         state.epoch = epoch
@@ -241,7 +244,7 @@ def _train_epoch(
         for step, batch in enumerate(sampler.epoch(epoch)):
             x = _inputs(batch)
             with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
-                loss = objective(spec, x, model(x))
+                loss = objective(spec, x, model(corrupt(spec, x)))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -263,7 +266,7 @@ def _evaluate(spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | Slice
     for batch in sampler.epoch(0):
         x = _inputs(batch)
         with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
-            total += objective(spec, x, model(x)) * len(batch.location)
+            total += objective(spec, x, model(corrupt(spec, x))) * len(batch.location)
     return total.item() / sampler.n_samples
 
 
