@@ -18,6 +18,7 @@ import tomli_w
 
 from bids_anomaly.constants import (
     DEFAULT_CONTROL_LABELS,
+    DEFAULT_MODELS,
     EMBEDDING_METHODS,
     MODALITIES,
     MODEL_FAMILIES,
@@ -178,7 +179,10 @@ class TrainingConfig:
         False, 'Train models on the controls (group level).', '--train', is_flag=True
     )
     models: tuple[str, ...] = setting(
-        MODEL_FAMILIES, 'Model families to train, comma separated.', '--models', metavar='LIST'
+        DEFAULT_MODELS,
+        'Model families to train, comma separated: ' + ', '.join(MODEL_FAMILIES) + '.',
+        '--models',
+        metavar='LIST',
     )
     model: tuple[Path, ...] = setting(
         (),
