@@ -148,6 +148,7 @@ CONFIGS = {
         epochs=3,
         patches_per_subject=15000,
         severities=(0.5, 1.0, 2.0),
+        n_boot=0,  # tuning needs the point estimates only
         fwhm_mm=(3.0, 6.0, 9.0, 12.0),
     ),
     'full': Settings(
@@ -692,7 +693,7 @@ def summarise(records: list[dict], settings: Settings, seed: int) -> dict[str, p
                 ]
             )
             base = frame[frame['score'].map(is_baseline)].sort_values('voxel_ap')
-            if base.empty or n not in settings.learned_ns:
+            if base.empty or n not in settings.learned_ns or not settings.n_boot:
                 continue
             best_baseline = base['score'].iloc[-1]
             others = [s for s in frame['score'] if not is_baseline(s)]
@@ -848,6 +849,9 @@ def report(
         f'Settings: `{json.dumps(dataclasses.asdict(settings))}`.',
         '',
     ]
+    if len(settings.fwhm_mm) > 1 and not cells.empty:
+        lines += _width_table(cells)
+        return '\n'.join(lines) + '\n'
     for n in sorted(cells['n'].unique()) if not cells.empty else []:
         for variant in sorted(cells['variant'].unique()):
             chosen = cells[(cells['n'] == n) & (cells['variant'] == variant)]
@@ -919,6 +923,50 @@ def report(
     if figures:
         lines += ['', *plot(tables, settings, stem)]
     return '\n'.join(lines) + '\n'
+
+
+def width_choice(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per base score and smoothing width: the mean per-cell AP over every cell (each cell
+    weighs the same, small ones included, so a width that blurs them away pays for it), and
+    over the 10 mm cells; ``chosen`` marks each base score's best width by the first."""
+    frame = cells.assign(
+        base=cells['score'].str.split(' fwhm').str[0],
+        fwhm_mm=cells['score'].map(lambda s: float(s.split(' fwhm')[1]) if ' fwhm' in s else 0.0),
+        large=cells['cell'].map(lambda c: float(c.split()[2]) >= 10),
+    )
+    rows = []
+    for (base, width), group in frame.groupby(['base', 'fwhm_mm']):
+        rows.append(
+            {
+                'score': base,
+                'fwhm_mm': width,
+                'mean_ap': group['voxel_ap'].mean(),
+                'mean_ap_10mm': group.loc[group['large'], 'voxel_ap'].mean(),
+                'mean_ap_3_6mm': group.loc[~group['large'], 'voxel_ap'].mean(),
+            }
+        )
+    table = pd.DataFrame(rows)
+    best = table.groupby('score')['mean_ap'].transform('max')
+    return table.assign(chosen=table['mean_ap'] == best)
+
+
+def _width_table(cells: pd.DataFrame) -> list[str]:
+    table = width_choice(cells)
+    lines = [
+        '',
+        'Smoothing width per score (mean per-cell voxel AP; all cells, 10 mm cells, 3-6 mm '
+        'cells; **bold**: the chosen width):',
+        '',
+        '| score | FWHM (mm) | all cells | 10 mm | 3-6 mm |',
+        '|---|---:|---:|---:|---:|',
+    ]
+    for row in table.itertuples():
+        mark = '**' if row.chosen else ''
+        lines.append(
+            f'| {row.score} | {mark}{row.fwhm_mm:g}{mark} | {row.mean_ap:.4f} | '
+            f'{row.mean_ap_10mm:.4f} | {row.mean_ap_3_6mm:.4f} |'
+        )
+    return lines
 
 
 def _cell_table(chosen: pd.DataFrame, title: str, metric: str, chance: bool) -> list[str]:

@@ -135,6 +135,8 @@ def auroc_with_interval(
     labels = np.r_[np.zeros(len(negative)), np.ones(len(positive))]
     values = np.r_[negative, positive]
     auc = roc_auc_score(labels, values)
+    if not n_boot:
+        return float(auc), float('nan'), float('nan')
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):

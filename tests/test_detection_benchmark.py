@@ -163,3 +163,20 @@ def test_ground_truth_ignores_tissue_that_barely_changed():
     assert np.all(labels[inside & (volume > 0.5) & (fraction >= 0.5)] == 1)
     assert np.all(labels[inside & (volume < 0.5)] == anomalies.IGNORE)  # 0.1 x 20 % is tiny
     assert not np.any(labels[~inside & (support == 0)])
+
+
+def test_the_chosen_width_is_the_best_mean_over_every_cell_small_ones_included():
+    import pandas as pd
+    from detection import width_choice
+
+    rows = []
+    for score, large, small in [
+        ('z', 0.10, 0.05),
+        ('z fwhm6', 0.40, 0.04),  # large cells gain more than small ones lose: chosen
+        ('z fwhm12', 0.45, 0.00),  # best on large cells, blurs the small ones away
+    ]:
+        rows += [{'score': score, 'cell': 'sharp hyper 10 mm 20%', 'voxel_ap': large}]
+        rows += [{'score': score, 'cell': 'sharp hyper 3 mm 20%', 'voxel_ap': small}] * 2
+    table = width_choice(pd.DataFrame(rows)).set_index('fwhm_mm')
+    assert list(table.index[table['chosen']]) == [6.0]
+    assert table.loc[12.0, 'mean_ap_10mm'] == 0.45 and table.loc[0.0, 'mean_ap_3_6mm'] == 0.05

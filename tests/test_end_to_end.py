@@ -186,3 +186,14 @@ def test_group_tables_and_report(chain: dict[str, Path]) -> None:
     assert 'data:image/png;base64' in report and 'http' not in report.split('<body>')[1]
     description = json.loads((out / 'dataset_description.json').read_text())
     assert description['DatasetType'] == 'derivative'
+
+
+def test_a_bundle_is_refused_on_data_normalised_another_way(
+    chain: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    code = _run(
+        str(chain['bids']), str(chain['out']), 'group', *FAST, '--intensity-norm', 'zscore'
+    )
+    assert code == 66
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "normalised with 'quantile'" in message and '--intensity-norm quantile' in message

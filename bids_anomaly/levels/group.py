@@ -43,7 +43,7 @@ def run_group_level(context: RunContext) -> None:
             f'no model bundle in {config.output_dir / "models"}: run '
             '`group --train` first or pass --model PATH'
         )
-    scorers = load_scorers(paths, template, config.execution.device)
+    scorers = load_scorers(paths, template, config.execution.device, config.preprocessing)
     ready = [
         p
         for p in context.participants

@@ -74,4 +74,5 @@ def load_bundles(context: RunContext) -> tuple[list[BundleScorer], Template] | N
         )
         return None
     template = load_template(config.preprocessing.resolution)
-    return load_scorers(paths, template, config.execution.device), template
+    scorers = load_scorers(paths, template, config.execution.device, config.preprocessing)
+    return scorers, template

@@ -19,6 +19,7 @@ from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
+from bids_anomaly.config import PreprocessingConfig
 from bids_anomaly.models.bundle import BundleError, add_arrays
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
 from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
@@ -110,8 +111,16 @@ def _params(estimator) -> dict:
     return {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
 
 
-def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list[BundleScorer]:
-    """Verified scorers of every bundle; a bad bundle is one clear line (exit 66)."""
+def load_scorers(
+    paths: Sequence[Path], template: Template, device: str, preprocessing: PreprocessingConfig
+) -> list[BundleScorer]:
+    """Verified scorers of every bundle; a bad bundle is one clear line (exit 66).
+
+    A bundle only scores data scaled as its training data were (``preprocessing``: the run's
+    :class:`~bids_anomaly.config.PreprocessingConfig`): another intensity normalisation moves
+    every voxel and would make every map meaningless, so it is refused; another registration
+    only blurs the maps, so it is a warning.
+    """
     from bids_anomaly.errors import MissingInputError
 
     scorers = []
@@ -124,6 +133,23 @@ def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list
             raise MissingInputError(
                 f'{path} has no normative models or thresholds; rerun '
                 '`bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
+            )
+        card = scorer.card.normalisation
+        trained_with = card.get('method')
+        if trained_with and trained_with != preprocessing.intensity_norm:
+            raise MissingInputError(
+                f'{path} was trained on intensities normalised with {trained_with!r}, these use '
+                f'{preprocessing.intensity_norm!r}: rerun with --intensity-norm {trained_with} '
+                '(a new OUTPUT_DIR) or train a bundle on these data'
+            )
+        registered_with = card.get('registration')
+        if registered_with and registered_with != preprocessing.registration:
+            LOGGER.warning(
+                '%s was trained on %s-registered data, these are %s-registered: expect blurrier '
+                'maps and more false positives at the brain edge',
+                path,
+                registered_with,
+                preprocessing.registration,
             )
         scorers.append(scorer)
     return scorers
