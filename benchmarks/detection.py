@@ -162,7 +162,7 @@ CONFIGS = {
         contrasts=(0.10, 0.15, 0.20, 0.40),
         per_copy=8,
         variants=('native', 'template'),
-        families=('sae-patch',),
+        families=('sae-patch', 'dae-slice'),
         epochs=3,
         patches_per_subject=15000,
         severities=(0.25, 0.5, 1.0, 2.0),
@@ -325,6 +325,15 @@ def train_encoders(
 # -- one fold at one n ------------------------------------------------------------------------
 
 
+def normal_set(pool: list[int], hosts: list[int], n: int, seed: int) -> list[int]:
+    """The ``n`` normals of a fold: a seeded draw from the other folds (nested in n)."""
+    return [pool[i] for i in np.random.default_rng([seed, 2, hosts[0]]).permutation(len(pool))[:n]]
+
+
+def model_dir(work: Path, hosts: list[int], n: int, seed: int) -> Path:
+    return work / 'models' / f'seed-{seed}' / f'fold-{hosts[0]}_n-{n}'
+
+
 def run_fold(
     settings: Settings,
     subjects: list[Subject],
@@ -340,18 +349,10 @@ def run_fold(
 ) -> dict:
     """Fit every score on ``n`` normals of ``pool``, score the hosts; the compact record."""
     mask = template.mask_array()
-    normals = [
-        pool[i] for i in np.random.default_rng([seed, 2, hosts[0]]).permutation(len(pool))[:n]
-    ]
+    normals = normal_set(pool, hosts, n, seed)
     learned = n in settings.learned_ns
     encoders = (
-        train_encoders(
-            settings,
-            volumes[normals],
-            mask,
-            work / 'models' / f'seed-{seed}' / f'fold-{hosts[0]}_n-{n}',
-            seed,
-        )
+        train_encoders(settings, volumes[normals], mask, model_dir(work, hosts, n, seed), seed)
         if learned
         else {}
     )
@@ -619,6 +620,27 @@ def prepare_native(
         for i, assigned in jobs[part::parts]
     ]
     preprocess([p for _, p in made], work, nprocs)
+
+
+def train_only(settings: Settings, *, data: Path, work: Path, seed: int, nprocs: int) -> None:
+    """Train (and cache) every fold's models at the learned n, nothing else: run in a second
+    process while another scores, or on a GPU machine."""
+    import torch
+
+    torch.set_num_threads(nprocs)
+    subjects = cohort(data)
+    template = load_template(1.5)
+    volumes = load_volumes(
+        work / 'derivatives', [s.participant for s in subjects], ('T1w',), template
+    )[:, 0]
+    folds = assign_folds(subjects, settings, seed)
+    for f, hosts in zip(settings.folds_run, fold_hosts(settings, folds)):
+        pool = [i for g, fold in enumerate(folds) if g != f for i in fold]
+        for n in settings.learned_ns:
+            normals = normal_set(pool, hosts, n, seed)
+            mask = template.mask_array()
+            train_encoders(settings, volumes[normals], mask, model_dir(work, hosts, n, seed), seed)
+            LOGGER.info('fold %d, n = %d: models ready', f, n)
 
 
 def fold_hosts(settings: Settings, folds: list[list[int]]) -> list[list[int]]:
@@ -1166,6 +1188,11 @@ def main() -> None:
         help='wait for --prepare-native processes instead of preprocessing the copies here',
     )
     parser.add_argument(
+        '--train-only',
+        action='store_true',
+        help="only train and cache each fold's models (to run beside a scoring process)",
+    )
+    parser.add_argument(
         '--prepare-native',
         metavar='PART/PARTS',
         help='only write and preprocess the native copies, this share of them '
@@ -1188,6 +1215,9 @@ def main() -> None:
     if args.folds:
         settings = dataclasses.replace(settings, folds_run=tuple(args.folds))
     work = args.work or Path(tempfile.gettempdir()) / 'bids_anomaly_detection'
+    if args.train_only:
+        train_only(settings, data=args.data, work=work, seed=args.seed, nprocs=args.nprocs)
+        return
     if args.prepare_native:
         part, parts = (int(x) for x in args.prepare_native.split('/'))
         prepare_native(
