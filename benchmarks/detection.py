@@ -151,6 +151,26 @@ CONFIGS = {
         n_boot=0,  # tuning needs the point estimates only
         fwhm_mm=(3.0, 6.0, 9.0, 12.0),
     ),
+    # The methods of issue 14 on the test seed at n = 24, each score also smoothed at the width
+    # chosen by the validation configuration (benchmarks/results/detection_validation_seed1.md).
+    'methods': Settings(
+        folds=5,
+        folds_run=(0, 1, 2, 3, 4),
+        hosts_per_fold=None,
+        ns=(24,),
+        learned_ns=(24,),
+        edges=('sharp', 'blurred'),
+        radii_mm=(3.0, 6.0, 10.0),
+        contrasts=(0.10, 0.15, 0.20, 0.40),
+        per_copy=8,
+        variants=('native',),
+        families=('sae-patch', 'dae-slice'),
+        epochs=3,
+        patches_per_subject=15000,
+        severities=(0.25, 0.5, 1.0, 2.0),
+        n_boot=300,
+        fwhm_mm=(6.0,),
+    ),
     'full': Settings(
         folds=5,
         folds_run=(0, 1, 2, 3, 4),
@@ -162,7 +182,7 @@ CONFIGS = {
         contrasts=(0.10, 0.15, 0.20, 0.40),
         per_copy=8,
         variants=('native', 'template'),
-        families=('sae-patch', 'dae-slice'),
+        families=('sae-patch',),
         epochs=3,
         patches_per_subject=15000,
         severities=(0.25, 0.5, 1.0, 2.0),
@@ -1096,9 +1116,35 @@ def plot(tables: dict[str, pd.DataFrame], settings: Settings, stem: str) -> list
 # -- main -------------------------------------------------------------------------------------
 
 
+#: Settings added after the first full run: left out of a record's key at their default, so
+#: that the full configuration's records stay valid.
+_ADDED_DEFAULTS = {'fwhm_mm': (), 'dae_epochs': 8, 'dae_filters': 8}
+
+
+def record_key(settings: Settings) -> str:
+    """What a (fold, n) record depends on: a stored record is reused only if this matches."""
+    return json.dumps(
+        {
+            k: v
+            for k, v in dataclasses.asdict(settings).items()
+            if k not in ('folds_run', 'ns', 'n_boot')
+            and not (k in _ADDED_DEFAULTS and v == _ADDED_DEFAULTS[k])
+        },
+        sort_keys=True,
+    )
+
+
 def run(
-    settings: Settings, *, data: Path, work: Path, seed: int, nprocs: int, wait: bool = False
+    settings: Settings,
+    *,
+    data: Path,
+    work: Path,
+    records: Path,
+    seed: int,
+    nprocs: int,
+    wait: bool = False,
 ) -> list[dict]:
+    """Every (fold, n) record of ``settings``, computed or reused from ``records``."""
     import torch
 
     torch.set_num_threads(nprocs)
@@ -1119,24 +1165,17 @@ def run(
     )
     regions = {name: np.isin(atlas.labels, labels) & mask for name, labels in PD_REGIONS.items()}
     folds = assign_folds(subjects, settings, seed)
-    records = []
+    done = []
     for f, hosts in zip(settings.folds_run, fold_hosts(settings, folds)):
         pool = [i for g, fold in enumerate(folds) if g != f for i in fold]
         copies = None
         for n in settings.ns:
-            path = work / 'runs' / f'seed-{seed}' / f'fold-{f}_n-{n}.npz'
-            key = json.dumps(
-                {
-                    k: v
-                    for k, v in dataclasses.asdict(settings).items()
-                    if k not in ('folds_run', 'ns', 'n_boot')
-                },
-                sort_keys=True,
-            )
+            path = records / f'fold-{f}_n-{n}.npz'
+            key = record_key(settings)
             if path.is_file():
                 with np.load(path, allow_pickle=True) as stored:
                     if str(stored['key']) == key:
-                        records.append(stored['record'].item())
+                        done.append(stored['record'].item())
                         LOGGER.info('fold %d, n = %d: reused %s', f, n, path)
                         continue
             if copies is None:
@@ -1154,8 +1193,8 @@ def run(
             np.savez(tmp, record=np.array(record, dtype=object), key=key)
             tmp.replace(path)
             LOGGER.info('fold %d, n = %d: done in %.0f s', f, n, record['seconds'])
-            records.append(record)
-    return records
+            done.append(record)
+    return done
 
 
 def main() -> None:
@@ -1238,6 +1277,8 @@ def main() -> None:
         settings,
         data=args.data,
         work=work,
+        # the full configuration's records sit at the top, the others in a folder of their own
+        records=work / 'runs' / f'seed-{args.seed}' / ('' if name == 'full' else name),
         seed=args.seed,
         nprocs=args.nprocs,
         wait=args.wait_native,

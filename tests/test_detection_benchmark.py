@@ -180,3 +180,14 @@ def test_the_chosen_width_is_the_best_mean_over_every_cell_small_ones_included()
     table = width_choice(pd.DataFrame(rows)).set_index('fwhm_mm')
     assert list(table.index[table['chosen']]) == [6.0]
     assert table.loc[12.0, 'mean_ap_10mm'] == 0.45 and table.loc[0.0, 'mean_ap_3_6mm'] == 0.05
+
+
+def test_settings_added_later_keep_old_records_valid_until_they_are_used():
+    import dataclasses
+
+    from detection import CONFIGS, record_key
+
+    full = CONFIGS['full']
+    assert 'fwhm_mm' not in record_key(full) and 'dae_epochs' not in record_key(full)
+    assert record_key(dataclasses.replace(full, n_boot=7)) == record_key(full)
+    assert record_key(dataclasses.replace(full, fwhm_mm=(6.0,))) != record_key(full)
