@@ -122,6 +122,7 @@ def prepare(config: RunConfig) -> RunContext:
         queries=queries,
         group_column=config.cohort.group_column,
         control_labels=config.cohort.control_label,
+        strict_groups=config.analysis_level == 'group',
     )
     LOGGER.info(
         'selected %d participant(s): %s',
