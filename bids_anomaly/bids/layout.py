@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bids_anomaly.errors import InvalidBidsError, MissingInputError, NoMatchError, UsageError
+from bids_anomaly.errors import (
+    InvalidBidsError,
+    MissingInputError,
+    NoMatchError,
+    UsageError,
+    disk_failure,
+)
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -142,14 +148,19 @@ def load_layout(bids_dir: Path, database_dir: Path):
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
-    database_dir.mkdir(parents=True, exist_ok=True)
-    return BIDSLayout(
-        str(bids_dir),
-        validate=False,
-        indexer=BIDSLayoutIndexer(index_metadata=False),
-        database_path=str(database_dir),
-        reset_database=True,
-    )
+    try:
+        database_dir.mkdir(parents=True, exist_ok=True)
+        return BIDSLayout(
+            str(bids_dir),
+            validate=False,
+            indexer=BIDSLayoutIndexer(index_metadata=False),
+            database_path=str(database_dir),
+            reset_database=True,
+        )
+    except Exception as error:
+        if (failure := disk_failure(error, database_dir)) is not None:
+            raise failure from None
+        raise
 
 
 def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
