@@ -7,6 +7,7 @@ The command only parses and reports: options are generated from the settings dec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -19,7 +20,7 @@ from click.core import ParameterSource
 
 from bids_anomaly import __version__
 from bids_anomaly.config import SECTIONS, RunConfig, read_config_file
-from bids_anomaly.errors import AppError, UsageError
+from bids_anomaly.errors import AppError, UsageError, disk_failure
 
 #: Settings given as one comma-separated value on the command line.
 COMMA_LISTS = {'models', 'modalities', 'embedding_methods'}
@@ -181,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo('bids_anomaly: interrupted', err=True)
         sys.exit(130)
     except Exception as exc:  # a bug or an unforeseen failure: one line, details in the log
+        failure = disk_failure(exc)  # a full disk met outside our own writers (pybids, nipype)
+        if failure is not None:
+            click.echo(f'bids_anomaly: error: {failure}', err=True)
+            sys.exit(failure.exit_code)
         logger = logging.getLogger('bids_anomaly')
         where = next(
             (h.baseFilename for h in logger.handlers if isinstance(h, logging.FileHandler)), None
@@ -204,5 +209,6 @@ def _log_traceback(logger: logging.Logger) -> None:
 
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.stream.write(traceback.format_exc())
-            handler.flush()
+            with contextlib.suppress(OSError):  # a full disk: the line on stderr has to do
+                handler.stream.write(traceback.format_exc())
+                handler.flush()

@@ -11,28 +11,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bids_anomaly.errors import disk_failure
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The temporary file keeps the final suffixes (``.nii.gz``, ``.png``...) so that libraries
-    that pick a format from the extension write the right one.
+    that pick a format from the extension write the right one. A full, read-only or failing
+    disk becomes one :class:`~bids_anomaly.errors.CannotCreateError` line (exit 73).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ''.join(path.suffixes)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f'.{path.name}.', suffix=f'.tmp{suffix}', dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = ''.join(path.suffixes)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f'.{path.name}.', suffix=f'.tmp{suffix}', dir=path.parent
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         tmp.chmod(0o644)
         os.replace(tmp, path)
+    except Exception as error:
+        failure = disk_failure(error, path)
+        if failure is None or failure is error:
+            raise
+        raise failure from error
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

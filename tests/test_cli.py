@@ -68,6 +68,26 @@ def test_help_lists_nipreps_options(capsys: pytest.CaptureFixture) -> None:
         assert flag in out, flag
 
 
+def test_invalid_json_sidecar_exits_16(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control'})
+    sidecar = bids / 'sub-01' / 'anat' / 'sub-01_T1w.json'
+    sidecar.write_text('{"RepetitionTime": 2.3,}')
+    code, err = run_cli([bids, tmp_path / 'out', 'participant'], capsys)
+    assert code == 16
+    assert_one_line(err, f'{sidecar}: not valid JSON', '--skip-bids-validation')
+
+
+def test_malformed_participants_table_exits_16_at_group_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control', '02': 'patient'})
+    table = bids / 'participants.tsv'
+    table.write_text('participant_id\tgroup\nsub-01\tcontrol\t35\nsub-02\tpatient\n')
+    code, err = run_cli([bids, tmp_path / 'out', 'group'], capsys)
+    assert code == 16
+    assert_one_line(err, f'{table} line 2: 3 fields, the header has 2', 'fix the file')
+
+
 @pytest.mark.parametrize(
     'extra, needle',
     [

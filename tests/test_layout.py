@@ -141,3 +141,90 @@ def test_discover_real_dataset(tmp_path: Path) -> None:
     assert sum(p.is_control for p in found) == 12
     assert {p.group for p in found} == {'control', 'depr'}
     assert all(p.t1w.is_file() and p.dwi is None for p in found)
+
+
+@pytest.mark.parametrize(
+    'table, line, problem, groups',
+    [
+        (
+            'participant_id\tgroup\nsub-01\tcontrol\tx\nsub-02\tHC\n',
+            2,
+            '3 fields, the',
+            {'02': 'HC'},
+        ),
+        (
+            'participant_id\tgroup\tage\nsub-01\tcontrol\nsub-02\tHC\t30\n',
+            2,
+            '2 fields',
+            {'02': 'HC'},
+        ),
+        (
+            'participant_id\tgroup\nsub-01\tHC\nsub-01\tpatient\n',
+            3,
+            'sub-01 already',
+            {'01': 'HC'},
+        ),
+        (
+            'participant_id\tgroup\n01\tcontrol\nsub-02\tHC\n',
+            2,
+            "participant_id '01' does",
+            {'02': 'HC'},
+        ),
+        (
+            'participant_id\tgroup\nsub-01\t\nsub-02\tHC\n',
+            2,
+            'empty group (write n/a',
+            {'02': 'HC'},
+        ),
+        ('participant_id,group\nsub-01,control\n', 1, 'no participant_id column', None),
+        ('', 1, 'no participant_id column', None),
+        (b'participant_id\tgroup\nsub-01\tcontr\xf4le\n', 2, 'not UTF-8', None),
+    ],
+)
+def test_malformed_participants_table_warns_or_stops(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    table: str | bytes,
+    line: int,
+    problem: str,
+    groups: dict | None,
+) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control', '02': 'HC'})
+    path = bids / 'participants.tsv'
+    path.write_bytes(table if isinstance(table, bytes) else table.encode())
+    with caplog.at_level('WARNING', logger='bids_anomaly'):
+        assert read_groups(bids, 'group') == groups  # the malformed line gives no group
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and warnings[0].startswith(f'{path} line {line}: {problem}')
+    with pytest.raises(InvalidBidsError) as error:
+        read_groups(bids, 'group', strict=True)
+    assert str(error.value).startswith(f'{path} line {line}: {problem}')
+    assert '\n' not in str(error.value)
+
+
+def test_well_formed_participants_table_with_missing_values(tmp_path: Path) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control'})
+    (bids / 'participants.tsv').write_text(
+        '\ufeffparticipant_id\tage\tgroup\r\nsub-01\t30\tcontrol\r\nsub-02\tn/a\tn/a\r\n\r\n'
+    )
+    assert read_groups(bids, 'group', strict=True) == {'01': 'control'}
+
+
+@pytest.mark.parametrize(
+    'content, problem',
+    [('{"RepetitionTime": 2.3,}', 'not valid JSON'), ('[2.3]', 'not a JSON object')],
+)
+def test_invalid_json_sidecar_fails_validation_and_is_not_read(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    bids = write_tiny_bids(tmp_path / 'bids', {'01': 'control', '02': 'HC'})
+    sidecar = bids / 'sub-02' / 'anat' / 'sub-02_T1w.json'
+    sidecar.write_text(content)
+    with pytest.raises(InvalidBidsError, match=problem) as error:
+        validate_dataset(bids)
+    assert str(error.value).startswith(str(sidecar)) and '--skip-bids-validation' in str(
+        error.value
+    )
+    layout = load_layout(bids, tmp_path / 'db')  # --skip-bids-validation: metadata never read
+    found = discover(layout, bids_dir=bids, queries=load_filters(None))
+    assert [p.label for p in found] == ['01', '02']

@@ -65,7 +65,14 @@ def bad_participants(root: Path, folder: Path) -> dict[str, tuple[Participant, P
     data = np.asarray(img.dataobj, dtype=np.float32)
     folder.mkdir()
     cases = {}
-    for label, kind in (('02', 'corrupt'), ('03', 'zero'), ('04', 'fourd'), ('05', 'nan')):
+    kinds = (
+        ('02', 'corrupt'),
+        ('03', 'zero'),
+        ('04', 'fourd'),
+        ('05', 'nan'),
+        ('08', 'unoriented'),
+    )
+    for label, kind in kinds:
         path = folder / f'sub-{label}_T1w.nii.gz'
         if kind == 'corrupt':
             path.write_bytes(good.t1w.read_bytes()[:5000])
@@ -73,6 +80,8 @@ def bad_participants(root: Path, folder: Path) -> dict[str, tuple[Participant, P
             path.touch()
         elif kind == 'fourd':
             nib.save(nib.Nifti1Image(np.stack([data, data], -1), img.affine), path)
+        elif kind == 'unoriented':  # qform and sform codes 0: left and right unknown
+            nib.save(nib.Nifti1Image(data, None), path)
         else:
             nan = data.copy()
             nan[40:42, 40:42, 40:42] = np.nan
@@ -112,7 +121,7 @@ def run(participants, out: Path, root: Path, *, stop: bool = False, force: bool 
 
 @pytest.fixture(scope='module')
 def first_run(dataset, tmp_path_factory):
-    """The good participant and five broken ones through the runner (affine registration)."""
+    """The good participant and six broken ones through the runner (affine registration)."""
     base = tmp_path_factory.mktemp('run')
     bad = bad_participants(dataset, base / 'bad')
     records = Records()
@@ -179,6 +188,7 @@ def test_good_participant_is_written(first_run):
         ('04', 'must be 3D'),
         ('05', 'NaN'),
         ('06', 'b-vectors of shape'),
+        ('08', 'no orientation in the header'),
     ],
 )
 def test_bad_input_fails_with_one_line_naming_the_file(first_run, label, fragment):
@@ -200,8 +210,9 @@ def test_status_table_is_saved(first_run):
         'sub-04',
         'sub-05',
         'sub-06',
+        'sub-08',
     ]
-    assert list(saved['status']) == ['ok'] + ['failed'] * 5
+    assert list(saved['status']) == ['ok'] + ['failed'] * 6
 
 
 def result_files(work: Path) -> dict[str, float]:
@@ -221,7 +232,7 @@ def test_rerun_skips_done_participants_and_reuses_the_cache(first_run):
     assert result_files(first_run.work) == before  # no node ran again
     assert output.stat().st_mtime_ns > written  # but the outputs were written again
     saved = pd.read_csv(first_run.out / 'logs' / STATUS_FILE, sep='\t')
-    assert len(saved) == 6 and saved.set_index('participant').loc['sub-01', 'status'] == 'ok'
+    assert len(saved) == 7 and saved.set_index('participant').loc['sub-01', 'status'] == 'ok'
 
 
 def test_precomputed_derivatives_are_reused(first_run, tmp_path):

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from bids_anomaly.errors import InvalidBidsError, MissingInputError, NoMatchError, UsageError
+from bids_anomaly.errors import (
+    InvalidBidsError,
+    MissingInputError,
+    NoMatchError,
+    UsageError,
+    disk_failure,
+)
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -70,7 +74,8 @@ def parse_labels(values: Iterable[str], prefix: str) -> list[str]:
 
 
 def validate_dataset(bids_dir: Path) -> None:
-    """Check the dataset description and every file name against the BIDS schema.
+    """Check the dataset description, every file name against the BIDS schema, and that every
+    JSON file is one JSON object.
 
     The official validator is a Deno/Node program not available in the container; the
     ``bids_validator`` Python package checks file names against the schema, which catches the
@@ -96,7 +101,7 @@ def validate_dataset(bids_dir: Path) -> None:
             f'{description} lacks {", ".join(missing)}; add it or pass --skip-bids-validation'
         )
     validator = BIDSValidator()
-    invalid = []
+    invalid, unreadable = [], []
     for path in sorted(bids_dir.rglob('*')):
         relative = path.relative_to(bids_dir)
         if path.is_dir() or any(part.startswith('.') for part in relative.parts):
@@ -105,6 +110,8 @@ def validate_dataset(bids_dir: Path) -> None:
             continue
         if not validator.is_bids('/' + relative.as_posix()):
             invalid.append(relative.as_posix())
+        elif path.suffix == '.json' and (problem := json_problem(path)):
+            unreadable.append((path, problem))
     if invalid:
         shown = ', '.join(invalid[:3]) + (
             f' and {len(invalid) - 3} more' if len(invalid) > 3 else ''
@@ -113,16 +120,47 @@ def validate_dataset(bids_dir: Path) -> None:
             f'{bids_dir}: {len(invalid)} file(s) are not valid BIDS names '
             f'({shown}); rename them or pass --skip-bids-validation'
         )
+    if unreadable:
+        path, problem = unreadable[0]
+        more = f' ({len(unreadable) - 1} more JSON file(s) too)' if len(unreadable) > 1 else ''
+        raise InvalidBidsError(
+            f'{path}: {problem}{more}; fix it or pass --skip-bids-validation '
+            '(bids_anomaly reads no sidecar metadata)'
+        )
+
+
+def json_problem(path: Path) -> str | None:
+    """Why a JSON sidecar is not a valid BIDS sidecar (one JSON object), or ``None``."""
+    try:
+        content = json.loads(path.read_text(encoding='utf-8'))
+    except UnicodeDecodeError:
+        return 'not UTF-8 text'
+    except json.JSONDecodeError as err:
+        return f'not valid JSON ({err})'
+    return None if isinstance(content, dict) else 'not a JSON object ({...})'
 
 
 def load_layout(bids_dir: Path, database_dir: Path):
-    """Index ``bids_dir`` with pybids, keeping the database in ``database_dir`` (work dir)."""
-    from bids import BIDSLayout
+    """Index ``bids_dir`` with pybids, keeping the database in ``database_dir`` (work dir).
 
-    database_dir.mkdir(parents=True, exist_ok=True)
-    return BIDSLayout(
-        str(bids_dir), validate=False, database_path=str(database_dir), reset_database=True
-    )
+    Sidecar metadata are not indexed: nothing uses them, and an invalid JSON sidecar would stop
+    the indexing (:func:`validate_dataset` reports it instead, unless validation is skipped).
+    """
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    try:
+        database_dir.mkdir(parents=True, exist_ok=True)
+        return BIDSLayout(
+            str(bids_dir),
+            validate=False,
+            indexer=BIDSLayoutIndexer(index_metadata=False),
+            database_path=str(database_dir),
+            reset_database=True,
+        )
+    except Exception as error:
+        if (failure := disk_failure(error, database_dir)) is not None:
+            raise failure from None
+        raise
 
 
 def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
@@ -147,21 +185,81 @@ def load_filters(path: Path | None) -> dict[str, dict[str, Any]]:
     return queries
 
 
-def read_groups(bids_dir: Path, group_column: str) -> dict[str, str] | None:
-    """Group of each participant from ``participants.tsv``; ``None`` without the file or column."""
+def read_groups(
+    bids_dir: Path, group_column: str, *, strict: bool = False
+) -> dict[str, str] | None:
+    """Group of each participant from ``participants.tsv``; ``None`` without the file or column.
+
+    A malformed line is never read silently. With ``strict`` (the group level, which needs the
+    groups) the first problem ends the run (:class:`InvalidBidsError`, exit 16); otherwise each
+    is logged as a warning naming the file and line, and that line's group is left out.
+    """
     table_path = bids_dir / 'participants.tsv'
     if not table_path.is_file():
         return None
-    table = pd.read_csv(table_path, sep='\t', dtype=str, na_values=['n/a'], keep_default_na=False)
-    if 'participant_id' not in table.columns:
-        raise InvalidBidsError(f'{table_path} has no participant_id column; add it')
-    if group_column not in table.columns:
-        return None
-    table = table.dropna(subset=[group_column])
-    return {
-        pid.removeprefix('sub-'): str(group).strip()
-        for pid, group in zip(table['participant_id'], table[group_column])
-    }
+    groups, problems = parse_participants(table_path, group_column)
+    if problems and strict:
+        line, problem = problems[0]
+        more = f' (and {len(problems) - 1} more problem(s))' if len(problems) > 1 else ''
+        raise InvalidBidsError(
+            f'{table_path} line {line}: {problem}{more}; fix the file: the group level needs '
+            "every participant's group"
+        )
+    for line, problem in problems:
+        LOGGER.warning(
+            '%s line %d: %s; ignored at the participant level, an error at the group level',
+            table_path,
+            line,
+            problem,
+        )
+    return groups
+
+
+def parse_participants(
+    table_path: Path, group_column: str
+) -> tuple[dict[str, str] | None, list[tuple[int, str]]]:
+    """Groups by participant label, and the problems found as ``(line number, problem)``.
+
+    BIDS tables are UTF-8, tab-separated, with ``n/a`` for a missing value. A line with another
+    number of fields than the header, a ``participant_id`` without ``sub-``, a repeated
+    participant or an empty group is a problem and gives no group; blank lines are skipped.
+    """
+    raw = table_path.read_bytes()
+    try:
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as err:
+        return None, [(raw[: err.start].count(b'\n') + 1, 'not UTF-8 text (save it as UTF-8)')]
+    lines = text.splitlines()
+    header = lines[0].split('\t') if lines else []
+    if 'participant_id' not in header:
+        return None, [(1, 'no participant_id column (columns must be separated by tabs)')]
+    if group_column not in header:
+        return None, []
+    id_index, group_index = header.index('participant_id'), header.index(group_column)
+    groups: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    problems = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.split('\t')]
+        if len(fields) != len(header):
+            problems.append((number, f'{len(fields)} fields, the header has {len(header)}'))
+            continue
+        participant, group = fields[id_index], fields[group_index]
+        if not participant.startswith('sub-') or participant == 'sub-':
+            problem = f'participant_id {participant!r} does not start with "sub-"'
+        elif participant in first_line:
+            problem = f'{participant} already appears on line {first_line[participant]}'
+        elif not group:
+            problem = f'empty {group_column} (write n/a for a missing value)'
+        else:
+            first_line[participant] = number
+            if group != 'n/a':
+                groups[participant.removeprefix('sub-')] = group
+            continue
+        problems.append((number, problem))
+    return groups, problems
 
 
 def is_control(group: str | None, control_labels: Sequence[str]) -> bool:
@@ -178,11 +276,17 @@ def discover(
     queries: Mapping[str, dict[str, Any]],
     group_column: str = 'group',
     control_labels: Sequence[str] = (),
+    strict_groups: bool = False,
 ) -> list[Participant]:
     """Participants (one per session) with their T1w, DWI run and group.
 
+    ``strict_groups`` makes a malformed ``participants.tsv`` an error rather than warnings
+    (:func:`read_groups`): the group level needs the groups.
+
     Raises
     ------
+    InvalidBidsError
+        ``participants.tsv`` is malformed and ``strict_groups`` is set.
     NoMatchError
         A requested participant or session does not exist, or nothing is left to process.
     MissingInputError
@@ -203,7 +307,7 @@ def discover(
             f'no participant found in {bids_dir}: is it a BIDS dataset with sub-<label> folders?'
         )
     sessions_wanted = parse_labels(session_label, 'ses-')
-    groups = read_groups(bids_dir, group_column) or {}
+    groups = read_groups(bids_dir, group_column, strict=strict_groups) or {}
     participants = []
     for subject in subjects:
         sessions: list[str | None] = sorted(layout.get_sessions(subject=subject)) or [None]

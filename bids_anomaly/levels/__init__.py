@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +26,13 @@ from bids_anomaly.bids.layout import (
 )
 from bids_anomaly.config import RunConfig
 from bids_anomaly.devices import check_device, set_threads
-from bids_anomaly.errors import AppError, CannotCreateError, MissingInputError, UsageError
+from bids_anomaly.errors import (
+    AppError,
+    CannotCreateError,
+    MissingInputError,
+    UsageError,
+    disk_failure,
+)
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -122,6 +129,7 @@ def prepare(config: RunConfig) -> RunContext:
         queries=queries,
         group_column=config.cohort.group_column,
         control_labels=config.cohort.control_label,
+        strict_groups=config.analysis_level == 'group',
     )
     LOGGER.info(
         'selected %d participant(s): %s',
@@ -133,6 +141,18 @@ def prepare(config: RunConfig) -> RunContext:
     return RunContext(config, work_dir, log_dir, writer, participants)
 
 
+class LogFileHandler(logging.FileHandler):
+    """The run's log file. A write that fails on a full disk ends the run (exit 73), where
+    :mod:`logging` would print a traceback and go on without the log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        failure = disk_failure(sys.exc_info()[1], self.baseFilename)
+        if failure is None:
+            super().handleError(record)
+            return
+        raise failure
+
+
 def setup_logging(log_file: Path, verbose: int) -> None:
     """Log to stderr and to ``log_file`` (one file per run under OUTPUT_DIR/logs)."""
     level = logging.DEBUG if verbose else logging.INFO
@@ -140,7 +160,7 @@ def setup_logging(log_file: Path, verbose: int) -> None:
     LOGGER.handlers.clear()
     LOGGER.setLevel(level)
     LOGGER.propagate = False
-    for handler in (logging.StreamHandler(), logging.FileHandler(log_file, encoding='utf-8')):
+    for handler in (logging.StreamHandler(), LogFileHandler(log_file, encoding='utf-8')):
         handler.setFormatter(formatter)
         handler.setLevel(level)
         LOGGER.addHandler(handler)

@@ -36,7 +36,22 @@ MODEL_JSON = 'model.json'
 WEIGHTS = 'weights.safetensors'
 #: Arrays smaller than this are stored again rather than shared between array sets.
 SHARED_MIN_BYTES = 1 << 20
+#: A model.json larger than this is not a model card (a card of 1000 epochs holds ~0.2 MB).
+MAX_CARD_BYTES = 16 << 20
+#: safetensors' names of the dtypes that a network's weights may have.
+SAFETENSORS_DTYPES = {
+    torch.float16: 'F16',
+    torch.bfloat16: 'BF16',
+    torch.float32: 'F32',
+    torch.float64: 'F64',
+    torch.int64: 'I64',
+    torch.int32: 'I32',
+    torch.bool: 'BOOL',
+}
+#: safetensors dtypes that numpy reads (the array sets are numpy arrays).
+NUMPY_DTYPES = frozenset({'F16', 'F32', 'F64', 'I8', 'I16', 'I32', 'I64', 'U8', 'BOOL'})
 _RETRAIN = 're-train it with `bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
+_RESTORE = f'restore the bundle from its source or {_RETRAIN}'
 
 
 class BundleError(Exception):
@@ -111,8 +126,8 @@ def save_bundle(path: Path, model: AutoEncoder, card: ModelCard) -> Path:
     """
     path = Path(path)
     if (path / MODEL_JSON).exists():
-        for entry in _read_json(path).get('arrays', {}).values():
-            (path / entry['file']).unlink(missing_ok=True)
+        for entry in _read_json(path)['arrays'].values():
+            _member(path, entry).unlink(missing_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     with atomic_path(path / WEIGHTS) as tmp:
         safetensors.torch.save_file(tensors, tmp, metadata={'format': 'pt'})
@@ -204,6 +219,15 @@ def load_bundle(
             )
             raise BundleError(message)
     weights = _verified(path, _read_json(path)['weights'])
+    stored, expected = _tensors(weights), _architecture_tensors(card.spec, card_file)
+    if stored != expected:
+        key = min(set(stored) ^ set(expected) or {k for k in expected if stored[k] != expected[k]})
+        found = _show_tensor(stored.get(key))
+        message = (
+            f'{weights}: weights do not fit the architecture in model.json ({key}: '
+            f'{found} where the architecture has {_show_tensor(expected.get(key))}); {_RETRAIN}.'
+        )
+        raise BundleError(message)
     model = build_model(card.spec)
     try:
         model.load_state_dict(safetensors.torch.load_file(weights))
@@ -211,6 +235,38 @@ def load_bundle(
         message = f'{weights}: weights do not fit the architecture in model.json; {_RETRAIN}.'
         raise BundleError(message) from error
     return LoadedBundle(model.to(device).eval(), card, path)
+
+
+def _architecture_tensors(spec: ModelSpec, card_file: Path) -> dict[str, tuple[str, tuple]]:
+    """Name, dtype and shape of every weight of ``spec``'s network, allocating nothing."""
+    try:
+        with torch.device('meta'):
+            state = build_model(spec).state_dict()
+    except (TypeError, ValueError, RuntimeError) as error:
+        message = f'{card_file}: the architecture cannot be built ({error}); {_RETRAIN}.'
+        raise BundleError(message) from None
+    return {key: (SAFETENSORS_DTYPES[t.dtype], tuple(t.shape)) for key, t in state.items()}
+
+
+def _tensors(target: Path) -> dict[str, tuple[str, tuple]]:
+    """Name, dtype and shape of each array of a safetensors file, from its header alone.
+
+    safetensors checks that the header's offsets fit its shapes and the file's size, so a
+    header that claims more data than the file holds is refused here, before any allocation.
+    """
+    try:
+        with safetensors.safe_open(target, framework='np') as stored:
+            return {
+                key: (stored.get_slice(key).get_dtype(), tuple(stored.get_slice(key).get_shape()))
+                for key in stored.keys()
+            }
+    except (SafetensorError, OSError) as error:
+        message = f'{target}: not a valid safetensors file ({error}); {_RESTORE}.'
+        raise BundleError(message) from None
+
+
+def _show_tensor(tensor: tuple[str, tuple] | None) -> str:
+    return 'nothing' if tensor is None else f'{tensor[0]} {_show(tensor[1]) or "scalar"}'
 
 
 def add_arrays(
@@ -260,7 +316,8 @@ def add_arrays(
 
 
 def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays and metadata stored by :func:`add_arrays`, after checking their SHA-256."""
+    """Arrays and metadata stored by :func:`add_arrays`, after checking their SHA-256, and that
+    each file holds the arrays that model.json lists, in dtypes that numpy reads."""
     path = Path(path)
     entries = _read_json(path)['arrays']
     if name not in entries:
@@ -270,18 +327,42 @@ def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
         )
         raise BundleError(message)
     entry = entries[name]
-    arrays = safetensors.numpy.load_file(_verified(path, entry))
-    for key, source in entry.get('shared', {}).items():
-        owner = entries.get(source['set'], {})
-        if owner.get('digests', {}).get(source['key']) != source['digest']:
-            message = (
-                f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
-                f'{source["set"]!r}, which was replaced since; {_RETRAIN}.'
-            )
-            raise BundleError(message)
-        with safetensors.safe_open(_verified(path, owner), framework='np') as stored:
-            arrays[key] = stored.get_tensor(source['key'])
-    return arrays, entry['metadata']
+    arrays = safetensors.numpy.load_file(_listed_arrays(path, entry))
+    try:
+        for key, source in entry.get('shared', {}).items():
+            owner = entries.get(source['set'], {})
+            if owner.get('digests', {}).get(source['key']) != source['digest']:
+                message = (
+                    f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
+                    f'{source["set"]!r}, which was replaced since; {_RETRAIN}.'
+                )
+                raise BundleError(message)
+            with safetensors.safe_open(_listed_arrays(path, owner), framework='np') as stored:
+                arrays[key] = stored.get_tensor(source['key'])
+        metadata = dict(entry['metadata'])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        message = (
+            f'{path / MODEL_JSON}: invalid entry of array set {name!r} ({error}); {_RESTORE}.'
+        )
+        raise BundleError(message) from None
+    return arrays, metadata
+
+
+def _listed_arrays(path: Path, entry: dict) -> Path:
+    """The verified file of an array set, whose header lists the arrays of model.json."""
+    target = _verified(path, entry)
+    stored = _tensors(target)
+    if 'digests' in entry and set(stored) != set(entry['digests']):
+        message = (
+            f'{target}: holds arrays {sorted(stored)} where model.json lists '
+            f'{sorted(entry["digests"])}; {_RESTORE}.'
+        )
+        raise BundleError(message)
+    unreadable = sorted(key for key, (dtype, _) in stored.items() if dtype not in NUMPY_DTYPES)
+    if unreadable:
+        message = f'{target}: arrays {unreadable} have dtypes numpy cannot read; {_RESTORE}.'
+        raise BundleError(message)
+    return target
 
 
 def _check_not_shared(entries: dict, name: str, arrays: ty.Mapping) -> None:
@@ -311,8 +392,9 @@ def list_arrays(path: Path) -> list[str]:
     return list(_read_json(Path(path))['arrays'])
 
 
-def _verified(path: Path, entry: dict) -> Path:
-    target = path / entry['file']
+def _verified(path: Path, entry: ty.Any) -> Path:
+    """The file of a model.json entry, inside the bundle and with the SHA-256 recorded there."""
+    target = _member(path, entry)
     if not target.is_file():
         raise BundleError(f'{target}: file listed in model.json is missing; {_RETRAIN}.')
     digest = sha256(target)
@@ -326,24 +408,64 @@ def _verified(path: Path, entry: dict) -> Path:
     return target
 
 
+def _member(path: Path, entry: ty.Any) -> Path:
+    """The file that a model.json entry names: a plain ``.safetensors`` name in the bundle folder
+    itself, not a symbolic link, so that no model.json can make a run read or delete elsewhere."""
+    name = entry.get('file') if isinstance(entry, dict) else None
+    if not (
+        isinstance(name, str)
+        and isinstance(entry.get('sha256'), str)
+        and name.endswith('.safetensors')
+        and Path(name).name == name
+    ):
+        message = (
+            f'{path / MODEL_JSON}: the entry {json.dumps(entry)[:80]} is not a file name of the '
+            f'bundle folder with its SHA-256; {_RESTORE}.'
+        )
+        raise BundleError(message)
+    target = path / name
+    if target.is_symlink():
+        raise BundleError(f'{target}: a symbolic link, not a file of the bundle; {_RESTORE}.')
+    return target
+
+
 def _read_json(path: Path) -> dict:
     card_file = path / MODEL_JSON
+    if path.is_symlink() or card_file.is_symlink():
+        link = path if path.is_symlink() else card_file
+        message = (
+            f'{link}: a symbolic link (to {link.readlink()}); a bundle is a folder of its own '
+            'files: copy it (cp -rL) instead of linking it.'
+        )
+        raise BundleError(message)
     if not card_file.is_file():
         message = (
             f'{card_file}: not found; pass the folder of a bundle '
             '(OUTPUT_DIR/models/<name>/) or create one with --train.'
         )
         raise BundleError(message)
+    if card_file.stat().st_size > MAX_CARD_BYTES:
+        message = (
+            f'{card_file}: {card_file.stat().st_size:,} bytes, more than a model card holds '
+            f'({MAX_CARD_BYTES:,}); {_RESTORE}.'
+        )
+        raise BundleError(message)
     try:
         document = json.loads(card_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f'{card_file}: not valid JSON ({error}); {_RETRAIN}.') from error
-    if document.get('format') != FORMAT or document.get('format_version') != FORMAT_VERSION:
+    if not isinstance(document, dict) or (
+        document.get('format') != FORMAT or document.get('format_version') != FORMAT_VERSION
+    ):
         message = (
             f'{card_file}: not a {FORMAT} v{FORMAT_VERSION} card; '
             f'load it with the bids_anomaly version that wrote it or {_RETRAIN}.'
         )
         raise BundleError(message)
+    if not isinstance(document.get('weights'), dict) or not isinstance(
+        document.get('arrays'), dict
+    ):
+        raise BundleError(f'{card_file}: invalid model card (no weights or arrays); {_RETRAIN}.')
     return document
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.devices import resolve_threads
+from bids_anomaly.errors import disk_failure
 from bids_anomaly.io import atomic_path
 from bids_anomaly.preprocessing.precomputed import Precomputed, find_precomputed
 from bids_anomaly.preprocessing.validation import load_dwi, load_t1w
@@ -164,6 +165,8 @@ def _run_participant(
             precomputed=precomputed,
         )
     except Exception as error:  # one participant's failure must not stop the others
+        if (failure := disk_failure(error, work_dir)) is not None:
+            raise failure from None  # ... but a full disk would stop them all: exit 73
         stage = failed_nodes[0] if failed_nodes else stage
         message = error_summary(error)
         seconds = time.monotonic() - started

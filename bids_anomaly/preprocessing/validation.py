@@ -7,12 +7,18 @@ and raised as :class:`InvalidInputError` whose message starts with the offending
 
 from __future__ import annotations
 
+import logging
+import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.openers import ImageOpener
+from nibabel.spatialimages import HeaderDataError
 
 #: Voxel sizes (mm) outside this range are header errors, not real acquisitions.
 VOXEL_SIZE_RANGE = (0.1, 6.0)
@@ -20,6 +26,14 @@ VOXEL_SIZE_RANGE = (0.1, 6.0)
 MIN_SIGNAL_ML = 100.0
 #: b-values at or below this count as b=0 (s/mm^2).
 B0_THRESHOLD = 50.0
+#: deflate's largest compression ratio: a .nii.gz header that claims more data than this many
+#: times the file size cannot be true, and is refused before any memory is allocated.
+MAX_GZIP_RATIO = 1032
+#: NIfTI qform/sform codes that give the image an orientation (scanner, aligned, Talairach,
+#: MNI, template); 0 and unknown codes give none.
+ORIENTATION_CODES = frozenset({1, 2, 3, 4, 5})
+#: What nibabel raises on unreadable files or headers.
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
 
 
 class InvalidInputError(ValueError):
@@ -31,31 +45,109 @@ def _fail(path: Path | str, message: str) -> InvalidInputError:
 
 
 def read_image(path: Path | str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Read a NIfTI file and its data as float32, turning every read error into one message."""
+    """Read a NIfTI file and its data as float32, turning every read error into one message.
+
+    The header is checked (:func:`check_header`) before the data are read, so that a header
+    that claims more data than the file holds costs no memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise _fail(path, 'file not found')
     if path.stat().st_size == 0:
         raise _fail(path, 'empty file (0 bytes)')
     try:
-        img = nib.load(path)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise _fail(path, f'cannot read the image ({type(exc).__name__}: {exc})') from exc
+        with _nibabel_silenced():
+            img = nib.load(path)
+    except READ_ERRORS as exc:
+        raise _cannot_read(path, exc) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise _fail(path, f'expected a NIfTI image, got {type(img).__name__}')
+    check_header(path, img)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except READ_ERRORS as exc:
+        raise _cannot_read(path, exc) from exc
     return nib.Nifti1Image(data, img.affine, img.header), data
 
 
-def check_voxel_sizes(path: Path | str, img: nib.Nifti1Image) -> None:
-    """Raise if a spatial voxel size is outside :data:`VOXEL_SIZE_RANGE` or not finite."""
-    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+@contextmanager
+def _nibabel_silenced() -> Iterator[None]:
+    """nibabel logs the header fields it repairs while loading; :func:`check_header` decides."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _cannot_read(path: Path, error: BaseException) -> InvalidInputError:
+    return _fail(path, f'cannot read the image ({type(error).__name__}: {_one_line(error)})')
+
+
+def check_header(path: Path | str, img: nib.Nifti1Image) -> None:
+    """Raise unless the header gives real-valued data that the file can hold, on a usable grid.
+
+    A usable grid has an orientation (a qform or sform code), positive finite voxel sizes in
+    ``pixdim``, a finite invertible affine and voxel sizes within :data:`VOXEL_SIZE_RANGE`.
+    Nothing is assumed in place of a missing orientation: left and right would be a guess.
+    """
+    dtype = img.get_data_dtype()
+    if dtype.kind not in 'iuf':
+        raise _fail(path, f'data type {dtype} is not one real number per voxel; convert it')
+    claimed = math.prod(img.shape) * dtype.itemsize
+    size = Path(path).stat().st_size
+    if Path(path).suffix == '.gz':
+        room = size * MAX_GZIP_RATIO
+    else:
+        room = size - img.header.get_data_offset()
+    if claimed > room:
+        raise _fail(
+            path,
+            f'the header claims {" x ".join(map(str, img.shape))} voxels of {dtype} '
+            f'({claimed:,} bytes) but the file can hold at most {max(room, 0):,}: '
+            'the file is truncated or its header is wrong',
+        )
+    raw = _raw_header(path, img)
+    codes = int(raw['qform_code']), int(raw['sform_code'])
+    if not set(codes) & ORIENTATION_CODES:
+        raise _fail(
+            path,
+            f'no orientation in the header (qform_code {codes[0]}, sform_code {codes[1]}), so '
+            'left and right are unknown; convert the image again from DICOM (e.g. dcm2niix)',
+        )
+    pixdim = np.asarray(raw['pixdim'][1 : 1 + min(len(img.shape), 3)], dtype=float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        sizes = ' x '.join(f'{z:g}' for z in pixdim)
+        raise _fail(
+            path,
+            f'voxel size {sizes} in the header (pixdim) is not positive; '
+            'convert the image again from DICOM (e.g. dcm2niix)',
+        )
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise _fail(path, 'the image affine (qform/sform) is not a valid transform')
+    zooms = voxel_sizes(affine)
     low, high = VOXEL_SIZE_RANGE
-    if not np.all(np.isfinite(zooms)) or np.any(zooms < low) or np.any(zooms > high):
+    if np.any(zooms < low) or np.any(zooms > high):
         sizes = ' x '.join(f'{z:g}' for z in zooms)
         raise _fail(path, f'implausible voxel size {sizes} mm (expected {low:g} to {high:g} mm)')
-    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-6:
-        raise _fail(path, 'the image affine (qform/sform) is not a valid transform')
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel sizes (mm) of the grid that ``affine`` describes (what the pipeline resamples)."""
+    return np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))
+
+
+def _raw_header(path: Path | str, img: nib.Nifti1Image):
+    """The header as stored, before nibabel repairs zero or negative ``pixdim``."""
+    with ImageOpener(path) as stream:
+        return type(img.header).from_fileobj(stream, check=False)
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split())
 
 
 def check_signal(path: Path | str, data: np.ndarray, zooms: tuple[float, ...]) -> None:
@@ -82,8 +174,7 @@ def load_t1w(path: Path | str) -> nib.Nifti1Image:
     if data.ndim != 3:
         raise _fail(path, f'a T1w image must be 3D, got shape {data.shape}')
     img = nib.Nifti1Image(data, img.affine, img.header)
-    check_voxel_sizes(path, img)
-    check_signal(path, data, img.header.get_zooms())
+    check_signal(path, data, voxel_sizes(img.affine))
     return reorient_ras(img)
 
 
@@ -163,8 +254,7 @@ def load_dwi(
         raise _fail(
             dwi_path, f'a DWI series must be 4D with at least 7 volumes, got shape {data.shape}'
         )
-    check_voxel_sizes(dwi_path, img)
-    check_signal(dwi_path, data, img.header.get_zooms())
+    check_signal(dwi_path, data, voxel_sizes(img.affine))
     bvals, bvecs = read_gradients(bval_path, bvec_path, data.shape[3])
     return img, bvals, bvecs
 
