@@ -34,11 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from bids_anomaly.scoring.normative.zscore import moderate_variance
 from bids_anomaly.scoring.smoothing import MapSmoother
 
-#: Degrees of freedom of the prior variance, and the smoothing of the prior map (voxels).
-PRIOR_DF = 10.0
-PRIOR_SIGMA = 2.0
 #: Floor of every variance, relative to the brain median of that feature's variance.
 FLOOR = 0.01
 
@@ -125,27 +123,11 @@ class Score:
         mean = s1 / n
         variance = np.maximum(s2 - n * mean * mean, 0) / max(n - 1, 1)
         if self.moderated:
-            variance = moderate(variance, n - 1, mask)
+            variance = moderate_variance(variance, n - 1, mask)
         median = np.median(variance, axis=0)
         floor = FLOOR * np.where(median > 0, median, variance.max(0) + 1e-12)
         variance = np.maximum(variance, np.maximum(floor, 1e-12))
         return VoxelModel(mean.astype(np.float32), variance.astype(np.float32), self.kind)
-
-
-def moderate(variance: np.ndarray, df: int, mask: np.ndarray) -> np.ndarray:
-    """Empirical-Bayes variances: ``(d0 s0^2 + df s^2) / (d0 + df)``.
-
-    The prior ``s0^2`` is the variance map smoothed inside the brain (a normalised Gaussian
-    filter of :data:`PRIOR_SIGMA` voxels), so a voxel borrows strength from its surroundings
-    and no voxel keeps a variance near zero by chance (saturated or constant voxels).
-    """
-    prior = np.empty_like(variance)
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), PRIOR_SIGMA)[mask]
-    for j in range(variance.shape[1]):
-        grid = np.zeros(mask.shape)
-        grid[mask] = variance[:, j]
-        prior[:, j] = ndimage.gaussian_filter(grid, PRIOR_SIGMA)[mask] / weight
-    return (PRIOR_DF * prior + df * variance) / (PRIOR_DF + df)
 
 
 def patch_features(volume: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from detection_metrics import (  # noqa: E402
 )
 
 from bids_anomaly.scoring.normative import neighbour_table  # noqa: E402
+from bids_anomaly.scoring.normative.zscore import moderate_variance  # noqa: E402
 from bids_anomaly.scoring.smoothing import MapSmoother  # noqa: E402
 
 
@@ -105,7 +106,7 @@ def test_moderated_variance_lifts_a_voxel_without_spread():
     mask = np.ones((7, 7, 7), dtype=bool)
     variance = np.full((mask.sum(), 1), 0.04)
     variance[171] = 0.0  # e.g. every normal saturated at this voxel
-    moderated = methods.moderate(variance, 5, mask)
+    moderated = moderate_variance(variance, 5, mask)
     assert moderated[171, 0] > 0.02
     assert moderated[0, 0] == pytest.approx(0.04, rel=1e-2)  # far from it: unchanged
 

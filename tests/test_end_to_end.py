@@ -107,8 +107,9 @@ def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
         assert scorer.ready and len(scorer.card.calibration_participants) == 2
         assert scorer.fwhm_mm == 4  # the width the thresholds were calibrated with
     maps = sorted(chain['out'].glob('sub-*/anat/*_space-*_statmap.nii.gz'))
-    # 6 participants x (saepatch: recon, ocsvm, gaussian; aeslice: recon; baseline: zscore)
-    assert len(maps) == 6 * 5
+    # 6 participants x (saepatch: recon, reconz, ocsvm, gaussian; aeslice: recon, reconz;
+    # baseline: zscore)
+    assert len(maps) == 6 * 7
     for path in maps[:5]:
         data = np.asarray(nib.load(path).dataobj)
         assert data.shape == template.shape and np.all(data[~mask] == 0)
@@ -122,13 +123,13 @@ def test_native_space_and_latent_maps(chain: dict[str, Path]) -> None:
     native_maps = sorted(
         p for p in out.glob('sub-*/anat/*_statmap.nii.gz') if '_space-' not in p.name
     )
-    assert len(native_maps) == 4 * 5  # the participants scored with EXTRA
+    assert len(native_maps) == 4 * 7  # the participants scored with EXTRA
     statmap = native_maps[0]
     t1w = nib.load(statmap.parent / (statmap.name.split('_')[0] + '_desc-preproc_T1w.nii.gz'))
     img = nib.load(statmap)
     assert img.shape == t1w.shape and np.allclose(img.affine, t1w.affine, atol=1e-3)
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0
-    assert len(list(out.glob('sub-*/anat/*_desc-abnormal_mask.nii.gz'))) == 6 * 5 + 4 * 5
+    assert len(list(out.glob('sub-*/anat/*_desc-abnormal_mask.nii.gz'))) == 6 * 7 + 4 * 7
     assert not list(out.glob('sub-*/anat/*_model-aeslice_desc-codes_latent.nii.gz'))
     latent_maps = sorted(out.glob('sub-*/anat/*_model-saepatch_desc-codes_latent.nii.gz'))
     assert len(latent_maps) == 4
@@ -167,7 +168,7 @@ def test_outputs_index_with_pybids(chain: dict[str, Path]) -> None:
 
     layout = BIDSLayout(str(chain['out']), validate=False, is_derivative=True)
     stats = layout.get(suffix='statmap', extension='.nii.gz', model='saepatch')
-    assert {f.entities['stat'] for f in stats} == {'recon', 'ocsvm', 'gaussian'}
+    assert {f.entities['stat'] for f in stats} == {'recon', 'reconz', 'ocsvm', 'gaussian'}
     assert layout.get(suffix='regions', atlas='AAL3', extension='.tsv')
     assert layout.get(suffix='latent', extension='.tsv')
 

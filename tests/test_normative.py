@@ -314,3 +314,17 @@ def test_clone_round_trips_the_parameters_and_drops_the_fit(estimator):
     assert type(copy)(**copy.get_params()).get_params() == estimator.get_params()
     with pytest.raises(NotFittedError):
         copy.score_samples(np.zeros((8, 1, 3), dtype=np.float32))
+
+
+def test_moderated_z_score_lifts_a_voxel_without_spread_and_keeps_the_means():
+    from bids_anomaly.scoring.normative.zscore import fit_moderated
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((6, 6, 6), dtype=bool)
+    samples = rng.normal(1.0, 0.2, size=(mask.sum(), 8, 1)).astype(np.float32)
+    samples[100] = 1.0  # every control saturated at this voxel: sample SD 0
+    model = fit_moderated(samples, mask)
+    np.testing.assert_allclose(model.location_, samples.mean(1), rtol=1e-5)
+    assert model.scale_[100, 0] > 0.05  # borrowed from its neighbours, not ~0
+    z = model.signed_z(np.full((mask.sum(), 1, 1), 1.5, dtype=np.float32))
+    assert abs(z[100, 0, 0]) < 20  # a plain z-score would be ~1e5

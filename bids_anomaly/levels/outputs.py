@@ -222,12 +222,15 @@ def _dataset_uri(writer: DerivativesWriter, path: Path) -> str:
 
 STAT_DESCRIPTIONS = {
     'recon': 'Reconstruction error of the auto-encoder (higher is more abnormal).',
+    'reconz': "Reconstruction error standardised per voxel against the training controls' "
+    'errors (z-score with empirical-Bayes moderated variance; signed: negative is better '
+    'reconstructed than normal).',
     'ocsvm': 'Per-voxel RBF one-class SVM on latent codes: -decision_function.',
     'gaussian': 'Per-voxel Gaussian on latent codes (shrunk covariance): -decision_function.',
     ZSCORE: 'Voxel-wise z-score of intensities against the training controls (max over '
     'channels of |z|, minus the reference-distribution offset).',
 }
-REGION_COLUMNS = {'score_type': 'Score type: recon, ocsvm, gaussian or zscore.'} | {
+REGION_COLUMNS = {'score_type': 'Score type: recon, reconz, ocsvm, gaussian or zscore.'} | {
     name: entry['Description'] for name, entry in COLUMN_DESCRIPTIONS.items()
 }
 

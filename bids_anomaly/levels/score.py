@@ -22,7 +22,14 @@ from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.config import PreprocessingConfig
 from bids_anomaly.models.bundle import BundleError, add_arrays
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
-from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
+from bids_anomaly.scoring.normative.zscore import fit_moderated
+from bids_anomaly.scoring.scorer import (
+    ESTIMATORS,
+    RECON_Z,
+    ZSCORE,
+    BundleScorer,
+    brain_samples,
+)
 from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
@@ -45,7 +52,9 @@ def fit_normative(
     """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
 
     ``n_jobs`` worker processes fit the one-class SVMs on CPU. Every map is smoothed by a
-    Gaussian of ``fwhm_mm`` before calibration; the width is stored with the thresholds.
+    Gaussian of ``fwhm_mm`` before calibration; the width is stored with the thresholds. The
+    training controls' reconstruction errors give each voxel's normal error (``reconz``: a
+    z-score with moderated variances).
     """
     from bids_anomaly.scoring.calibration import calibrate_threshold
 
@@ -54,11 +63,17 @@ def fit_normative(
     started = time.monotonic()
     zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
     add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
-    if scorer.card.spec.is_patch:
-        codes = np.stack(
-            [scorer.infer(volume, with_error=False).codes for volume in train_volumes]
-        )
-        samples = NeighbourhoodSamples(codes, mask, radius)
+    is_patch = scorer.card.spec.is_patch
+    errors, codes = [], []
+    for volume in train_volumes:
+        outputs = scorer.infer(volume)
+        errors.append(outputs.error[mask])
+        if is_patch:
+            codes.append(outputs.codes)
+    recon_z = fit_moderated(np.stack(errors, axis=1)[:, :, None], mask, scorer.device)
+    add_arrays(bundle, RECON_Z, recon_z.to_arrays(), metadata=_params(recon_z))
+    if is_patch:
+        samples = NeighbourhoodSamples(np.stack(codes), mask, radius)
         LOGGER.info(
             '%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
             scorer.label,

@@ -21,7 +21,14 @@ from bids_anomaly.templates import Template
 
 BASELINE = 'baseline'
 ZSCORE = 'zscore'
-ESTIMATORS = {'ocsvm': VoxelOneClassSVM, 'gaussian': VoxelGaussian, ZSCORE: VoxelZScore}
+#: The reconstruction error standardised per voxel against the training controls' errors.
+RECON_Z = 'reconz'
+ESTIMATORS = {
+    'ocsvm': VoxelOneClassSVM,
+    'gaussian': VoxelGaussian,
+    ZSCORE: VoxelZScore,
+    RECON_Z: VoxelZScore,
+}
 
 
 def model_label(family: str) -> str:
@@ -54,12 +61,10 @@ class BundleScorer:
         self.path, self.model, self.card = loaded.path, loaded.model, loaded.card
         self.label = model_label(self.card.family)
         stored = set(list_arrays(self.path))
-        self.estimators = {
-            name: self._estimator(name)
-            for name in self.score_types
-            if name in ESTIMATORS and name in stored
-        }
+        latent_models = ('ocsvm', 'gaussian') if self.card.spec.is_patch else ()
+        self.estimators = {name: self._estimator(name) for name in latent_models if name in stored}
         self.zscore = self._estimator(ZSCORE) if ZSCORE in stored else None
+        self.recon_z = self._estimator(RECON_Z) if RECON_Z in stored else None
         self.thresholds: dict[tuple[str, str], float] = {}
         self.quantile: float | None = None
         #: FWHM (mm) of the smoothing of every map; the thresholds hold for this width only.
@@ -89,8 +94,11 @@ class BundleScorer:
 
     @property
     def score_types(self) -> tuple[str, ...]:
-        """Score maps of this model: reconstruction error, plus normative models for patches."""
-        return ('recon', 'ocsvm', 'gaussian') if self.card.spec.is_patch else ('recon',)
+        """Score maps of this model: the reconstruction error, standardised too when the
+        bundle has the controls' errors (bundles before it lack them), and the normative models
+        of the latent codes (patch models)."""
+        standardised = (RECON_Z,) if self.recon_z is not None else ()
+        return ('recon', *standardised, *self.estimators)
 
     def infer(self, volume: np.ndarray, with_error: bool = True) -> VolumeOutputs:
         """Reconstruction errors and latent codes of a ``(C, X, Y, Z)`` volume."""
@@ -103,7 +111,12 @@ class BundleScorer:
     def score(self, volume: np.ndarray) -> ParticipantScores:
         """Every score map of this bundle, plus the z-score baseline (higher = more abnormal)."""
         outputs = self.infer(volume)
-        maps = {(self.label, 'recon'): self._smoothed(outputs.error[self.mask])}
+        error = outputs.error[self.mask]
+        maps = {(self.label, 'recon'): self._smoothed(error)}
+        if self.recon_z is not None:
+            # one-sided by its sign: better-reconstructed than normal is not abnormal
+            z = self.recon_z.signed_z(error[:, None, None])[:, 0, 0]
+            maps[(self.label, RECON_Z)] = self._smoothed(z)
         for name, estimator in self.estimators.items():
             values = estimator.anomaly_score(outputs.codes[:, None, :])[:, 0]
             maps[(self.label, name)] = self._smoothed(values)
