@@ -153,7 +153,7 @@ class PreprocessingConfig:
         choices=REGISTRATIONS,
     )
     intensity_norm: str = setting(
-        'quantile',
+        'quantile-unclipped',
         'Intensity normalisation inside the brain: '
         'quantile (1-99 % to [0, 1], clipped), quantile-unclipped '
         '(the same map, not clipped: bright lesions keep their '

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 #: Auto-encoder families: siamese (``sae``) or plain (``ae``), on patches or whole slices.
 MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice')
-#: Trained by default: the four published families (dae-slice on request: see docs/benchmarks.md).
-DEFAULT_MODELS = MODEL_FAMILIES[:4]
+#: Trained by default: the published siamese patch model and the best of the detection
+#: benchmark (docs/benchmarks.md); the other families on request.
+DEFAULT_MODELS = ('sae-patch', 'dae-slice')
 #: Input channels: the T1w and the DTI maps derived from the DWI.
 MODALITIES = ('T1w', 'FA', 'MD')
 #: Latent-space embeddings of the group level (scikit-learn, umap-learn).
