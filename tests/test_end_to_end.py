@@ -95,8 +95,9 @@ def test_preprocessed_images_on_template_grid(chain: dict[str, Path]) -> None:
     assert img.shape == template.shape and np.allclose(img.affine, template.affine)
     data = np.asarray(img.dataobj)
     brain = data[template.mask_array()]
-    # quantile-unclipped (the default): the 1-99 % range maps to [0, 1], brighter voxels above
-    assert np.quantile(brain, 0.99) <= 1 + 1e-6 and brain.std() > 0.05
+    # quantile-unclipped (the default): the 1-99 % range of the participant's own brain mask maps
+    # to [0, 1], brighter voxels above (the template mask differs a little from that mask)
+    assert 0.9 < np.quantile(brain, 0.99) < 1.05 and brain.max() > 1 and brain.std() > 0.05
 
 
 def test_bundles_load_and_maps_are_brain_only(chain: dict[str, Path]) -> None:
