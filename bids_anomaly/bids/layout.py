@@ -69,52 +69,6 @@ def parse_labels(values: Iterable[str], prefix: str) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
-def validate_dataset(bids_dir: Path) -> None:
-    """Check the dataset description and every file name against the BIDS schema.
-
-    The official validator is a Deno/Node program not available in the container; the
-    ``bids_validator`` Python package checks file names against the schema, which catches the
-    errors that would make discovery silently miss images.
-    """
-    from bids_validator import BIDSValidator
-
-    description = bids_dir / 'dataset_description.json'
-    if not description.is_file():
-        raise InvalidBidsError(
-            f'{description} is missing: BIDS_DIR must be a BIDS dataset '
-            '(or pass --skip-bids-validation)'
-        )
-    try:
-        content = json.loads(description.read_text(encoding='utf-8'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InvalidBidsError(
-            f'{description} is not valid JSON ({err}); fix it or pass --skip-bids-validation'
-        ) from None
-    missing = [key for key in ('Name', 'BIDSVersion') if key not in content]
-    if missing:
-        raise InvalidBidsError(
-            f'{description} lacks {", ".join(missing)}; add it or pass --skip-bids-validation'
-        )
-    validator = BIDSValidator()
-    invalid = []
-    for path in sorted(bids_dir.rglob('*')):
-        relative = path.relative_to(bids_dir)
-        if path.is_dir() or any(part.startswith('.') for part in relative.parts):
-            continue
-        if relative.parts[0] in ('derivatives', 'sourcedata', 'code', 'stimuli'):
-            continue
-        if not validator.is_bids('/' + relative.as_posix()):
-            invalid.append(relative.as_posix())
-    if invalid:
-        shown = ', '.join(invalid[:3]) + (
-            f' and {len(invalid) - 3} more' if len(invalid) > 3 else ''
-        )
-        raise InvalidBidsError(
-            f'{bids_dir}: {len(invalid)} file(s) are not valid BIDS names '
-            f'({shown}); rename them or pass --skip-bids-validation'
-        )
-
-
 def load_layout(bids_dir: Path, database_dir: Path):
     """Index ``bids_dir`` with pybids, keeping the database in ``database_dir`` (work dir)."""
     from bids import BIDSLayout
