@@ -148,7 +148,7 @@ def patient_maps_section(
             nib.load(path),
             template.t1w,
             threshold=expected_pct,
-            title=f'% patients, {model} / {stat}',
+            title=f'{model} / {stat}',
             vmax=100.0,
         )
         name = group_viewer_name(

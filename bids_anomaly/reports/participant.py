@@ -242,16 +242,22 @@ def maps_section(
             # normal voxels set to 0 and hidden; a 0 threshold still hides them when the
             # calibrated one is negative (nilearn thresholds absolute values, never below 0)
             shown = nib.Nifti1Image(np.where(abnormal, scores, 0).astype(np.float32), img.affine)
+            shown_from = max(threshold, 0.0)
             caption = (
                 f'{model} / {stat}: {int(abnormal.sum())} voxels above the threshold '
                 f'({threshold:.4g}).'
             )
             title = f'{model} / {stat}'
             section.add_figure(
-                plot_score_overlay(shown, anat, threshold=max(threshold, 0.0), title=title),
+                plot_score_overlay(shown, anat, threshold=shown_from, title=title),
                 caption,
             )
-            page = viewer_page(shown, anat, threshold=max(threshold, 0.0), title=title)
+            # colours up to the 99th percentile (of |score|, as nilearn thresholds): a few
+            # extreme scores would otherwise darken all the others
+            vmax = float(np.percentile(np.abs(scores[abnormal]), 99))
+            page = viewer_page(
+                shown, anat, threshold=shown_from, title=title, vmax=max(vmax, shown_from)
+            )
             relative = OUTPUTS['viewer'].relative(entities)
             writer.write_page(relative, page.html)
             section.add_viewer(relative.as_posix(), caption, page.width, page.height)

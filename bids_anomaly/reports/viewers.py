@@ -22,7 +22,7 @@ import nibabel as nib
 #: nilearn's page links a favicon on the web; browsing a report must not touch the network.
 _WEB_ICON = re.compile(r'<link\s+rel="icon"[^>]*>')
 #: Room around the viewer inside its iframe: the opacity slider and the page margins (pixels).
-_MARGIN = (40, 90)
+_MARGIN = (40, 20)
 
 
 @dataclass(frozen=True)
