@@ -252,11 +252,17 @@ def maps_section(
                 plot_score_overlay(shown, anat, threshold=shown_from, title=title),
                 caption,
             )
-            # colours up to the 99th percentile (of |score|, as nilearn thresholds): a few
-            # extreme scores would otherwise darken all the others
-            vmax = float(np.percentile(np.abs(scores[abnormal]), 99))
+            # colours from the threshold to the 99th percentile (of |score|, as nilearn
+            # thresholds): abnormal scores often lie just above the threshold, and a few extreme
+            # ones would take the whole colour range
+            top = float(np.percentile(np.abs(scores[abnormal]), 99))
             page = viewer_page(
-                shown, anat, threshold=shown_from, title=title, vmax=max(vmax, shown_from)
+                shown,
+                anat,
+                threshold=shown_from,
+                title=title,
+                vmin=shown_from,
+                vmax=top if top > shown_from else None,
             )
             relative = OUTPUTS['viewer'].relative(entities)
             writer.write_page(relative, page.html)

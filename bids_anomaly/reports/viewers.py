@@ -40,9 +40,13 @@ def viewer_page(
     *,
     threshold: float,
     title: str,
+    vmin: float | None = None,
     vmax: float | None = None,
 ) -> ViewerPage:
-    """A page showing ``img`` over ``background``; values below ``threshold`` are transparent."""
+    """A page showing ``img`` over ``background``; values below ``threshold`` are transparent.
+
+    The colour bar runs from ``vmin`` (default 0) to ``vmax`` (default the maximum).
+    """
     from nilearn.plotting import view_img
 
     view = view_img(
@@ -51,6 +55,7 @@ def viewer_page(
         threshold=threshold,
         cmap='hot',
         symmetric_cmap=False,
+        vmin=vmin,
         vmax=vmax,
         black_bg=True,
         title=title,
