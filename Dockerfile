@@ -8,12 +8,14 @@
 #   TORCH_VERSION    the torch release (keep it equal to the Makefile's TORCH)
 #   TORCH_VARIANT    cuda (PyPI's CUDA build, runs on CPU too) or cpu (CPU-only, much smaller)
 #   TORCH_INDEX_URL  where torch comes from (default: PyPI for cuda, the PyTorch CPU index for cpu)
+#   BIDS_VALIDATOR_VERSION  the official BIDS validator, npm package bids-validator (keep it equal
+#                    to the Makefile's BIDS_VALIDATOR)
 #   WHEELHOUSE       a folder of wheels mounted into the build (podman build -v): offline builds
 #   VERSION          the package version; the build fails when it differs from pyproject.toml
 #   VCS_REF          the git commit, recorded as a label
 #   IMAGE_TAG        the tag recorded in the outputs' dataset_description.json (e.g. with -cpu)
-# Behind a TLS-intercepting proxy give pip the proxy's CA as a build secret; it is never stored in
-# the image: --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
+# Behind a TLS-intercepting proxy give pip and npm the proxy's CA as a build secret; it is never
+# stored in the image: --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt
 # Details: docs/containers.md; a full build-and-run check: scripts/container-smoke.sh.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -58,6 +60,20 @@ RUN --mount=type=secret,id=ca_bundle \
         ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} "${torch}" \
     && pip install ${WHEELHOUSE:+--find-links "${WHEELHOUSE}"} -r /src/requirements-container.txt
 
+# The official BIDS validator into /opt/bids-validator, from Debian's Node.js and npm (builder
+# only: the runtime needs Node.js alone). The script unpacks the package's bundled command line
+# without its 900 listed dependencies; see scripts/install-bids-validator.sh.
+ARG BIDS_VALIDATOR_VERSION=1.15.0
+COPY scripts/install-bids-validator.sh /src/scripts/
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export NPM_CONFIG_CAFILE=/run/secrets/ca_bundle; fi \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends \
+        nodejs=18.20.4+dfsg-1~deb12u2 npm=9.2.0~ds1-1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && /src/scripts/install-bids-validator.sh "${BIDS_VALIDATOR_VERSION}" /opt/bids-validator \
+    && /opt/bids-validator/node_modules/.bin/bids-validator --version
+
 # The package itself (every dependency is already locked above), then the checks. torch's C++
 # headers and test programs go (about 130 MB): the runtime image has no compiler, and nothing
 # here builds extensions.
@@ -78,14 +94,16 @@ RUN --mount=type=secret,id=ca_bundle \
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG DEBIAN_FRONTEND=noninteractive
-RUN if ! command -v python3.11 > /dev/null; then \
-        apt-get update \
-        && apt-get install -y --no-install-recommends python3=3.11.2-1+b1 \
-        && rm -rf /var/lib/apt/lists/*; \
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs=18.20.4+dfsg-1~deb12u2 \
+    && if ! command -v python3.11 > /dev/null; then \
+        apt-get install -y --no-install-recommends python3=3.11.2-1+b1; \
     fi \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 --user-group bids_anomaly \
     && chmod -R go=u /home/bids_anomaly
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/bids-validator /opt/bids-validator
 
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
@@ -101,7 +119,7 @@ LABEL org.opencontainers.image.title="bids_anomaly" \
 # Every cache goes under /tmp, so the image runs with --read-only and a tmpfs on /tmp; nothing is
 # downloaded at run time (NIPYPE_NO_ET: no version check; no templates or weights are fetched).
 # OMP_NUM_THREADS is left unset on purpose: --omp-nthreads sets it.
-ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+ENV PATH=/opt/venv/bin:/opt/bids-validator/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/home/bids_anomaly \
     PYTHONNOUSERSITE=1 \
     PYTHONDONTWRITEBYTECODE=1 \

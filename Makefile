@@ -1,11 +1,13 @@
 # Two commands for a newcomer: `make demo` and `make test` (each sets everything up itself).
 PYTHON ?= python3.11
 TORCH ?= torch==2.13.0
+# The official BIDS validator (npm package; keep it equal to the Dockerfile's BIDS_VALIDATOR_VERSION).
+BIDS_VALIDATOR ?= 1.15.0
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ARGS ?=
 
-.PHONY: install demo lint test test-fast test-slow container-smoke clean
+.PHONY: install bids-validator demo lint test test-fast test-slow container-smoke clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,7 +19,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed bids-validator
+
+# Into .node/ (no global install); without Node.js and npm it says so and the Python check is used.
+bids-validator:
+	@scripts/install-bids-validator.sh $(BIDS_VALIDATOR) .node
 
 demo: install
 	$(BIN)/python -m bids_anomaly.demo demo $(DEMO_ARGS)

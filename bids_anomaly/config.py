@@ -66,7 +66,8 @@ class ExecutionConfig:
     )
     skip_bids_validation: bool = setting(
         False,
-        'Do not validate the input dataset (file names and dataset_description.json).',
+        'Do not validate the input dataset (with the official BIDS validator, or without '
+        'Node.js a Python check of dataset_description.json and the file names).',
         '--skip-bids-validation',
         '--skip_bids_validation',
         is_flag=True,

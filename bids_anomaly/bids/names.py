@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bids_anomaly.bids.derivatives import build_path
+from bids_anomaly.bids.derivatives import build_name, build_path
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ OUTPUTS: dict[str, Output] = {
     'latent_codes': Output(
         'latent', '.nii.gz', fixed={'desc': 'codes'}, description='4D map of latent codes.'
     ),
+    # report pages (entities of the score map shown)
+    'viewer': Output(
+        'viewer', '.html', 'figures', description='Interactive viewer of a score map.'
+    ),
 }
 
 
@@ -72,3 +76,13 @@ def group_regions_name(atlas: str, model: str, stat: str) -> str:
 def group_embedding_name(model: str) -> str:
     """Group table of every participant's embedded latent codes, per model."""
     return f'group_embedding_{model}.tsv'
+
+
+def group_abnormal_name(entities: Mapping[str, str]) -> str:
+    """Group map of the % of patients in whom each voxel is abnormal (space, res, model, stat)."""
+    return 'group_' + build_name({**entities, 'desc': 'patients'}, 'pctabnormal', '.nii.gz')
+
+
+def group_viewer_name(entities: Mapping[str, str]) -> str:
+    """Interactive viewer page of :func:`group_abnormal_name`'s map."""
+    return 'group_' + build_name({**entities, 'desc': 'patients'}, 'viewer', '.html')

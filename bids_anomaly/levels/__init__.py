@@ -17,22 +17,19 @@ from pathlib import Path
 
 from bids_anomaly import __version__
 from bids_anomaly.bids.derivatives import DerivativesWriter
-from bids_anomaly.bids.layout import (
-    Participant,
-    discover,
-    load_filters,
-    load_layout,
-    validate_dataset,
-)
+from bids_anomaly.bids.layout import Participant, discover, load_filters, load_layout
+from bids_anomaly.bids.validation import Validation, validate_dataset
 from bids_anomaly.config import RunConfig
 from bids_anomaly.devices import check_device, set_threads
 from bids_anomaly.errors import (
     AppError,
     CannotCreateError,
+    InvalidBidsError,
     MissingInputError,
     UsageError,
     disk_failure,
 )
+from bids_anomaly.io import write_text
 
 LOGGER = logging.getLogger('bids_anomaly')
 
@@ -71,7 +68,8 @@ def run(config: RunConfig) -> None:
 def prepare(config: RunConfig) -> RunContext:
     """Check inputs, create the output dataset, start logging, save the configuration, discover.
 
-    Usage errors and an invalid dataset are reported before anything is created in OUTPUT_DIR.
+    Usage errors are reported before anything is created in OUTPUT_DIR; an invalid dataset
+    leaves only the official validator's report in OUTPUT_DIR/logs.
     """
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
@@ -90,23 +88,21 @@ def prepare(config: RunConfig) -> RunContext:
         )
     check_device(config.execution.device)
     queries = load_filters(config.execution.bids_filter_file)
-    if not config.execution.skip_bids_validation:
-        validate_dataset(bids_dir)
-    log_dir = output_dir / 'logs'
-    for folder in (output_dir, log_dir, work_dir):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CannotCreateError(
-                f'cannot create {folder} ({err.strerror}); choose a writable location'
-            ) from None
-        if not os.access(folder, os.W_OK):
-            raise CannotCreateError(
-                f'{folder} is not writable; fix its permissions or choose another location'
-            )
-    config.bids_dir, config.output_dir = bids_dir, output_dir
+    validation = None if config.execution.skip_bids_validation else validate_dataset(bids_dir)
     # A random suffix keeps the names of simultaneous runs (job arrays) apart.
     stamp = f'{datetime.now(UTC).strftime("%Y%m%d-%H%M%S")}_{uuid.uuid4().hex[:6]}'
+    log_dir = output_dir / 'logs'
+    report = None
+    if validation is not None and validation.report is not None:
+        make_writable_folder(log_dir)
+        report = write_text(
+            log_dir / f'bids-validator_{config.analysis_level}_{stamp}.json', validation.report
+        )
+        if validation.errors:
+            raise InvalidBidsError(validation.error_line(bids_dir, report))
+    for folder in (output_dir, log_dir, work_dir):
+        make_writable_folder(folder)
+    config.bids_dir, config.output_dir = bids_dir, output_dir
     setup_logging(
         log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log', config.execution.verbose
     )
@@ -119,6 +115,7 @@ def prepare(config: RunConfig) -> RunContext:
         bids_dir,
         output_dir,
     )
+    log_validation(validation, report)
 
     layout = load_layout(bids_dir, work_dir / 'pybids_db')
     participants = discover(
@@ -151,6 +148,32 @@ class LogFileHandler(logging.FileHandler):
             super().handleError(record)
             return
         raise failure
+
+
+def make_writable_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents), or raise :class:`CannotCreateError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CannotCreateError(
+            f'cannot create {folder} ({err.strerror}); choose a writable location'
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise CannotCreateError(
+            f'{folder} is not writable; fix its permissions or choose another location'
+        )
+
+
+def log_validation(validation: Validation | None, report: Path | None) -> None:
+    """One line saying which validator ran and its verdict, then one line per kind of warning."""
+    if validation is None:
+        LOGGER.info('BIDS validation skipped (--skip-bids-validation)')
+        return
+    LOGGER.info(
+        'BIDS validation: %s%s', validation.verdict(), f'; report: {report}' if report else ''
+    )
+    for issue in validation.warnings:
+        LOGGER.warning('BIDS validator: %s (%s) in %s', issue.key, issue.sentence, issue.where())
 
 
 def setup_logging(log_file: Path, verbose: int) -> None:

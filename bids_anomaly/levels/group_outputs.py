@@ -16,7 +16,12 @@ import pandas as pd
 
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.layout import Participant
-from bids_anomaly.bids.names import OUTPUTS, group_embedding_name, group_regions_name
+from bids_anomaly.bids.names import (
+    OUTPUTS,
+    group_abnormal_name,
+    group_embedding_name,
+    group_regions_name,
+)
 from bids_anomaly.levels import RunContext
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
 from bids_anomaly.templates import Template
@@ -60,22 +65,27 @@ def write_group_outputs(
     template: Template,
     used: set[str],
 ) -> None:
-    """Write every group table and figure, then the group report."""
+    """Write every group table, map and figure, then the group report."""
     from bids_anomaly.reports.group import write_group_report
 
     people = participants_table(participants, used)
     regional = group_regional_tables(context, participants, scorers, atlases, template, people)
+    maps = group_abnormal_maps(context, participants, scorers, template, people)
     statistics = group_statistics_tables(context, regional, people)
     latent_metrics = latent_analysis(context, participants, scorers, template, people)
     evaluation = ground_truth_evaluation(context, participants, scorers, template, used)
+    quantile = scorers[0].quantile or context.config.scoring.threshold_quantile
     write_group_report(
-        context.config.output_dir,
+        context.writer,
+        template,
         people=people,
         regional=regional,
         statistics=statistics,
         latent_metrics=latent_metrics,
         evaluation=evaluation,
         scorers=scorers,
+        maps=maps,
+        expected_pct=100.0 * (1.0 - quantile),
     )
 
 
@@ -121,6 +131,47 @@ def group_regional_tables(
                     sidecar={'Atlas': atlas.name, 'Model': model, 'ScoreType': stat},
                 )
     return out
+
+
+def group_abnormal_maps(
+    context: RunContext,
+    participants: Sequence[Participant],
+    scorers: Sequence[BundleScorer],
+    template: Template,
+    people: pd.DataFrame,
+) -> dict[tuple[str, str], Path]:
+    """Per score map, the % of patients in whom each voxel is abnormal (their masks' mean).
+
+    Patients are never used for fitting, so every patient counts. No patient: no map.
+    """
+    cohort = dict(zip(people['participant_id'], people['cohort']))
+    patients = [p for p in participants if cohort[p.name] == 'patient']
+    if not patients:
+        LOGGER.info('no patient selected: no group map of abnormal voxels')
+        return {}
+    space = {'space': template.name, 'res': template.res_label}
+    maps = {}
+    for model, stat in score_kinds(scorers):
+        count = np.zeros(template.shape, dtype=np.float32)
+        for participant in patients:
+            mask = OUTPUTS['abnormal_mask'].path(
+                context.writer.output_dir,
+                {**participant.entities, **space, 'model': model, 'stat': stat},
+            )
+            count += np.asarray(nib.load(mask).dataobj) > 0
+        maps[model, stat] = context.writer.write_group_image(
+            group_abnormal_name({**space, 'model': model, 'stat': stat}),
+            nib.Nifti1Image(100.0 * count / len(patients), template.affine),
+            sidecar={
+                'Description': '% of patients in whom the voxel is above the calibrated '
+                'threshold (their desc-abnormal masks).',
+                'Units': '%',
+                'Model': model,
+                'ScoreType': stat,
+                'Participants': [p.name for p in patients],
+            },
+        )
+    return maps
 
 
 def group_statistics_tables(

@@ -270,7 +270,7 @@ def score_participants(
                 time.monotonic() - started,
             )
         write_participant_report(
-            config.output_dir,
+            writer,
             participant,
             template,
             scorers,

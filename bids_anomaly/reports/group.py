@@ -1,22 +1,26 @@
-"""The group HTML report: cohort, models, regional heatmaps, statistics, latent space."""
+"""The group HTML report: cohort, models, regional heatmaps and maps, statistics, latent space."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 
-from bids_anomaly.bids.names import group_embedding_name
+from bids_anomaly.bids.derivatives import DerivativesWriter
+from bids_anomaly.bids.names import group_embedding_name, group_viewer_name
 from bids_anomaly.reports.html import Section, render_report
 from bids_anomaly.scoring.scorer import BASELINE, BundleScorer
+from bids_anomaly.templates import Template
 
 #: The atlas whose heatmaps and bar charts the report shows (all atlases are in the TSVs).
 REPORT_ATLAS_SUFFIX = 'macro'
 
 
 def write_group_report(
-    output_dir: Path,
+    writer: DerivativesWriter,
+    template: Template,
     *,
     people: pd.DataFrame,
     regional: dict[tuple[str, str, str], pd.DataFrame],
@@ -24,8 +28,15 @@ def write_group_report(
     latent_metrics: pd.DataFrame,
     evaluation: pd.DataFrame | None,
     scorers: Sequence[BundleScorer],
+    maps: Mapping[tuple[str, str], Path],
+    expected_pct: float,
 ) -> None:
-    """Write ``OUTPUT_DIR/group_report.html``."""
+    """Write ``OUTPUT_DIR/group_report.html`` and the viewer pages of the group maps.
+
+    ``maps`` are the % of patients abnormal per voxel, by (model, stat); ``expected_pct`` is the
+    % of a control's voxels above the calibrated thresholds, below which the viewers are blank.
+    """
+    output_dir = writer.output_dir
     from bids_anomaly.reports.figures import (
         plot_embedding,
         plot_group_statistics,
@@ -65,6 +76,8 @@ def write_group_report(
                 f'% abnormal voxels, {model}, {stat}.',
             )
     sections.append(section)
+    if maps:
+        sections.append(patient_maps_section(writer, template, maps, expected_pct))
     section = Section(
         'Patients versus controls',
         'Per region: Mann-Whitney U, ROC AUC and best g-mean on held-out '
@@ -112,6 +125,39 @@ def write_group_report(
         sections,
         subtitle=f'{len(people)} participant(s).',
     )
+
+
+def patient_maps_section(
+    writer: DerivativesWriter,
+    template: Template,
+    maps: Mapping[tuple[str, str], Path],
+    expected_pct: float,
+) -> Section:
+    """One viewer per score map of the % of patients abnormal at each voxel, over the template."""
+    from bids_anomaly.reports.viewers import viewer_page
+
+    section = Section(
+        'Where patients are abnormal',
+        'Per voxel, the % of patients whose score is above the calibrated '
+        'threshold (the group_*_pctabnormal.nii.gz maps), over the template T1w. '
+        f'Only voxels above {expected_pct:.3g} %, the rate expected in a control, '
+        'are coloured. Click or drag on a slice to move the cross.',
+    )
+    for (model, stat), path in maps.items():
+        page = viewer_page(
+            nib.load(path),
+            template.t1w,
+            threshold=expected_pct,
+            title=f'{model} / {stat}',
+            vmax=100.0,
+        )
+        name = group_viewer_name(
+            {'space': template.name, 'res': template.res_label, 'model': model, 'stat': stat}
+        )
+        writer.write_page(name, page.html)
+        caption = f'{model} / {stat}: % of patients abnormal.'
+        section.add_viewer(name, caption, page.width, page.height)
+    return section
 
 
 def cohort_section(people: pd.DataFrame) -> Section:

@@ -1,7 +1,9 @@
-"""Self-contained HTML reports: figures embedded as base64 PNG or SVG, readable offline.
+"""HTML reports readable offline: figures embedded as base64 PNG or SVG, viewers linked.
 
-A report is a list of :class:`Section`; each holds text, figures and tables. The page layout is
-a jinja2 template shipped with the package (``templates/report.html``).
+A report is a list of :class:`Section`; each holds text, figures, interactive viewers and tables.
+A viewer is a page of its own in OUTPUT_DIR (:mod:`bids_anomaly.reports.viewers`), loaded in an
+iframe when the reader opens it. The page layout is a jinja2 template shipped with the package
+(``templates/report.html``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Section:
     title: str
     text: str = ''
     figures: list[tuple[str, str, str]] = field(default_factory=list)  # caption, MIME, base64
+    viewers: list[tuple[str, str, int, int]] = field(default_factory=list)  # caption, src, size
     tables: list[tuple[str, str]] = field(default_factory=list)
 
     def add_figure(self, fig, caption: str) -> None:
@@ -45,6 +48,10 @@ class Section:
         if mime is None:
             raise ValueError(f'{path}: only {", ".join(IMAGE_TYPES)} images can be embedded')
         self.figures.append((caption, mime, _base64(path.read_bytes())))
+
+    def add_viewer(self, src: str, caption: str, width: int, height: int) -> None:
+        """Link a viewer page (``src`` relative to the report), shown in a width x height frame."""
+        self.viewers.append((caption, src, width, height))
 
     def add_table(self, table: pd.DataFrame, caption: str, max_rows: int = 30) -> None:
         shown = table.head(max_rows)

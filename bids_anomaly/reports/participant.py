@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bids_anomaly.analysis.regions import WHOLE_BRAIN, Atlas
-from bids_anomaly.bids.derivatives import sidecar_path
+from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.reports.html import IMAGE_TYPES, Section, render_report
 
@@ -44,7 +44,7 @@ RegionKey = tuple[str, str, str]  # (atlas, model, stat)
 
 
 def write_participant_report(
-    output_dir: Path,
+    writer: DerivativesWriter,
     participant: Participant,
     template: Template,
     scorers: Sequence[BundleScorer],
@@ -54,10 +54,13 @@ def write_participant_report(
 ) -> Path:
     """Write ``OUTPUT_DIR/sub-<label>[_ses-<label>]_report.html`` and return its path.
 
+    The interactive viewer of each map is a page of its own in the participant's ``figures``
+    folder, which the report loads on demand.
+
     Parameters
     ----------
-    output_dir : Path
-        Root of the derivatives dataset holding the participant's preprocessing and scores.
+    writer : DerivativesWriter
+        Writer of the derivatives dataset holding the participant's preprocessing and scores.
     participant : Participant
         Whose report it is.
     template : Template
@@ -71,6 +74,7 @@ def write_participant_report(
         Calibration quantile of the thresholds: about ``100 * (1 - quantile)`` % of a control's
         brain voxels score above them, the rate against which regions are flagged.
     """
+    output_dir = writer.output_dir
     space = {**participant.entities, 'space': template.name, 'res': template.res_label}
     thresholds = calibrated_thresholds(scorers)
     regional = read_regional(output_dir, space, [atlas.name for atlas in atlases], thresholds)
@@ -78,7 +82,7 @@ def write_participant_report(
     sections = [
         qc_section(output_dir.joinpath(*_folders(participant), 'figures'), t1w),
         maps_section(
-            output_dir,
+            writer,
             space,
             thresholds,
             nib.load(t1w) if t1w.is_file() else template.t1w,
@@ -198,24 +202,28 @@ def qc_section(figures: Path, t1w: Path) -> Section:
 
 
 def maps_section(
-    output_dir: Path,
+    writer: DerivativesWriter,
     space: Mapping[str, str],
     thresholds: Mapping[ScoreKey, float],
     anat: nib.Nifti1Image,
     brain: np.ndarray,
 ) -> Section:
-    """One orthogonal overlay per score map, showing only the voxels above its threshold."""
+    """Per score map with voxels above its threshold, an orthogonal overlay and a viewer."""
     from bids_anomaly.reports.figures import plot_score_overlay
+    from bids_anomaly.reports.viewers import viewer_page
 
     section = Section(
         'Anomaly maps',
         'Voxels whose score exceeds the threshold calibrated on held-out '
         "controls, coloured by score, over the participant's template-space "
-        'T1w. Maps without any such voxel are listed but not drawn.',
+        'T1w. Maps without any such voxel are listed but not drawn. Open a '
+        'viewer to move through the brain: click or drag on a slice to move '
+        'the cross, whose coordinates (mm) are shown.',
     )
     rows = []
     for (model, stat), threshold in thresholds.items():
-        path = OUTPUTS['score_map'].path(output_dir, {**space, 'model': model, 'stat': stat})
+        entities = {**space, 'model': model, 'stat': stat}
+        path = OUTPUTS['score_map'].path(writer.output_dir, entities)
         img = nib.load(path)
         scores = np.asarray(img.dataobj, dtype=np.float32)
         abnormal = (scores > threshold) & brain  # the definition of the desc-abnormal masks
@@ -234,13 +242,31 @@ def maps_section(
             # normal voxels set to 0 and hidden; a 0 threshold still hides them when the
             # calibrated one is negative (nilearn thresholds absolute values, never below 0)
             shown = nib.Nifti1Image(np.where(abnormal, scores, 0).astype(np.float32), img.affine)
-            section.add_figure(
-                plot_score_overlay(
-                    shown, anat, threshold=max(threshold, 0.0), title=f'{model} / {stat}'
-                ),
+            shown_from = max(threshold, 0.0)
+            caption = (
                 f'{model} / {stat}: {int(abnormal.sum())} voxels above the threshold '
-                f'({threshold:.4g}).',
+                f'({threshold:.4g}).'
             )
+            title = f'{model} / {stat}'
+            section.add_figure(
+                plot_score_overlay(shown, anat, threshold=shown_from, title=title),
+                caption,
+            )
+            # colours from the threshold to the 99th percentile (of |score|, as nilearn
+            # thresholds): abnormal scores often lie just above the threshold, and a few extreme
+            # ones would take the whole colour range
+            top = float(np.percentile(np.abs(scores[abnormal]), 99))
+            page = viewer_page(
+                shown,
+                anat,
+                threshold=shown_from,
+                title=title,
+                vmin=shown_from,
+                vmax=top if top > shown_from else None,
+            )
+            relative = OUTPUTS['viewer'].relative(entities)
+            writer.write_page(relative, page.html)
+            section.add_viewer(relative.as_posix(), caption, page.width, page.height)
     section.add_table(
         pd.DataFrame(rows),
         'Score maps, thresholds and abnormal voxels (% of the template brain mask).',
