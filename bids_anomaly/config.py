@@ -19,6 +19,7 @@ import tomli_w
 from bids_anomaly.constants import (
     DEFAULT_CONTROL_LABELS,
     EMBEDDING_METHODS,
+    MIN_PATCH_SIZE,
     MODALITIES,
     MODEL_FAMILIES,
     NORM_METHODS,
@@ -403,6 +404,11 @@ class RunConfig:
                 raise ValueError(f'{flag} {value}: must be positive')
         if train.patch_size % 2 == 0:
             raise ValueError(f'--patch-size {train.patch_size}: must be odd (centred on a voxel)')
+        if train.patch_size < MIN_PATCH_SIZE:
+            raise ValueError(
+                f'--patch-size {train.patch_size}: must be at least {MIN_PATCH_SIZE | 1} '
+                f'(the patch network needs {MIN_PATCH_SIZE} voxels to reach its code)'
+            )
         if len(score.atlas) != len(score.atlas_labels):
             raise ValueError(
                 f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '

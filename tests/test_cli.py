@@ -78,6 +78,7 @@ def test_help_lists_nipreps_options(capsys: pytest.CaptureFixture) -> None:
         (['--atlas', 'a.nii.gz'], '--atlas-labels'),
         (['--registration', 'rigid'], 'rigid'),
         (['--patch-size', '14'], '--patch-size'),
+        (['--patch-size', '11'], '--patch-size 11: must be at least 13'),
         (['--no-such-option'], '--no-such-option'),
     ],
 )
