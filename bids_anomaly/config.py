@@ -112,7 +112,13 @@ class ExecutionConfig:
     seed: int = setting(
         20251125, 'Random seed for sampling, training and embeddings.', '--seed', metavar='INT'
     )
-    verbose: int = setting(0, 'Increase log verbosity (-v, -vv).', '-v', '--verbose', count=True)
+    verbose: int = setting(
+        0,
+        'Debug messages in the log, and the traceback of an unexpected error on stderr.',
+        '-v',
+        '--verbose',
+        count=True,
+    )
 
 
 @dataclass
@@ -197,10 +203,18 @@ class TrainingConfig:
     )
     calibration_fraction: float = setting(
         0.25,
-        'Share of controls held out from training for early stopping and threshold '
-        'calibration (at least 2 participants).',
+        'Share of the controls used for fitting that is held out from training, to pick the '
+        'epoch with the lowest validation loss and calibrate the thresholds (at least 2 '
+        'participants).',
         '--calibration-fraction',
         metavar='FRAC',
+    )
+    holdout_controls: int = setting(
+        0,
+        'Controls drawn (seeded) and kept out of training and calibration, so that the group '
+        'statistics compare the patients with controls no model has seen (with --train).',
+        '--holdout-controls',
+        metavar='N',
     )
     epochs: int = setting(
         0,
@@ -385,6 +399,7 @@ class RunConfig:
         for flag, value in (
             ('--nprocs', self.execution.nprocs),
             ('--omp-nthreads', self.execution.omp_nthreads),
+            ('--holdout-controls', train.holdout_controls),
             ('--epochs', train.epochs),
             ('--batch-size', train.batch_size),
             ('--latent-channels', train.latent_channels),
