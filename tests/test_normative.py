@@ -314,3 +314,15 @@ def test_clone_round_trips_the_parameters_and_drops_the_fit(estimator):
     assert type(copy)(**copy.get_params()).get_params() == estimator.get_params()
     with pytest.raises(NotFittedError):
         copy.score_samples(np.zeros((8, 1, 3), dtype=np.float32))
+
+
+def test_bundle_metadata_of_the_diagonal_gaussian_names_no_eigenvectors(codes):
+    """model.json records what is fitted: a diagonal Gaussian keeps no eigenvectors."""
+    from bids_anomaly.levels.score import estimator_metadata
+
+    model = VoxelGaussian(covariance_type='diag', chunk_size=10).fit(codes[0])
+    metadata = estimator_metadata(model)
+    assert metadata['covariance_type'] == 'diag' and metadata['shrinkage'] == 'ledoit_wolf'
+    assert 'n_components' not in metadata and 'device' not in metadata
+    rebuilt = VoxelGaussian.from_arrays(model.to_arrays(compact=False), **metadata)
+    np.testing.assert_array_equal(rebuilt.score_samples(codes[1]), model.score_samples(codes[1]))

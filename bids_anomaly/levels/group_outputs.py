@@ -16,7 +16,14 @@ import pandas as pd
 
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.layout import Participant
-from bids_anomaly.bids.names import OUTPUTS, group_embedding_name, group_regions_name
+from bids_anomaly.bids.names import (
+    GROUP_EVALUATION,
+    GROUP_LATENT_METRICS,
+    OUTPUTS,
+    group_embedding_name,
+    group_regions_name,
+    group_stats_name,
+)
 from bids_anomaly.levels import RunContext
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
 from bids_anomaly.templates import Template
@@ -152,7 +159,7 @@ def group_statistics_tables(
     }
     for atlas, rows in statistics.groupby('atlas', sort=False):
         context.writer.write_group_table(
-            f'group_stats_{atlas}.tsv',
+            group_stats_name(atlas),
             rows,
             columns=columns,
             sidecar={
@@ -231,7 +238,7 @@ def latent_analysis(
         all_metrics.append(metrics)
     metrics = pd.concat(all_metrics, ignore_index=True)
     context.writer.write_group_table(
-        'group_latent_metrics.tsv',
+        GROUP_LATENT_METRICS,
         metrics,
         columns={c: METRIC_COLUMNS.get(c, 'See docs/outputs.md.') for c in metrics.columns},
     )
@@ -302,7 +309,7 @@ def ground_truth_evaluation(
         )
     table = pd.DataFrame(rows)
     context.writer.write_group_table(
-        'group_evaluation.tsv',
+        GROUP_EVALUATION,
         table,
         columns=COLUMN_DESCRIPTIONS,
         sidecar={'GroundTruth': str(truth_dir)},

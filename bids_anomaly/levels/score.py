@@ -50,7 +50,7 @@ def fit_normative(
     mask = scorer.mask
     started = time.monotonic()
     zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
-    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
+    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=estimator_metadata(zscore))
     if scorer.card.spec.is_patch:
         codes = np.stack(
             [scorer.infer(volume, with_error=False).codes for volume in train_volumes]
@@ -62,15 +62,16 @@ def fit_normative(
             *samples.shape[1:],
         )
         for name in ('ocsvm', 'gaussian'):
-            # a diagonal (shrunk) Gaussian: one 64x64 eigendecomposition per voxel for the
-            # full or low-rank forms costs minutes per brain on CPU, and ~8.7 kB per voxel
+            # a diagonal Gaussian (Ledoit-Wolf shrunk variances): one 64x64 eigendecomposition
+            # per voxel for the full or low-rank forms costs minutes per brain on CPU, and
+            # ~8.7 kB per voxel
             params = (
                 {'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs}
                 if name == 'ocsvm'
                 else {'covariance_type': 'diag'}
             )
             estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
-            add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
+            add_arrays(bundle, name, estimator.to_arrays(), metadata=estimator_metadata(estimator))
     LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
     scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
     pooled: dict[tuple[str, str], list[np.ndarray]] = {}
@@ -99,9 +100,13 @@ def fit_normative(
     )
 
 
-def _params(estimator) -> dict:
-    """Hyper-parameters to store with a fitted estimator (not where or how fast it ran)."""
-    return {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
+def estimator_metadata(estimator) -> dict:
+    """Hyper-parameters to store with a fitted estimator: not where or how fast it ran, nor
+    the eigenvectors kept by a low-rank Gaussian when the fitted one is diagonal."""
+    params = {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
+    if params.get('covariance_type') == 'diag':
+        del params['n_components']
+    return params
 
 
 def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list[BundleScorer]:

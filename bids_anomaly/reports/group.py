@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bids_anomaly.bids.names import group_embedding_name
+from bids_anomaly.bids.names import GROUP_REPORT, group_embedding_name
 from bids_anomaly.reports.html import Section, render_report
 from bids_anomaly.scoring.scorer import BASELINE, BundleScorer
 
 #: The atlas whose heatmaps and bar charts the report shows (all atlases are in the TSVs).
 REPORT_ATLAS_SUFFIX = 'macro'
+#: How the heatmaps mark participants that trained or calibrated a model.
+FITTED = 'fitted'
 
 
 def write_group_report(
@@ -25,7 +27,7 @@ def write_group_report(
     evaluation: pd.DataFrame | None,
     scorers: Sequence[BundleScorer],
 ) -> None:
-    """Write ``OUTPUT_DIR/group_report.html``."""
+    """Write ``OUTPUT_DIR/group_report.html`` (:data:`GROUP_REPORT`)."""
     from bids_anomaly.reports.figures import (
         plot_embedding,
         plot_group_statistics,
@@ -49,15 +51,14 @@ def write_group_report(
         f'Regional anomalies ({atlas})',
         'Rows are participants (controls first), columns regions, colour the % '
         'of abnormal voxels (above the threshold calibrated on held-out '
-        'controls).',
+        f'controls). Controls marked "{FITTED}" trained or calibrated the models: '
+        'their % is low by construction, and they are left out of the statistics.',
     )
     for (name, model, stat), table in regional.items():
         if name == atlas:
             section.add_figure(
                 plot_regional_heatmap(
-                    table.drop(columns=['group', 'held_out'])
-                    .rename(columns={'cohort': 'group'})
-                    .set_index('participant_id'),
+                    heatmap_rows(table),
                     group_column='group',
                     control_label='control',
                     title=f'{model} / {stat}',
@@ -107,10 +108,20 @@ def write_group_report(
     )
     sections.append(section)
     render_report(
-        output_dir / 'group_report.html',
+        output_dir / GROUP_REPORT,
         'bids_anomaly group report',
         sections,
         subtitle=f'{len(people)} participant(s).',
+    )
+
+
+def heatmap_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A group regional table for the heatmap: the fitted controls in a band of their own."""
+    group = table['cohort'].where(table['held_out'], table['cohort'] + f' ({FITTED})')
+    return (
+        table.drop(columns=['group', 'cohort', 'held_out'])
+        .assign(group=group)
+        .set_index('participant_id')
     )
 
 
