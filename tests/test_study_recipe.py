@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_anomaly.bids.names import group_stats_name
+from bids_anomaly.bids.names import group_regions_name, group_stats_name
 from bids_anomaly.cli import main
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
@@ -45,7 +45,7 @@ def test_the_documented_recipe_gives_group_statistics(tmp_path: Path) -> None:
     train = ['--train', '--holdout-controls', '2', *SMALL]
     assert _run(str(bids), str(out), 'group', *FAST, *train) == 0
 
-    people = pd.read_csv(out / 'group_atlas-AAL3macro_model-aeslice_stat-recon_regions.tsv', sep='\t')
+    people = pd.read_csv(out / group_regions_name('AAL3macro', 'aeslice', 'recon'), sep='\t')
     held = people[people['held_out']]
     assert sorted(held['cohort']) == ['control', 'control', 'patient', 'patient']
     stats = pd.read_csv(out / group_stats_name('AAL3macro'), sep='\t', na_values='n/a')
