@@ -64,3 +64,34 @@ def test_subject_p_value_is_the_exact_mann_whitney_one_without_ties() -> None:
     exact = mannwhitneyu(with_anomaly, without, alternative='greater', method='exact').pvalue
     assert np.isclose(subject_auroc_p(with_anomaly, without), exact)
     assert subject_auroc_p(np.array([1.0]), np.array([0.0])) == 0.5
+
+
+def test_demo_summary_says_which_scores_are_at_chance(tmp_path, capsys) -> None:
+    import json
+
+    import pandas as pd
+
+    from bids_anomaly.demo import print_summary
+
+    truth = np.zeros(100, bool)
+    truth[:10] = True
+    rng = np.random.default_rng(0)
+    rows = [
+        {'model': 'saepatch', 'score_type': 'ocsvm'}
+        | detection_metrics(
+            [truth.astype(float)] * 2 + [np.zeros(100)], [truth, truth, np.zeros(100, bool)], 0.5
+        ),
+        {'model': 'baseline', 'score_type': 'zscore'}
+        | detection_metrics([rng.random(100) for _ in range(3)], [truth] * 2 + [~truth], 0.9),
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / 'group_evaluation.tsv', sep='\t', index=False)
+    (tmp_path / 'dataset_description.json').write_text(
+        json.dumps({'GeneratedBy': [{'Name': 'bids_anomaly', 'Version': '0'}]})
+    )
+    print_summary(tmp_path, 60.0)
+    lines = capsys.readouterr().out.splitlines()
+    ocsvm = next(line for line in lines if line.startswith('  saepatch ocsvm: '))
+    assert 'voxel AP 1.0000 = 15.0 x chance (0.0667): above chance' in ocsvm
+    assert ocsvm.endswith('subject AUROC 1.00 (p = 0.33): AT CHANCE')  # 2 against 1
+    baseline = next(line for line in lines if line.startswith('  baseline zscore: '))
+    assert 'AT CHANCE' in baseline
