@@ -114,7 +114,7 @@ class ExecutionConfig:
     )
     verbose: int = setting(
         0,
-        'Debug messages in the log, and the traceback of an unexpected error on stderr.',
+        'Debug messages (on stderr and in the log), and the traceback of an unexpected error.',
         '-v',
         '--verbose',
         count=True,
