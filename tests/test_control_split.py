@@ -43,9 +43,12 @@ def test_without_held_out_controls_the_split_is_unchanged() -> None:
     assert names(calibration) == sorted(names([controls(9)[i] for i in order[:2]]))
 
 
-def test_too_few_controls_name_the_holdout_option() -> None:
-    config = TrainingConfig(models=('sae-patch',), holdout_controls=2)
-    assert min_controls(config) == 2 + 2 + 2
+@pytest.mark.parametrize('models', [('sae-patch',), ('ae-slice',)])
+def test_too_few_controls_name_the_holdout_option(models: tuple[str, ...]) -> None:
+    """Every family needs 2 training controls: the z-score baseline needs a deviation."""
+    assert min_controls(TrainingConfig(models=models, holdout_controls=2)) == 2 + 2 + 2
     with pytest.raises(MissingInputError, match='at least 6 .*--holdout-controls'):
-        split_controls(controls(5), 0.25, seed=0, n_training=2, n_holdout=2)
-    assert len(split_controls(controls(6), 0.25, seed=0, n_training=2, n_holdout=2)[0]) == 2
+        split_controls(controls(5), 0.25, seed=0, n_holdout=2)
+    assert len(split_controls(controls(6), 0.25, seed=0, n_holdout=2)[0]) == 2
+    with pytest.raises(MissingInputError, match='at least 4 .*2 to train on'):
+        split_controls(controls(3), 0.25, seed=0)

@@ -2,7 +2,7 @@
 
 The documented study is two commands: the participant level for everyone, then one
 ``group --train --holdout-controls N``. Settings are the smallest that keep every role filled
-(1 training, 2 calibration and 2 held-out controls, 2 patients; one slice model, one epoch), so
+(2 training, 2 calibration and 2 held-out controls, 2 patients; one slice model, one epoch), so
 the numbers mean nothing: the test checks that the statistics exist, not what they say.
 """
 
@@ -38,7 +38,7 @@ def test_the_documented_recipe_gives_group_statistics(tmp_path: Path) -> None:
     recipe = (ROOT / 'docs' / 'study-recipe.md').read_text(encoding='utf-8')
     assert re.search(r'group --train [^\n]*--holdout-controls', recipe)
     bids = create_fake_bids_dataset(
-        tmp_path / 'bids', n_controls=5, n_patients=2, random_state=1, resolution=2.0
+        tmp_path / 'bids', n_controls=6, n_patients=2, random_state=1, resolution=2.0
     )
     out = tmp_path / 'out'
     assert _run(str(bids), str(out), 'participant', *FAST) == 0

@@ -26,24 +26,18 @@ from bids_anomaly.templates import Template, load_template
 
 LOGGER = logging.getLogger('bids_anomaly')
 MIN_CALIBRATION = 2
-
-
-def min_training(families: tuple[str, ...]) -> int:
-    """Training controls needed: siamese models pair two different participants."""
-    return 2 if any(f.startswith('sae') for f in families) else 1
+#: Training controls needed by every family: a siamese pair is two different controls, and the
+#: z-score baseline that every bundle stores needs a standard deviation per voxel.
+MIN_TRAINING = 2
 
 
 def min_controls(training: TrainingConfig) -> int:
     """Controls that ``group --train`` needs: held out, calibration and training."""
-    return training.holdout_controls + MIN_CALIBRATION + min_training(training.models)
+    return training.holdout_controls + MIN_CALIBRATION + MIN_TRAINING
 
 
 def split_controls(
-    controls: list[Participant],
-    fraction: float,
-    seed: int,
-    n_training: int = 1,
-    n_holdout: int = 0,
+    controls: list[Participant], fraction: float, seed: int, n_holdout: int = 0
 ) -> tuple[list[Participant], list[Participant], list[Participant]]:
     """Seeded split into (training, calibration, held out).
 
@@ -52,11 +46,11 @@ def split_controls(
     """
     n_fitting = len(controls) - n_holdout
     n_calibration = max(MIN_CALIBRATION, int(round(fraction * n_fitting)))
-    if n_fitting - n_calibration < n_training:
+    if n_fitting - n_calibration < MIN_TRAINING:
         raise MissingInputError(
             f'{len(controls)} control(s) with preprocessed data: training needs at least '
-            f'{n_holdout + MIN_CALIBRATION + n_training} ({n_holdout} held out for the '
-            f'statistics, {MIN_CALIBRATION} for calibration, {n_training} to train on); run '
+            f'{n_holdout + MIN_CALIBRATION + MIN_TRAINING} ({n_holdout} held out for the '
+            f'statistics, {MIN_CALIBRATION} for calibration, {MIN_TRAINING} to train on); run '
             'the participant level on more controls or lower --holdout-controls'
         )
     order = np.random.default_rng(seed).permutation(len(controls))
@@ -101,7 +95,6 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
         ready,
         training_cfg.calibration_fraction,
         config.execution.seed,
-        min_training(training_cfg.models),
         training_cfg.holdout_controls,
     )
     modalities = training_cfg.modalities or default_modalities(config.output_dir, ready, template)
