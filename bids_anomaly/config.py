@@ -20,6 +20,7 @@ from bids_anomaly.constants import (
     DEFAULT_CONTROL_LABELS,
     DEFAULT_MODELS,
     EMBEDDING_METHODS,
+    MIN_PATCH_SIZE,
     MODALITIES,
     MODEL_FAMILIES,
     NORM_METHODS,
@@ -113,7 +114,13 @@ class ExecutionConfig:
     seed: int = setting(
         20251125, 'Random seed for sampling, training and embeddings.', '--seed', metavar='INT'
     )
-    verbose: int = setting(0, 'Increase log verbosity (-v, -vv).', '-v', '--verbose', count=True)
+    verbose: int = setting(
+        0,
+        'Debug messages (on stderr and in the log), and the traceback of an unexpected error.',
+        '-v',
+        '--verbose',
+        count=True,
+    )
 
 
 @dataclass
@@ -201,10 +208,18 @@ class TrainingConfig:
     )
     calibration_fraction: float = setting(
         0.25,
-        'Share of controls held out from training for early stopping and threshold '
-        'calibration (at least 2 participants).',
+        'Share of the controls used for fitting that is held out from training, to pick the '
+        'epoch with the lowest validation loss and calibrate the thresholds (at least 2 '
+        'participants).',
         '--calibration-fraction',
         metavar='FRAC',
+    )
+    holdout_controls: int = setting(
+        0,
+        'Controls drawn (seeded) and kept out of training and calibration, so that the group '
+        'statistics compare the patients with controls no model has seen (with --train).',
+        '--holdout-controls',
+        metavar='N',
     )
     epochs: int = setting(
         0,
@@ -398,6 +413,7 @@ class RunConfig:
         for flag, value in (
             ('--nprocs', self.execution.nprocs),
             ('--omp-nthreads', self.execution.omp_nthreads),
+            ('--holdout-controls', train.holdout_controls),
             ('--epochs', train.epochs),
             ('--batch-size', train.batch_size),
             ('--latent-channels', train.latent_channels),
@@ -418,6 +434,11 @@ class RunConfig:
                 raise ValueError(f'{flag} {value}: must be positive')
         if train.patch_size % 2 == 0:
             raise ValueError(f'--patch-size {train.patch_size}: must be odd (centred on a voxel)')
+        if train.patch_size < MIN_PATCH_SIZE:
+            raise ValueError(
+                f'--patch-size {train.patch_size}: must be at least {MIN_PATCH_SIZE | 1} '
+                f'(the patch network needs {MIN_PATCH_SIZE} voxels to reach its code)'
+            )
         if len(score.atlas) != len(score.atlas_labels):
             raise ValueError(
                 f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '

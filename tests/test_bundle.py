@@ -179,10 +179,8 @@ def test_inspect_prints_the_model_card(bundle: Path) -> None:
         assert text in result.output
     raw = CliRunner().invoke(main, ['inspect', '--json', str(bundle)])
     assert json.loads(raw.output)['family'] == 'sae-patch'
-    (bundle / 'weights.safetensors').write_bytes(b'tampered')
-    assert 'ALTERED OR MISSING' in CliRunner().invoke(main, ['inspect', str(bundle)]).output
     failed = CliRunner().invoke(main, ['inspect', str(bundle.parent)])
-    assert failed.exit_code == 1 and 'model.json: not found' in failed.output
+    assert failed.exit_code == 66 and 'model.json: not found' in failed.output
 
 
 def test_a_denoising_unet_bundle_loads_back_with_its_noise(tmp_path: Path) -> None:
@@ -195,3 +193,22 @@ def test_a_denoising_unet_bundle_loads_back_with_its_noise(tmp_path: Path) -> No
     x = torch.rand(2, 1, *GRID[:2])
     with torch.no_grad():
         assert torch.equal(loaded.model(x).recon, model(x).recon)
+
+
+@pytest.mark.parametrize('damage', ['alter', 'remove'])
+@pytest.mark.parametrize('as_json', [False, True])
+def test_inspect_exits_66_on_an_altered_or_missing_file(
+    bundle: Path, damage: str, as_json: bool
+) -> None:
+    add_arrays(bundle, 'gauss', {'mean': np.zeros(3, np.float32)})
+    target = bundle / 'gauss.safetensors'
+    if damage == 'alter':
+        target.write_bytes(b'tampered')
+    else:
+        target.unlink()
+    result = CliRunner().invoke(main, ['inspect', *(['--json'] if as_json else []), str(bundle)])
+    assert result.exit_code == 66
+    assert result.output.count('gauss.safetensors missing or altered') == 1
+    if not as_json:
+        assert 'gauss.safetensors (ALTERED OR MISSING)' in result.output
+        assert 'weights.safetensors (sha256 ok)' in result.output

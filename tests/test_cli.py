@@ -99,6 +99,7 @@ def test_malformed_participants_table_exits_16_at_group_level(
         (['--atlas', 'a.nii.gz'], '--atlas-labels'),
         (['--registration', 'rigid'], 'rigid'),
         (['--patch-size', '14'], '--patch-size'),
+        (['--patch-size', '11'], '--patch-size 11: must be at least 13'),
         (['--no-such-option'], '--no-such-option'),
     ],
 )

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from bids_anomaly import __version__
 from bids_anomaly.bids.derivatives import DerivativesWriter, build_name, build_path
 from bids_anomaly.io import atomic_path
 
+ROOT = Path(__file__).resolve().parents[1]
 SPACE = {'space': 'MNI152NLin2009aSym', 'res': '1p5'}
 
 
@@ -99,6 +102,23 @@ def test_written_dataset_indexes_with_pybids(tmp_path: Path) -> None:
     assert description['GeneratedBy'][0]['Name'] == 'bids_anomaly'
     assert description['SourceDatasets'][0]['URL'].startswith('file://')
     assert 'group_*' in (tmp_path / 'out' / '.bidsignore').read_text()
+    assert_acknowledges_the_citation(description['HowToAcknowledge'])
+
+
+def assert_acknowledges_the_citation(acknowledge: str) -> None:
+    """HowToAcknowledge names CITATION.cff and every method paper it references."""
+    citation = yaml.safe_load((ROOT / 'CITATION.cff').read_text(encoding='utf-8'))
+    assert citation['cff-version'] == '1.2.0'
+    assert citation['authors'] == [{'name': 'bids_anomaly developers'}]
+    project = tomllib.loads((ROOT / 'pyproject.toml').read_text(encoding='utf-8'))['project']
+    assert citation['version'] == project['version']
+    assert 'CITATION.cff' in acknowledge and citation['repository-code'] in acknowledge
+    for reference in citation['references']:
+        first_author = reference['authors'][0]['family-names']
+        ids = [reference.get('doi'), *(i['value'] for i in reference.get('identifiers', []))]
+        assert first_author in acknowledge and any(i and str(i) in acknowledge for i in ids), (
+            reference['title']
+        )
 
 
 def test_table_columns_must_be_described(tmp_path: Path) -> None:

@@ -71,6 +71,23 @@ def test_plot_regional_heatmap_puts_controls_first(tmp_path, table):
     assert output.read_text().lstrip().startswith('<?xml')
 
 
+def test_report_heatmap_sets_the_fitted_controls_apart():
+    from bids_anomaly.reports.group import heatmap_rows
+
+    regional = pd.DataFrame(
+        {
+            'participant_id': ['sub-01', 'sub-02', 'sub-03', 'sub-04'],
+            'group': ['HC', 'HC', 'HC', 'PD'],
+            'cohort': ['control', 'control', 'control', 'patient'],
+            'held_out': [False, True, False, True],
+            'whole_brain': [0.1, 2.5, 0.2, 4.0],
+        }
+    )
+    fig = plot_regional_heatmap(heatmap_rows(regional))
+    bands = [text.get_text() for text in fig.axes[0].texts]
+    assert bands == ['control (n=1)', 'control (fitted) (n=2)', 'patient (n=1)']
+
+
 def test_plot_group_statistics_one_panel_per_model(tmp_path):
     stats = pd.DataFrame(
         {

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bids_anomaly.constants import MIN_PATCH_SIZE
 from bids_anomaly.models import FAMILIES, ModelSpec, TrainParams, build_model, objective
 from bids_anomaly.models.losses import reconstruction_loss, similarity_loss, ssim
 from bids_anomaly.models.networks import AutoEncoderOutput
@@ -108,7 +109,13 @@ def test_padded_convolution_equals_stride_one_transposed_convolution() -> None:
     assert torch.allclose(padded(x), transposed(x), atol=1e-5)
 
 
-@pytest.mark.parametrize('patch_size', [12, 13, 16, 21])
+def test_smallest_patch_size_gives_a_one_voxel_code() -> None:
+    """MIN_PATCH_SIZE, which the command line validates against, is the network's real limit."""
+    model = build_model(ModelSpec('ae-patch', patch_size=MIN_PATCH_SIZE, latent_channels=8))
+    assert model.latent_shape == (8, 1, 1)
+
+
+@pytest.mark.parametrize('patch_size', [MIN_PATCH_SIZE, 13, 16, 21])
 def test_other_patch_sizes_are_restored(patch_size: int) -> None:
     model = build_model(ModelSpec('ae-patch', patch_size=patch_size, latent_channels=8))
     out = model(torch.rand(3, 1, patch_size, patch_size))
@@ -141,7 +148,7 @@ def test_spec_defaults_and_validation() -> None:
         {'family': 'gan'},
         {'family': 'ae-patch', 'loss': 'huber'},
         {'family': 'sae-slice', 'metric': 'dot'},
-        {'family': 'ae-patch', 'patch_size': 9},
+        {'family': 'ae-patch', 'patch_size': MIN_PATCH_SIZE - 1},
     ):
         with pytest.raises(ValueError, match=repr(next(reversed(bad.values())))):
             ModelSpec(**bad)

@@ -328,3 +328,15 @@ def test_moderated_z_score_lifts_a_voxel_without_spread_and_keeps_the_means():
     assert model.scale_[100, 0] > 0.05  # borrowed from its neighbours, not ~0
     z = model.signed_z(np.full((mask.sum(), 1, 1), 1.5, dtype=np.float32))
     assert abs(z[100, 0, 0]) < 20  # a plain z-score would be ~1e5
+
+
+def test_bundle_metadata_of_the_diagonal_gaussian_names_no_eigenvectors(codes):
+    """model.json records what is fitted: a diagonal Gaussian keeps no eigenvectors."""
+    from bids_anomaly.levels.score import estimator_metadata
+
+    model = VoxelGaussian(covariance_type='diag', chunk_size=10).fit(codes[0])
+    metadata = estimator_metadata(model)
+    assert metadata['covariance_type'] == 'diag' and metadata['shrinkage'] == 'ledoit_wolf'
+    assert 'n_components' not in metadata and 'device' not in metadata
+    rebuilt = VoxelGaussian.from_arrays(model.to_arrays(compact=False), **metadata)
+    np.testing.assert_array_equal(rebuilt.score_samples(codes[1]), model.score_samples(codes[1]))

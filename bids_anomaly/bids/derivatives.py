@@ -20,6 +20,23 @@ from bids_anomaly import APP_NAME, CODE_URL, __version__
 from bids_anomaly.io import atomic_path, write_json, write_text
 
 BIDS_VERSION = '1.10.0'
+#: The ``HowToAcknowledge`` of the derivatives: the software (CITATION.cff in its repository)
+#: and the method papers it implements, the same as CITATION.cff's references.
+HOW_TO_ACKNOWLEDGE = (
+    f'Please cite {APP_NAME} (see CITATION.cff in {CODE_URL}) and the methods it implements: '
+    'Alaverdyan Z, Jung J, Bouet R, Lartizien C. Regularized siamese neural network for '
+    'unsupervised outlier detection on brain multiparametric MRI: application to epilepsy '
+    'lesion screening. Medical Image Analysis 60:101618, 2020. doi:10.1016/j.media.2019.101618; '
+    'Muñoz-Ramírez V, Pinon N, Forbes F, Lartizien C, Dojat M. Patch vs. global image-based '
+    'unsupervised anomaly detection in MR brain scans of early Parkinsonian patients. MLCN 2021, '
+    'LNCS, pp. 34-43. doi:10.1007/978-3-030-87586-2_4; '
+    'Muñoz-Ramírez V, Kmetzsch V, Forbes F, Meoni S, Moro E, Dojat M. Subtle anomaly '
+    'detection: application to brain MRI analysis of de novo Parkinsonian patients. Artificial '
+    'Intelligence in Medicine, 2022. PMID:35241258; '
+    'Pinon N, Oudoumanessah G, Trombetta R, Dojat M, Forbes F, Lartizien C. Brain subtle '
+    'anomaly detection based on auto-encoders latent space analysis: application to de novo '
+    'Parkinson patients. IEEE ISBI 2023. arXiv:2302.13593.'
+)
 #: Entity order in file names (BIDS order; ``desc`` last). ``param`` and ``stat`` are BIDS
 #: derivative entities that pybids' default configuration does not know: see PYBIDS_CONFIG.
 ENTITY_ORDER = (
@@ -156,6 +173,7 @@ class DerivativesWriter:
             'BIDSVersion': BIDS_VERSION,
             'DatasetType': 'derivative',
             'GeneratedBy': [generated_by],
+            'HowToAcknowledge': HOW_TO_ACKNOWLEDGE,
         }
         if self.source_dataset is not None:
             description['SourceDatasets'] = [{'URL': Path(self.source_dataset).resolve().as_uri()}]

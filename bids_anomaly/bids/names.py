@@ -73,6 +73,11 @@ def group_regions_name(atlas: str, model: str, stat: str) -> str:
     return f'group_atlas-{atlas}_model-{model}_stat-{stat}_regions.tsv'
 
 
+def group_stats_name(atlas: str) -> str:
+    """Group table of patients-versus-controls statistics per region, every model, one atlas."""
+    return f'group_stats_{atlas}.tsv'
+
+
 def group_embedding_name(model: str) -> str:
     """Group table of every participant's embedded latent codes, per model."""
     return f'group_embedding_{model}.tsv'
@@ -86,3 +91,9 @@ def group_abnormal_name(entities: Mapping[str, str]) -> str:
 def group_viewer_name(entities: Mapping[str, str]) -> str:
     """Interactive viewer page of :func:`group_abnormal_name`'s map."""
     return 'group_' + build_name({**entities, 'desc': 'patients'}, 'viewer', '.html')
+
+
+#: Group outputs with fixed names, at the root of OUTPUT_DIR.
+GROUP_LATENT_METRICS = 'group_latent_metrics.tsv'
+GROUP_EVALUATION = 'group_evaluation.tsv'
+GROUP_REPORT = 'group_report.html'

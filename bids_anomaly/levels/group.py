@@ -31,11 +31,9 @@ def run_group_level(context: RunContext) -> None:
     config = context.config
     template = load_template(config.preprocessing.resolution)
     if config.training.train:
-        from bids_anomaly.levels.train import MIN_CALIBRATION, min_training, train_bundles
+        from bids_anomaly.levels.train import min_controls, train_bundles
 
-        controls = require_controls(
-            context.participants, config, MIN_CALIBRATION + min_training(config.training.models)
-        )
+        controls = require_controls(context.participants, config, min_controls(config.training))
         train_bundles(context, controls)
     paths = bundle_paths(config)
     if not paths:

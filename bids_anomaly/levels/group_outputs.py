@@ -17,10 +17,13 @@ import pandas as pd
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import (
+    GROUP_EVALUATION,
+    GROUP_LATENT_METRICS,
     OUTPUTS,
     group_abnormal_name,
     group_embedding_name,
     group_regions_name,
+    group_stats_name,
 )
 from bids_anomaly.levels import RunContext
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
@@ -203,7 +206,7 @@ def group_statistics_tables(
     }
     for atlas, rows in statistics.groupby('atlas', sort=False):
         context.writer.write_group_table(
-            f'group_stats_{atlas}.tsv',
+            group_stats_name(atlas),
             rows,
             columns=columns,
             sidecar={
@@ -282,7 +285,7 @@ def latent_analysis(
         all_metrics.append(metrics)
     metrics = pd.concat(all_metrics, ignore_index=True)
     context.writer.write_group_table(
-        'group_latent_metrics.tsv',
+        GROUP_LATENT_METRICS,
         metrics,
         columns={c: METRIC_COLUMNS.get(c, 'See docs/outputs.md.') for c in metrics.columns},
     )
@@ -353,7 +356,7 @@ def ground_truth_evaluation(
         )
     table = pd.DataFrame(rows)
     context.writer.write_group_table(
-        'group_evaluation.tsv',
+        GROUP_EVALUATION,
         table,
         columns=COLUMN_DESCRIPTIONS,
         sidecar={'GroundTruth': str(truth_dir)},

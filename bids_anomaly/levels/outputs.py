@@ -226,7 +226,9 @@ STAT_DESCRIPTIONS = {
     'errors (z-score with empirical-Bayes moderated variance; signed: negative is better '
     'reconstructed than normal).',
     'ocsvm': 'Per-voxel RBF one-class SVM on latent codes: -decision_function.',
-    'gaussian': 'Per-voxel Gaussian on latent codes (shrunk covariance): -decision_function.',
+    'gaussian': 'Per-voxel Gaussian on latent codes with a diagonal covariance (variances '
+    'shrunk toward their mean, Ledoit-Wolf): squared standardised distance minus its 97th '
+    'percentile over the training codes (-decision_function).',
     ZSCORE: 'Voxel-wise z-score of intensities against the training controls (max over '
     'channels of |z|, minus the reference-distribution offset).',
 }

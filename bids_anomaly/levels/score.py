@@ -62,7 +62,7 @@ def fit_normative(
     mask = scorer.mask
     started = time.monotonic()
     zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
-    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
+    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=estimator_metadata(zscore))
     is_patch = scorer.card.spec.is_patch
     errors, codes = [], []
     for volume in train_volumes:
@@ -71,7 +71,7 @@ def fit_normative(
         if is_patch:
             codes.append(outputs.codes)
     recon_z = fit_moderated(np.stack(errors, axis=1)[:, :, None], mask, scorer.device)
-    add_arrays(bundle, RECON_Z, recon_z.to_arrays(), metadata=_params(recon_z))
+    add_arrays(bundle, RECON_Z, recon_z.to_arrays(), metadata=estimator_metadata(recon_z))
     if is_patch:
         samples = NeighbourhoodSamples(np.stack(codes), mask, radius)
         LOGGER.info(
@@ -80,15 +80,16 @@ def fit_normative(
             *samples.shape[1:],
         )
         for name in ('ocsvm', 'gaussian'):
-            # a diagonal (shrunk) Gaussian: one 64x64 eigendecomposition per voxel for the
-            # full or low-rank forms costs minutes per brain on CPU, and ~8.7 kB per voxel
+            # a diagonal Gaussian (Ledoit-Wolf shrunk variances): one 64x64 eigendecomposition
+            # per voxel for the full or low-rank forms costs minutes per brain on CPU, and
+            # ~8.7 kB per voxel
             params = (
                 {'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs}
                 if name == 'ocsvm'
                 else {'covariance_type': 'diag'}
             )
             estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
-            add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
+            add_arrays(bundle, name, estimator.to_arrays(), metadata=estimator_metadata(estimator))
     LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
     scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
     scorer.fwhm_mm = fwhm_mm
@@ -121,9 +122,13 @@ def fit_normative(
     )
 
 
-def _params(estimator) -> dict:
-    """Hyper-parameters to store with a fitted estimator (not where or how fast it ran)."""
-    return {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
+def estimator_metadata(estimator) -> dict:
+    """Hyper-parameters to store with a fitted estimator: not where or how fast it ran, nor
+    the eigenvectors kept by a low-rank Gaussian when the fitted one is diagonal."""
+    params = {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
+    if params.get('covariance_type') == 'diag':
+        del params['n_components']
+    return params
 
 
 def load_scorers(

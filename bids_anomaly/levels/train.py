@@ -1,7 +1,9 @@
 """Group level, ``--train``: fit every requested model family on the controls, save bundles.
 
-Controls are split once (seeded) into training and calibration sets; the calibration controls
-are never trained on: they pick the best epoch and, in the scoring stage, set the thresholds.
+Controls are split once (seeded) into training, calibration and held-out sets. The calibration
+controls are never trained on: they pick the best epoch and, in the scoring stage, set the
+thresholds. The held-out controls (``--holdout-controls``) fit nothing, so that the group
+statistics have controls to compare the patients with.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import default_modalities, load_volumes, preprocessed_path
-from bids_anomaly.config import RunConfig
+from bids_anomaly.config import RunConfig, TrainingConfig
 from bids_anomaly.constants import INTENSITY_QUANTILES
 from bids_anomaly.errors import MissingInputError, UsageError
 from bids_anomaly.levels import RunContext
@@ -24,28 +26,39 @@ from bids_anomaly.templates import Template, load_template
 
 LOGGER = logging.getLogger('bids_anomaly')
 MIN_CALIBRATION = 2
+#: Training controls needed by every family: a siamese pair is two different controls, and the
+#: z-score baseline that every bundle stores needs a standard deviation per voxel.
+MIN_TRAINING = 2
 
 
-def min_training(families: tuple[str, ...]) -> int:
-    """Training controls needed: siamese models pair two different participants."""
-    return 2 if any(f.startswith('sae') for f in families) else 1
+def min_controls(training: TrainingConfig) -> int:
+    """Controls that ``group --train`` needs: held out, calibration and training."""
+    return training.holdout_controls + MIN_CALIBRATION + MIN_TRAINING
 
 
 def split_controls(
-    controls: list[Participant], fraction: float, seed: int, n_training: int = 1
-) -> tuple[list[Participant], list[Participant]]:
-    """Seeded split into (training, calibration); at least 2 calibration controls."""
-    n_calibration = max(MIN_CALIBRATION, int(round(fraction * len(controls))))
-    if len(controls) - n_calibration < n_training:
+    controls: list[Participant], fraction: float, seed: int, n_holdout: int = 0
+) -> tuple[list[Participant], list[Participant], list[Participant]]:
+    """Seeded split into (training, calibration, held out).
+
+    ``n_holdout`` controls are drawn first; ``fraction`` of the others, at least 2, calibrate.
+    Without held-out controls the split is the same as it was before they existed.
+    """
+    n_fitting = len(controls) - n_holdout
+    n_calibration = max(MIN_CALIBRATION, int(round(fraction * n_fitting)))
+    if n_fitting - n_calibration < MIN_TRAINING:
         raise MissingInputError(
             f'{len(controls)} control(s) with preprocessed data: training needs at least '
-            f'{MIN_CALIBRATION + n_training} ({MIN_CALIBRATION} held out for calibration, '
-            f'{n_training} to train on); run the participant level on more controls'
+            f'{n_holdout + MIN_CALIBRATION + MIN_TRAINING} ({n_holdout} held out for the '
+            f'statistics, {MIN_CALIBRATION} for calibration, {MIN_TRAINING} to train on); run '
+            'the participant level on more controls or lower --holdout-controls'
         )
     order = np.random.default_rng(seed).permutation(len(controls))
-    calibration = sorted((controls[i] for i in order[:n_calibration]), key=lambda p: p.name)
-    training = sorted((controls[i] for i in order[n_calibration:]), key=lambda p: p.name)
-    return training, calibration
+    parts = np.split(order, [n_holdout, n_holdout + n_calibration])
+    held_out, calibration, training = (
+        sorted((controls[i] for i in part), key=lambda p: p.name) for part in parts
+    )
+    return training, calibration, held_out
 
 
 def preprocessed_controls(
@@ -78,19 +91,22 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     training_cfg = config.training
     template = load_template(config.preprocessing.resolution)
     ready = preprocessed_controls(context, controls, template)
-    training, calibration = split_controls(
+    training, calibration, held_out = split_controls(
         ready,
         training_cfg.calibration_fraction,
         config.execution.seed,
-        min_training(training_cfg.models),
+        training_cfg.holdout_controls,
     )
     modalities = training_cfg.modalities or default_modalities(config.output_dir, ready, template)
     LOGGER.info(
-        'training on %d control(s) (%s), calibrating on %d (%s), modalities %s',
+        'training on %d control(s) (%s), calibrating on %d (%s), holding out %d for the '
+        'group statistics (%s), modalities %s',
         len(training),
         ', '.join(p.name for p in training),
         len(calibration),
         ', '.join(p.name for p in calibration),
+        len(held_out),
+        ', '.join(p.name for p in held_out) or 'none',
         '+'.join(modalities),
     )
     train_volumes = load_volumes(config.output_dir, training, modalities, template)

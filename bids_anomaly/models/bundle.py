@@ -6,7 +6,8 @@ thresholds) are safetensors files whose SHA-256 is recorded in ``model.json`` an
 every load. A bundle whose template, resolution, grid or modalities differ from the data is
 refused with a :class:`BundleError`, one line that names the file and the fix.
 
-``bids_anomaly-model inspect PATH`` prints the model card.
+``bids_anomaly-model inspect PATH`` prints the model card and exits with 66 when a file is
+missing or altered.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import math
 import platform
+import sys
 import typing as ty
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from bids_anomaly.errors import MissingInputError
 from bids_anomaly.io import atomic_path, sha256, write_text
 from bids_anomaly.models.networks import AutoEncoder, build_model, count_parameters
 from bids_anomaly.models.spec import ModelSpec, TrainParams
@@ -507,20 +510,30 @@ def _show(value: ty.Any) -> str:
     return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def format_card(path: Path) -> str:
-    """Human-readable model card, with the integrity of each file checked."""
+def damaged_files(path: Path) -> list[str]:
+    """Files listed in ``model.json`` that are missing or whose SHA-256 differs."""
+    path = Path(path)
+    document = _read_json(path)
+    damaged = []
+    for entry in (document['weights'], *document['arrays'].values()):
+        try:
+            _verified(path, entry)
+        except BundleError:
+            damaged.append(entry['file'])
+    return damaged
+
+
+def format_card(path: Path, damaged: ty.Collection[str]) -> str:
+    """Human-readable model card; ``damaged`` are the files of :func:`damaged_files`."""
     path = Path(path)
     document = _read_json(path)
     card = read_card(path)
     spec, params = card.spec, card.params
     files = {'weights': document['weights'], **document['arrays']}
-    status = {}
-    for key, entry in files.items():
-        try:
-            _verified(path, entry)
-            status[key] = 'sha256 ok'
-        except BundleError:
-            status[key] = 'ALTERED OR MISSING'
+    status = {
+        key: 'ALTERED OR MISSING' if entry['file'] in damaged else 'sha256 ok'
+        for key, entry in files.items()
+    }
     last = card.history[-1] if card.history else {}
     lines = [
         f'{document["name"]}: {spec.family} ({document["n_parameters"]:,} parameters)',
@@ -559,9 +572,25 @@ def main() -> None:
 @click.argument('path', type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option('--json', 'as_json', is_flag=True, help='Print model.json as stored.')
 def inspect(path: Path, as_json: bool) -> None:
-    """Print the model card of the bundle in PATH."""
+    """Print the model card of the bundle in PATH and check its files.
+
+    Exits with 66 (as the BIDS-App does for an unusable bundle) when model.json cannot be read
+    or a file it lists is missing or altered.
+    """
     try:
-        text = json.dumps(_read_json(path), indent=2) if as_json else format_card(path)
+        damaged = damaged_files(path)
+        text = json.dumps(_read_json(path), indent=2) if as_json else format_card(path, damaged)
     except BundleError as error:
-        raise click.ClickException(str(error)) from error
+        _fail(str(error))
     click.echo(text)
+    if damaged:
+        _fail(
+            f'{path}: {", ".join(damaged)} missing or altered (SHA-256 differs from '
+            f'model.json); restore the bundle or {_RETRAIN}.'
+        )
+
+
+def _fail(message: str) -> ty.NoReturn:
+    """One line on stderr and the exit code of a missing or unusable input."""
+    click.echo(f'bids_anomaly-model: error: {message}', err=True)
+    sys.exit(MissingInputError.exit_code)

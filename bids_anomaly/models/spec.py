@@ -12,7 +12,7 @@ import dataclasses
 import typing as ty
 from dataclasses import dataclass
 
-from bids_anomaly.constants import MODEL_FAMILIES
+from bids_anomaly.constants import MIN_PATCH_SIZE, MODEL_FAMILIES
 
 Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice']
 ReconstructionLoss = ty.Literal['l1', 'l2', 'ssim']
@@ -110,9 +110,10 @@ class ModelSpec:
             raise ValueError(f'in_channels must be >= 1, got {self.in_channels}.')
         if len(self.grid_shape) != 3 or min(self.grid_shape) < 1:
             raise ValueError(f'grid_shape must be three positive sizes, got {self.grid_shape}.')
-        if self.is_patch and self.patch_size < 12:
+        if self.is_patch and self.patch_size < MIN_PATCH_SIZE:
             raise ValueError(
-                f'patch_size must be >= 12 to reach a 2D bottleneck, got {self.patch_size}.'
+                f'patch_size must be >= {MIN_PATCH_SIZE} to reach a 2D bottleneck, '
+                f'got {self.patch_size}.'
             )
         if self.denoising and self.variational:
             raise ValueError('A denoising model has no variational head; drop variational.')

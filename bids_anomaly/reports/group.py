@@ -9,13 +9,15 @@ import nibabel as nib
 import pandas as pd
 
 from bids_anomaly.bids.derivatives import DerivativesWriter
-from bids_anomaly.bids.names import group_embedding_name, group_viewer_name
+from bids_anomaly.bids.names import GROUP_REPORT, group_embedding_name, group_viewer_name
 from bids_anomaly.reports.html import Section, render_report
 from bids_anomaly.scoring.scorer import BASELINE, BundleScorer
 from bids_anomaly.templates import Template
 
 #: The atlas whose heatmaps and bar charts the report shows (all atlases are in the TSVs).
 REPORT_ATLAS_SUFFIX = 'macro'
+#: How the heatmaps mark participants that trained or calibrated a model.
+FITTED = 'fitted'
 
 
 def write_group_report(
@@ -31,7 +33,8 @@ def write_group_report(
     maps: Mapping[tuple[str, str], Path],
     expected_pct: float,
 ) -> None:
-    """Write ``OUTPUT_DIR/group_report.html`` and the viewer pages of the group maps.
+    """Write ``OUTPUT_DIR/group_report.html`` (:data:`GROUP_REPORT`) and the viewer pages of the
+    group maps.
 
     ``maps`` are the % of patients abnormal per voxel, by (model, stat); ``expected_pct`` is the
     % of a control's voxels above the calibrated thresholds, below which the viewers are blank.
@@ -60,15 +63,14 @@ def write_group_report(
         f'Regional anomalies ({atlas})',
         'Rows are participants (controls first), columns regions, colour the % '
         'of abnormal voxels (above the threshold calibrated on held-out '
-        'controls).',
+        f'controls). Controls marked "{FITTED}" trained or calibrated the models: '
+        'their % is low by construction, and they are left out of the statistics.',
     )
     for (name, model, stat), table in regional.items():
         if name == atlas:
             section.add_figure(
                 plot_regional_heatmap(
-                    table.drop(columns=['group', 'held_out'])
-                    .rename(columns={'cohort': 'group'})
-                    .set_index('participant_id'),
+                    heatmap_rows(table),
                     group_column='group',
                     control_label='control',
                     title=f'{model} / {stat}',
@@ -120,7 +122,7 @@ def write_group_report(
     )
     sections.append(section)
     render_report(
-        output_dir / 'group_report.html',
+        output_dir / GROUP_REPORT,
         'bids_anomaly group report',
         sections,
         subtitle=f'{len(people)} participant(s).',
@@ -158,6 +160,16 @@ def patient_maps_section(
         caption = f'{model} / {stat}: % of patients abnormal.'
         section.add_viewer(name, caption, page.width, page.height)
     return section
+
+
+def heatmap_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """A group regional table for the heatmap: the fitted controls in a band of their own."""
+    group = table['cohort'].where(table['held_out'], table['cohort'] + f' ({FITTED})')
+    return (
+        table.drop(columns=['group', 'cohort', 'held_out'])
+        .assign(group=group)
+        .set_index('participant_id')
+    )
 
 
 def cohort_section(people: pd.DataFrame) -> Section:
