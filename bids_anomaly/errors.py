@@ -39,3 +39,9 @@ class CannotCreateError(AppError):
     """An output cannot be created (EX_CANTCREAT)."""
 
     exit_code = 73
+
+
+class BusyError(AppError):
+    """Another run holds the output dataset (EX_TEMPFAIL: try again once it finished)."""
+
+    exit_code = 75
