@@ -10,6 +10,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +26,18 @@ from bids_anomaly.bids.layout import (
 )
 from bids_anomaly.config import RunConfig
 from bids_anomaly.devices import check_device, set_threads
-from bids_anomaly.errors import AppError, CannotCreateError, MissingInputError, UsageError
+from bids_anomaly.errors import (
+    AppError,
+    BusyError,
+    CannotCreateError,
+    MissingInputError,
+    UsageError,
+)
+from bids_anomaly.locks import file_lock
 
 LOGGER = logging.getLogger('bids_anomaly')
+#: Lock file at the root of OUTPUT_DIR (hidden: BIDS tools and pybids skip it).
+RUN_LOCK = '.bids_anomaly.lock'
 
 
 @dataclass
@@ -44,15 +54,16 @@ class RunContext:
 def run(config: RunConfig) -> None:
     """Run the requested analysis level; raises :class:`AppError` subclasses on failure."""
     started = time.monotonic()
-    context = prepare(config)
-    if config.analysis_level == 'participant':
-        from bids_anomaly.levels.participant import run_participant_level
+    with ExitStack() as held:
+        context = prepare(config, held)
+        if config.analysis_level == 'participant':
+            from bids_anomaly.levels.participant import run_participant_level
 
-        run_participant_level(context)
-    else:
-        from bids_anomaly.levels.group import run_group_level
+            run_participant_level(context)
+        else:
+            from bids_anomaly.levels.group import run_group_level
 
-        run_group_level(context)
+            run_group_level(context)
     LOGGER.info(
         '%s level finished in %.1f s; outputs in %s',
         config.analysis_level,
@@ -61,10 +72,11 @@ def run(config: RunConfig) -> None:
     )
 
 
-def prepare(config: RunConfig) -> RunContext:
+def prepare(config: RunConfig, held: ExitStack) -> RunContext:
     """Check inputs, create the output dataset, start logging, save the configuration, discover.
 
     Usage errors and an invalid dataset are reported before anything is created in OUTPUT_DIR.
+    The OUTPUT_DIR lock (:func:`claim_output_dir`) stays in ``held`` until the run ends.
     """
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
@@ -97,6 +109,7 @@ def prepare(config: RunConfig) -> RunContext:
             raise CannotCreateError(
                 f'{folder} is not writable; fix its permissions or choose another location'
             )
+    claim_output_dir(output_dir, config.analysis_level, held)
     config.bids_dir, config.output_dir = bids_dir, output_dir
     # A random suffix keeps the names of simultaneous runs (job arrays) apart.
     stamp = f'{datetime.now(UTC).strftime("%Y%m%d-%H%M%S")}_{uuid.uuid4().hex[:6]}'
@@ -113,16 +126,17 @@ def prepare(config: RunConfig) -> RunContext:
         output_dir,
     )
 
-    layout = load_layout(bids_dir, work_dir / 'pybids_db')
-    participants = discover(
-        layout,
-        bids_dir=bids_dir,
-        participant_label=config.execution.participant_label,
-        session_label=config.execution.session_label,
-        queries=queries,
-        group_column=config.cohort.group_column,
-        control_labels=config.cohort.control_label,
-    )
+    with file_lock(work_dir / '.pybids_db.lock'):  # runs sharing a work dir index in turn
+        layout = load_layout(bids_dir, work_dir / 'pybids_db')
+        participants = discover(
+            layout,
+            bids_dir=bids_dir,
+            participant_label=config.execution.participant_label,
+            session_label=config.execution.session_label,
+            queries=queries,
+            group_column=config.cohort.group_column,
+            control_labels=config.cohort.control_label,
+        )
     LOGGER.info(
         'selected %d participant(s): %s',
         len(participants),
@@ -131,6 +145,28 @@ def prepare(config: RunConfig) -> RunContext:
     writer = DerivativesWriter(output_dir, configuration=config.to_dict(), source_dataset=bids_dir)
     writer.ensure_dataset()
     return RunContext(config, work_dir, log_dir, writer, participants)
+
+
+def claim_output_dir(output_dir: Path, level: str, held: ExitStack) -> None:
+    """Lock OUTPUT_DIR for this run: participant runs share it, a group run has it alone.
+
+    The group level reads every participant's outputs, so it must not start while participant
+    runs (job-array tasks) still write theirs, and two group runs would write the same bundles.
+    Either way the late run stops at once with one line (:class:`BusyError`, exit 75).
+    """
+    try:
+        held.enter_context(
+            file_lock(output_dir / RUN_LOCK, shared=level == 'participant', wait=False)
+        )
+    except BlockingIOError:
+        holder = {
+            'participant': 'a group-level run',
+            'group': 'another run (participant level still running, or another group run)',
+        }[level]
+        raise BusyError(
+            f'OUTPUT_DIR {output_dir} is in use by {holder}; start the {level} level again '
+            'once it finished'
+        ) from None
 
 
 def setup_logging(log_file: Path, verbose: int) -> None:
