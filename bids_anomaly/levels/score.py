@@ -8,6 +8,7 @@ models), the z-score baseline, and the thresholds calibrated on the held-out con
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.fingerprints import fingerprint, recorded, stamp
-from bids_anomaly.io import sha256
 from bids_anomaly.models.bundle import MODEL_JSON, BundleError, add_arrays
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
 from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
@@ -245,15 +245,20 @@ def scoring_fingerprint(
     template: Template,
     config,
 ) -> str:
-    """What a participant's scores are computed from: the bundle (its model.json holds the
-    SHA-256 of every file), the preprocessed inputs' bytes, the atlases and the seed."""
+    """What a participant's scores are computed from: the bundle's card (which holds the
+    SHA-256 of every file of the bundle; its training history's timings do not count), the
+    preprocessed inputs' bytes, the atlases and the seed."""
     from bids_anomaly.bids.preprocessed import preprocessed_path
 
     inputs = [
         preprocessed_path(config.output_dir, participant, modality, template)
         for modality in scorer.modalities
     ]
-    settings = {'bundle': sha256(scorer.path / MODEL_JSON), 'seed': config.execution.seed}
+    card = json.loads((scorer.path / MODEL_JSON).read_text(encoding='utf-8'))
+    settings = {
+        'bundle': {key: value for key, value in card.items() if key != 'history'},
+        'seed': config.execution.seed,
+    }
     return fingerprint(settings, inputs, [atlas.labels for atlas in atlases])
 
 
