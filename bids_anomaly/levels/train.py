@@ -6,6 +6,7 @@ are never trained on: they pick the best epoch and, in the scoring stage, set th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -190,6 +191,8 @@ def publish(staged: Path, final: Path) -> Path:
         os.replace(final, old)
     os.replace(staged, final)
     shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other families may still be building there
+        staged.parent.rmdir()
     return final
 
 
