@@ -6,8 +6,8 @@ into the work dir while a rerun already works there. Inside :func:`children_die_
 every child forked (``os.fork``, hence ``multiprocessing``'s fork and forkserver contexts) asks
 the Linux kernel for SIGKILL when its parent ends (``prctl(PR_SET_PDEATHSIG)``); elsewhere this
 is a no-op. Children started by ``fork`` + ``exec`` in C (``subprocess``, joblib's loky workers)
-do not run the hook: loky workers compute in memory, write nothing, and exit once their task
-ends (or after loky's idle timeout).
+do not run the hook: loky workers compute in memory, write nothing, and exit after loky's idle
+timeout (300 s) once their task is done.
 """
 
 from __future__ import annotations
