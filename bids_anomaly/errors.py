@@ -47,6 +47,12 @@ class CannotCreateError(AppError):
     exit_code = 73
 
 
+class BusyError(AppError):
+    """Another run holds the output dataset (EX_TEMPFAIL: try again once it finished)."""
+
+    exit_code = 75
+
+
 #: What to do when a write fails for lack of room, by errno; a failing disk usually shows as
 #: a file system remounted read-only. (EIO is left out: reads raise it too.)
 DISK_FIXES = {

@@ -106,11 +106,21 @@ class Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def run(participants, out: Path, root: Path, *, stop: bool = False, force: bool = False):
+def run(
+    participants,
+    out: Path,
+    root: Path,
+    *,
+    stop: bool = False,
+    force: bool = False,
+    intensity_norm: str = 'quantile',
+):
     writer = DerivativesWriter(out, configuration={'test': True}, source_dataset=root)
     return run_preprocessing(
         participants,
-        preprocessing=PreprocessingConfig(resolution=2.0, registration='affine'),
+        preprocessing=PreprocessingConfig(
+            resolution=2.0, registration='affine', intensity_norm=intensity_norm
+        ),
         execution=ExecutionConfig(nprocs=2, omp_nthreads=1, seed=0, stop_on_first_crash=stop),
         writer=writer,
         work_dir=out.parent / 'work',
@@ -233,6 +243,22 @@ def test_rerun_skips_done_participants_and_reuses_the_cache(first_run):
     assert output.stat().st_mtime_ns > written  # but the outputs were written again
     saved = pd.read_csv(first_run.out / 'logs' / STATUS_FILE, sep='\t')
     assert len(saved) == 7 and saved.set_index('participant').loc['sub-01', 'status'] == 'ok'
+
+
+def test_rerun_with_other_settings_recomputes(first_run):
+    """Existing outputs of another --intensity-norm are not taken for this run's."""
+    good = good_participant(first_run.root)
+    sidecar = first_run.out / 'sub-01' / 'anat' / f'sub-01_{STD}_desc-preproc_T1w.json'
+    stamped = json.loads(sidecar.read_text())['Fingerprint']
+    other = run([good], first_run.out, first_run.root, intensity_norm='zscore')
+    assert list(other['status']) == ['ok']
+    content = json.loads(sidecar.read_text())
+    assert content['IntensityNormalisation']['Method'] == 'zscore'
+    assert content['Fingerprint'] != stamped
+    back = run([good], first_run.out, first_run.root)
+    assert list(back['status']) == ['ok']
+    assert json.loads(sidecar.read_text())['Fingerprint'] == stamped
+    assert list(run([good], first_run.out, first_run.root)['status']) == ['skipped']
 
 
 def test_precomputed_derivatives_are_reused(first_run, tmp_path):

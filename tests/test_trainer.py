@@ -21,7 +21,9 @@ def _data(n: int = 5) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((n, 1, *GRID), dtype=np.float32) * mask, mask
 
 
-def _train(work_dir: Path | None, epochs: int, **params) -> tuple:
+def _train(
+    work_dir: Path | None, epochs: int, *, scale: float = 1.0, order=(0, 1, 2), **params
+) -> tuple:
     volumes, mask = _data()
     spec = ModelSpec('sae-patch', grid_shape=GRID, variational=True)
     settings = {
@@ -34,7 +36,7 @@ def _train(work_dir: Path | None, epochs: int, **params) -> tuple:
     return train_model(
         spec,
         TrainParams(epochs=epochs, **settings),
-        volumes[:3],
+        volumes[list(order)] * scale,
         mask,
         volumes[3:],
         work_dir=work_dir,
@@ -71,10 +73,22 @@ def test_work_dir_holds_log_curve_and_checkpoint(tmp_path: Path) -> None:
     assert all(row.samples_per_s > 0 and np.isfinite(row.val_loss) for row in result.history)
 
 
-def test_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
-    _train(tmp_path, 1)
-    with pytest.raises(ValueError, match='checkpoint.pt was written for other'):
-        _train(tmp_path, 2, learning_rate=1e-2)
+@pytest.mark.parametrize(
+    'change',
+    [
+        {'learning_rate': 1e-2},  # other settings
+        {'scale': 0.5},  # other volumes of the same shape (e.g. another --intensity-norm)
+        {'order': [1, 0, 2]},  # the same volumes as other training controls
+    ],
+)
+def test_checkpoint_of_other_inputs_is_not_resumed(tmp_path: Path, change) -> None:
+    """Resuming would keep epoch 1 of the old inputs; training from scratch equals a fresh run."""
+    _train(tmp_path / 'work', 1)
+    retrained = _train(tmp_path / 'work', 2, **change)
+    straight = _train(None, 2, **change)
+    assert [r.train_loss for r in retrained.history] == [r.train_loss for r in straight.history]
+    again = _train(tmp_path / 'work', 2, **change)  # the new checkpoint is resumed
+    assert again.history == retrained.history
 
 
 def test_patience_stops_when_validation_stalls() -> None:

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from bids_anomaly.config import RunConfig
 from bids_anomaly.devices import check_device, set_threads
 from bids_anomaly.errors import (
     AppError,
+    BusyError,
     CannotCreateError,
     InvalidBidsError,
     MissingInputError,
@@ -30,8 +32,11 @@ from bids_anomaly.errors import (
     disk_failure,
 )
 from bids_anomaly.io import write_text
+from bids_anomaly.locks import file_lock
 
 LOGGER = logging.getLogger('bids_anomaly')
+#: Lock file at the root of OUTPUT_DIR (hidden: BIDS tools and pybids skip it).
+RUN_LOCK = '.bids_anomaly.lock'
 
 
 @dataclass
@@ -48,15 +53,16 @@ class RunContext:
 def run(config: RunConfig) -> None:
     """Run the requested analysis level; raises :class:`AppError` subclasses on failure."""
     started = time.monotonic()
-    context = prepare(config)
-    if config.analysis_level == 'participant':
-        from bids_anomaly.levels.participant import run_participant_level
+    with ExitStack() as held:
+        context = prepare(config, held)
+        if config.analysis_level == 'participant':
+            from bids_anomaly.levels.participant import run_participant_level
 
-        run_participant_level(context)
-    else:
-        from bids_anomaly.levels.group import run_group_level
+            run_participant_level(context)
+        else:
+            from bids_anomaly.levels.group import run_group_level
 
-        run_group_level(context)
+            run_group_level(context)
     LOGGER.info(
         '%s level finished in %.1f s; outputs in %s',
         config.analysis_level,
@@ -65,11 +71,12 @@ def run(config: RunConfig) -> None:
     )
 
 
-def prepare(config: RunConfig) -> RunContext:
+def prepare(config: RunConfig, held: ExitStack) -> RunContext:
     """Check inputs, create the output dataset, start logging, save the configuration, discover.
 
     Usage errors are reported before anything is created in OUTPUT_DIR; an invalid dataset
     leaves only the official validator's report in OUTPUT_DIR/logs.
+    The OUTPUT_DIR lock (:func:`claim_output_dir`) stays in ``held`` until the run ends.
     """
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
@@ -102,6 +109,7 @@ def prepare(config: RunConfig) -> RunContext:
             raise InvalidBidsError(validation.error_line(bids_dir, report))
     for folder in (output_dir, log_dir, work_dir):
         make_writable_folder(folder)
+    claim_output_dir(output_dir, config.analysis_level, held)
     config.bids_dir, config.output_dir = bids_dir, output_dir
     setup_logging(
         log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log', config.execution.verbose
@@ -117,17 +125,18 @@ def prepare(config: RunConfig) -> RunContext:
     )
     log_validation(validation, report)
 
-    layout = load_layout(bids_dir, work_dir / 'pybids_db')
-    participants = discover(
-        layout,
-        bids_dir=bids_dir,
-        participant_label=config.execution.participant_label,
-        session_label=config.execution.session_label,
-        queries=queries,
-        group_column=config.cohort.group_column,
-        control_labels=config.cohort.control_label,
-        strict_groups=config.analysis_level == 'group',
-    )
+    with file_lock(work_dir / '.pybids_db.lock'):  # runs sharing a work dir index in turn
+        layout = load_layout(bids_dir, work_dir / 'pybids_db')
+        participants = discover(
+            layout,
+            bids_dir=bids_dir,
+            participant_label=config.execution.participant_label,
+            session_label=config.execution.session_label,
+            queries=queries,
+            group_column=config.cohort.group_column,
+            control_labels=config.cohort.control_label,
+            strict_groups=config.analysis_level == 'group',
+        )
     LOGGER.info(
         'selected %d participant(s): %s',
         len(participants),
@@ -174,6 +183,28 @@ def log_validation(validation: Validation | None, report: Path | None) -> None:
     )
     for issue in validation.warnings:
         LOGGER.warning('BIDS validator: %s (%s) in %s', issue.key, issue.sentence, issue.where())
+
+
+def claim_output_dir(output_dir: Path, level: str, held: ExitStack) -> None:
+    """Lock OUTPUT_DIR for this run: participant runs share it, a group run has it alone.
+
+    The group level reads every participant's outputs, so it must not start while participant
+    runs (job-array tasks) still write theirs, and two group runs would write the same bundles.
+    Either way the late run stops at once with one line (:class:`BusyError`, exit 75).
+    """
+    try:
+        held.enter_context(
+            file_lock(output_dir / RUN_LOCK, shared=level == 'participant', wait=False)
+        )
+    except BlockingIOError:
+        holder = {
+            'participant': 'a group-level run',
+            'group': 'another run (participant level still running, or another group run)',
+        }[level]
+        raise BusyError(
+            f'OUTPUT_DIR {output_dir} is in use by {holder}; start the {level} level again '
+            'once it finished'
+        ) from None
 
 
 def setup_logging(log_file: Path, verbose: int) -> None:

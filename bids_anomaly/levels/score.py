@@ -8,6 +8,7 @@ models), the z-score baseline, and the thresholds calibrated on the held-out con
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from bids_anomaly.analysis.regions import Atlas
-from bids_anomaly.bids.derivatives import DerivativesWriter
+from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.config import PreprocessingConfig
-from bids_anomaly.models.bundle import BundleError, add_arrays
+from bids_anomaly.fingerprints import fingerprint, recorded, stamp
+from bids_anomaly.models.bundle import MODEL_JSON, BundleError, add_arrays
 from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
 from bids_anomaly.scoring.normative.zscore import fit_moderated
 from bids_anomaly.scoring.scorer import (
@@ -248,9 +250,12 @@ def score_participants(
                 latent_maps=latent_maps,
                 native=native is not None,
             )
-            trained = (scorer.path / 'model.json').stat().st_mtime  # retrained: rescore
-            if skip_existing and all(
-                p.is_file() and p.stat().st_mtime > trained for p in expected
+            computed_from = scoring_fingerprint(participant, scorer, atlases, template, config)
+            marker = sidecar_path(expected[0])  # stamped once every file is written
+            if (
+                skip_existing
+                and all(p.is_file() for p in expected)
+                and recorded(marker) == computed_from
             ):
                 LOGGER.info('%s: %s scores exist, skipping', participant.name, scorer.label)
                 continue
@@ -268,6 +273,7 @@ def score_participants(
                 native=native,
                 latent_maps=latent_maps,
             )
+            stamp(marker, computed_from)
             LOGGER.info(
                 '%s: scored with %s in %.1f s',
                 participant.name,
@@ -284,6 +290,30 @@ def score_participants(
         )
 
 
+def scoring_fingerprint(
+    participant: Participant,
+    scorer: BundleScorer,
+    atlases: Sequence[Atlas],
+    template: Template,
+    config,
+) -> str:
+    """What a participant's scores are computed from: the bundle's card (which holds the
+    SHA-256 of every file of the bundle; its training history's timings do not count), the
+    preprocessed inputs' bytes, the atlases and the seed."""
+    from bids_anomaly.bids.preprocessed import preprocessed_path
+
+    inputs = [
+        preprocessed_path(config.output_dir, participant, modality, template)
+        for modality in scorer.modalities
+    ]
+    card = json.loads((scorer.path / MODEL_JSON).read_text(encoding='utf-8'))
+    settings = {
+        'bundle': {key: value for key, value in card.items() if key != 'history'},
+        'seed': config.execution.seed,
+    }
+    return fingerprint(settings, inputs, [atlas.labels for atlas in atlases])
+
+
 def expected_scores(
     writer: DerivativesWriter,
     participant: Participant,
@@ -297,7 +327,8 @@ def expected_scores(
     """Files that show ``participant`` is scored with ``scorer`` (the resume check).
 
     A new ``--atlas``, ``--latent-maps`` or ``--native-space`` asks for files that are not
-    there yet, so the participant is scored again.
+    there yet, so the participant is scored again. The first, the template-space
+    reconstruction-error map, carries the fingerprint of what the scores were computed from.
     """
     space = {
         **participant.entities,

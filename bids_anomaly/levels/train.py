@@ -8,7 +8,9 @@ statistics have controls to compare the patients with.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import default_modalities, load_volumes, preprocessed_path
 from bids_anomaly.config import RunConfig, TrainingConfig
 from bids_anomaly.constants import INTENSITY_QUANTILES
-from bids_anomaly.errors import MissingInputError, UsageError
+from bids_anomaly.errors import MissingInputError
 from bids_anomaly.levels import RunContext
 from bids_anomaly.levels.score import fit_normative
 from bids_anomaly.templates import Template, load_template
@@ -29,6 +31,9 @@ MIN_CALIBRATION = 2
 #: Training controls needed by every family: a siamese pair is two different controls, and the
 #: z-score baseline that every bundle stores needs a standard deviation per voxel.
 MIN_TRAINING = 2
+
+#: Folder of OUTPUT_DIR/models where bundles are built before they are published.
+STAGING = '.staging'
 
 
 def min_controls(training: TrainingConfig) -> int:
@@ -85,7 +90,7 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>."""
     from bids_anomaly.models.bundle import ModelCard, save_bundle
     from bids_anomaly.models.spec import ModelSpec, TrainParams
-    from bids_anomaly.training.trainer import StaleCheckpointError, train_model
+    from bids_anomaly.training.trainer import train_model
 
     config = context.config
     training_cfg = config.training
@@ -135,19 +140,16 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
         ).resolved(spec)
         started = time.monotonic()
         work_dir = context.work_dir / 'training' / family
-        try:
-            result = train_model(
-                spec,
-                params,
-                train_volumes,
-                mask,
-                calibration_volumes,
-                work_dir=work_dir,
-                device=config.execution.device,
-                progress=True,
-            )
-        except StaleCheckpointError as err:  # left by other settings: the message says the fix
-            raise UsageError(str(err)) from None
+        result = train_model(
+            spec,
+            params,
+            train_volumes,
+            mask,
+            calibration_volumes,
+            work_dir=work_dir,
+            device=config.execution.device,
+            progress=True,
+        )
         card = ModelCard(
             spec=spec,
             params=params,
@@ -163,16 +165,17 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             ),
             extra={'best_epoch': result.best_epoch},
         )
-        bundle = save_bundle(config.output_dir / 'models' / family, result.model, card)
+        staging = config.output_dir / 'models' / STAGING
+        shutil.rmtree(staging / family, ignore_errors=True)  # left by a killed run
+        bundle = save_bundle(staging / family, result.model, card)
         for name in ('log.tsv', 'loss.png'):
             if (work_dir / name).is_file():
                 shutil.copyfile(work_dir / name, bundle / name)
         LOGGER.info(
-            'trained %s in %.1f s (best epoch %d); bundle %s',
+            'trained %s in %.1f s (best epoch %d)',
             family,
             time.monotonic() - started,
             result.best_epoch,
-            bundle,
         )
         scoring = config.scoring
         fit_normative(
@@ -188,8 +191,27 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             n_jobs=config.execution.nprocs,
             fwhm_mm=scoring.score_fwhm,
         )
-        bundles.append(bundle)
+        bundles.append(publish(bundle, config.output_dir / 'models' / family))
+        LOGGER.info('%s: bundle %s', family, bundles[-1])
     return bundles
+
+
+def publish(staged: Path, final: Path) -> Path:
+    """Move a finished bundle into place by renames: readers see the old bundle, none, or the new.
+
+    A bundle is built in ``models/.staging/<family>/`` (too deep for
+    :func:`~.score.bundle_paths` to list), since the normative models and thresholds are added
+    to it after the weights.
+    """
+    old = staged.with_name(f'{staged.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other families may still be building there
+        staged.parent.rmdir()
+    return final
 
 
 def normalisation_card(config: RunConfig) -> dict:

@@ -125,7 +125,11 @@ def derivatives(template: str, res: str) -> tuple[Derivative, ...]:
 def expected_outputs(
     writer: DerivativesWriter, participant: Participant, template: str, res: str
 ) -> list[Path]:
-    """The template-space images a finished participant has (the skip-if-done check)."""
+    """The template-space images a finished participant has (the skip-if-done check).
+
+    The template-space T1w comes first: :func:`write_outputs` writes it last, so it marks a
+    finished participant (its sidecar then gets the inputs' fingerprint).
+    """
     workflows = {'anat_wf'} | ({'dwi_wf'} if participant.dwi is not None else set())
     return [
         writer.path({**participant.entities, **d.entities}, d.suffix, d.extension, d.datatype)
@@ -244,7 +248,8 @@ def write_outputs(
         sidecars[('anat_wf', 'std_mask')].update(reused)
     skipped = {'t1w_preproc', 't1w_mask', 't1w2std_xfm'} if precomputed is not None else set()
     written = []
-    for d in derivatives(template, res):
+    last = [d for d in derivatives(template, res) if d.field == 'std_t1w']
+    for d in [d for d in derivatives(template, res) if d not in last] + last:
         value = results.get(d.workflow, {}).get(d.field)
         if value is None or (d.workflow == 'anat_wf' and d.field in skipped):
             continue

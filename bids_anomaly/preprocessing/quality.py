@@ -59,6 +59,7 @@ def plot_registration(
     The figure is a bare matplotlib ``Figure`` (no pyplot), so that no GUI backend is needed or
     changed in the calling process.
     """
+    from matplotlib import rc_context
     from matplotlib.figure import Figure
     from nilearn import plotting
 
@@ -73,5 +74,7 @@ def plot_registration(
         dim=-0.3,
     )
     display.add_contours(template_mask_file, levels=[0.5], colors='r', linewidths=1.2)
-    display.savefig(str(out_file))
+    # no date and fixed element ids: the same inputs give the same bytes
+    with rc_context({'svg.hashsalt': out_name}):
+        display.savefig(str(out_file), metadata={'Date': None})
     return str(out_file)

@@ -9,6 +9,7 @@ on (unless ``stop_on_first_crash``). The caller turns failures into a non-zero e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -19,13 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bids_anomaly.bids.derivatives import DerivativesWriter
+from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.config import ExecutionConfig, PreprocessingConfig
 from bids_anomaly.devices import resolve_threads
 from bids_anomaly.errors import disk_failure
+from bids_anomaly.fingerprints import fingerprint, recorded, stamp
 from bids_anomaly.io import atomic_path
+from bids_anomaly.locks import file_lock
 from bids_anomaly.preprocessing.precomputed import Precomputed, find_precomputed
 from bids_anomaly.preprocessing.validation import load_dwi, load_t1w
+from bids_anomaly.processes import children_die_with_parent
 from bids_anomaly.templates import TEMPLATE_NAME, res_label
 
 if TYPE_CHECKING:
@@ -118,9 +122,17 @@ def _run_participant(
     started = time.monotonic()
     res = res_label(preprocessing.resolution)
     expected = expected_outputs(writer, participant, TEMPLATE_NAME, res)
+    marker = sidecar_path(expected[0])  # the template-space T1w, written last
+    computed_from = preprocessing_fingerprint(participant, preprocessing, execution.seed)
     if not force and all(path.is_file() for path in expected):
-        LOGGER.info('%s: outputs exist, skipped (force to recompute)', name)
-        return _row(participant, 'all', 'skipped', 0.0, 'outputs exist')
+        if computed_from is not None and recorded(marker) == computed_from:
+            LOGGER.info('%s: outputs exist, skipped (force to recompute)', name)
+            return _row(participant, 'all', 'skipped', 0.0, 'outputs exist')
+        LOGGER.info(
+            '%s: outputs exist but were computed from other inputs or settings (or not '
+            'finished); recomputing them',
+            name,
+        )
     failed_nodes: list[str] = []
     stage = 'validate'
     try:
@@ -151,9 +163,11 @@ def _run_participant(
         }
         if execution.mem_gb:
             plugin_args['memory_gb'] = execution.mem_gb
-        graph = workflow.run(plugin='MultiProc', plugin_args=plugin_args)
+        with children_die_with_parent():  # no orphan writes into work_dir after a SIGKILL
+            graph = workflow.run(plugin='MultiProc', plugin_args=plugin_args)
         stage = 'outputs'
         results = collect_results(workflow, graph)
+        expected[0].unlink(missing_ok=True)  # until rewritten, the participant is not finished
         write_outputs(
             results,
             participant,
@@ -164,6 +178,8 @@ def _run_participant(
             registration=preprocessing.registration,
             precomputed=precomputed,
         )
+        if computed_from is not None:
+            stamp(marker, computed_from)
     except Exception as error:  # one participant's failure must not stop the others
         if (failure := disk_failure(error, work_dir)) is not None:
             raise failure from None  # ... but a full disk would stop them all: exit 73
@@ -177,6 +193,20 @@ def _run_participant(
     quality = ', '.join(f'{k} {v:.3f}' for k, v in metrics.items())
     LOGGER.info('%s: done in %.1f s (%s)', name, seconds, quality)
     return _row(participant, 'all', 'ok', seconds, quality)
+
+
+def preprocessing_fingerprint(
+    participant: Participant, preprocessing: PreprocessingConfig, seed: int
+) -> str | None:
+    """What a participant's outputs are computed from: settings, seed, the raw images' bytes."""
+    files = [participant.t1w]
+    if participant.dwi is not None:
+        files += [participant.dwi.dwi, participant.dwi.bval, participant.dwi.bvec]
+    settings = {**dataclasses.asdict(preprocessing), 'seed': seed}
+    try:
+        return fingerprint(settings, files)
+    except OSError:  # unreadable: never skipped, and the validation step names the file
+        return None
 
 
 def check_inputs(participant: Participant) -> None:
@@ -263,17 +293,19 @@ def update_status_table(path: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """Merge ``rows`` into the status TSV (a participant/session's newest row wins); atomic.
 
     Rows are sorted by participant and session, so the file reads the same whatever the order
-    of the runs.
+    of the runs. A lock beside the file keeps simultaneous runs (job-array tasks) from
+    overwriting each other's rows.
     """
-    table = rows
-    if path.is_file():
-        old = pd.read_csv(path, sep='\t', dtype={'participant': str, 'session': str})
-        table = pd.concat([old, rows], ignore_index=True)
-    table = table.assign(_session=table['session'].fillna('').astype(str))
-    table = table.drop_duplicates(['participant', '_session'], keep='last')
-    table = table.sort_values(['participant', '_session']).drop(columns='_session')
-    with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep='\t', index=False, na_rep='n/a')
+    with file_lock(path.with_name(f'.{path.name}.lock')):
+        table = rows
+        if path.is_file():
+            old = pd.read_csv(path, sep='\t', dtype={'participant': str, 'session': str})
+            table = pd.concat([old, rows], ignore_index=True)
+        table = table.assign(_session=table['session'].fillna('').astype(str))
+        table = table.drop_duplicates(['participant', '_session'], keep='last')
+        table = table.sort_values(['participant', '_session']).drop(columns='_session')
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, sep='\t', index=False, na_rep='n/a')
     return table
 
 

@@ -3,7 +3,9 @@
 One call of :func:`train_model` runs the epochs that are still missing: with a ``work_dir`` it
 writes, after every epoch, ``checkpoint.pt`` (weights, optimiser, history, best weights),
 ``log.tsv`` and ``loss.png``, each through a temporary file and a rename. Running it again with
-the same arguments resumes after the last finished epoch. Every epoch draws its samples and its
+the same arguments resumes after the last finished epoch; a checkpoint computed from other
+settings or other volumes (their content, not only their shape: another ``--intensity-norm``,
+other controls) is replaced by a training from scratch. Every epoch draws its samples and its
 VAE noise from ``(seed, epoch)`` inside a forked RNG, so a resumed CPU run equals an
 uninterrupted one and the caller's global RNG state is left untouched.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bids_anomaly import fingerprints
 from bids_anomaly.devices import resolve_device
 from bids_anomaly.io import atomic_path, write_text
 from bids_anomaly.models.losses import corrupt, objective
@@ -53,11 +56,6 @@ class TrainingResult(ty.NamedTuple):
     in eval mode on the training device."""
     history: list[EpochLog]
     best_epoch: int
-
-
-class StaleCheckpointError(ValueError):
-    """A checkpoint in the work directory belongs to other settings or data (the user's fix:
-    delete it), as opposed to a programming error."""
 
 
 def make_sampler(
@@ -157,8 +155,16 @@ def train_model(
     state = _TrainState()
     checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
     if checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, fingerprint, model, optimizer, scaler, device)
-        LOGGER.info('Resuming %s after epoch %d from %s', spec.family, state.epoch, checkpoint)
+        payload = torch.load(checkpoint, map_location=device, weights_only=True)
+        if payload.get('fingerprint') == fingerprint:
+            state = _restore(payload, model, optimizer, scaler)
+            LOGGER.info('Resuming %s after epoch %d from %s', spec.family, state.epoch, checkpoint)
+        else:
+            LOGGER.warning(
+                '%s was computed from other settings or other volumes; training %s from scratch',
+                checkpoint,
+                spec.family,
+            )
 
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if params.patience is not None and state.epoch - state.best_epoch >= params.patience:
@@ -284,21 +290,25 @@ def _fingerprint(
     params: TrainParams,
     train_volumes: np.ndarray | torch.Tensor,
     calibration_volumes: np.ndarray | torch.Tensor | None,
-) -> dict:
-    """What must not change between a checkpoint and the run that resumes it."""
+) -> str:
+    """What a checkpoint must have been computed from to be resumed: settings and volumes."""
     settings = {k: v for k, v in params.to_dict().items() if k not in ('epochs', 'patience')}
-    calibration = None if calibration_volumes is None else list(calibration_volumes.shape)
-    return {
-        'spec': spec.to_dict(),
-        'params': settings,
-        'train_shape': list(train_volumes.shape),
-        'calibration_shape': calibration,
-    }
+    volumes = (
+        [train_volumes] if calibration_volumes is None else [train_volumes, calibration_volumes]
+    )
+    return fingerprints.fingerprint(
+        {
+            'spec': spec.to_dict(),
+            'params': settings,
+            'calibration': calibration_volumes is not None,
+        },
+        arrays=volumes,
+    )
 
 
 def _save_checkpoint(
     path: Path,
-    fingerprint: dict,
+    fingerprint: str,
     model: AutoEncoder,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -319,21 +329,12 @@ def _save_checkpoint(
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(
-    path: Path,
-    fingerprint: dict,
+def _restore(
+    payload: dict,
     model: AutoEncoder,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    device: torch.device,
 ) -> _TrainState:
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if payload['fingerprint'] != fingerprint:
-        message = (
-            f'{path} was written for other model settings or data; '
-            'delete it (or use another work directory) to train from scratch.'
-        )
-        raise StaleCheckpointError(message)
     model.load_state_dict(payload['model'])
     optimizer.load_state_dict(payload['optimizer'])
     scaler.load_state_dict(payload['scaler'])
