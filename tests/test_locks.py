@@ -48,7 +48,7 @@ def test_simultaneous_runs_keep_every_status_row(tmp_path: Path) -> None:
         task.join()
     assert [task.exitcode for task in tasks] == [0] * 4
     table = pd.read_csv(path, sep='\t')
-    assert len(table) == 40 and table['participant'].is_unique
+    assert len(table) == 4 * 25 and table['participant'].is_unique
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,9 @@ def test_a_level_refuses_while_the_other_holds_output_dir(
         code, err = run_cli([tiny_bids, out, level], capsys)
     assert code == 75
     assert_one_line(err, f'OUTPUT_DIR {out} is in use by', holder, f'start the {level} level')
-    assert not list((out / 'logs').glob('*'))  # refused before any log or configuration
+    # refused before any log or configuration (the validator's own report, a file of its own
+    # name, may be there: validation runs first)
+    assert not [p for p in (out / 'logs').glob('*') if not p.name.startswith('bids-validator_')]
 
 
 def test_participant_runs_share_output_dir(tiny_bids: Path, tmp_path: Path, capsys) -> None:
