@@ -108,6 +108,14 @@ class ExecutionConfig:
         '--device',
         metavar='DEVICE',
     )
+    dask_scheduler: str = setting(
+        '',
+        'Fit the per-voxel one-class SVMs on this dask.distributed cluster: its address '
+        '(tcp://host:8786) or scheduler file; needs the cluster extra and a work directory '
+        'that its workers share (see docs/hpc.md).',
+        '--dask-scheduler',
+        metavar='ADDRESS',
+    )
     seed: int = setting(
         20251125, 'Random seed for sampling, training and embeddings.', '--seed', metavar='INT'
     )
@@ -255,6 +263,14 @@ class ScoringConfig:
     gamma: float = setting(
         0.0, 'One-class SVM RBF gamma (0: 1 / (dim * variance)).', '--gamma', metavar='G'
     )
+    ocsvm_max_codes: int = setting(
+        243,
+        "Cap on the one-class SVM's training codes per voxel: a seeded random subset of "
+        'the controls x neighbourhood codes beyond it (its time and bundle size grow '
+        'faster than the codes; 243 = 9 controls x 27).',
+        '--ocsvm-max-codes',
+        metavar='N',
+    )
     threshold_quantile: float = setting(
         0.98,
         "Quantile of the calibration controls' voxel scores above which a voxel is abnormal.",
@@ -397,6 +413,7 @@ class RunConfig:
             ('--patch-size', train.patch_size),
             ('--patches-per-subject', train.patches_per_subject),
             ('--embedding-max-points', self.analysis.embedding_max_points),
+            ('--ocsvm-max-codes', score.ocsvm_max_codes),
             ('--learning-rate', train.learning_rate),
         ):
             if value <= 0:

@@ -1,9 +1,7 @@
-"""Scoring stage: normative models and thresholds into each bundle, then participants' scores.
+"""Scoring stage: apply every bundle to participants and write their outputs.
 
-After training, :func:`fit_normative` adds to each bundle what scoring needs besides the
-weights: the per-voxel one-class SVM and Gaussian on the training controls' latent codes (patch
-models), the z-score baseline, and the thresholds calibrated on the held-out controls.
-:func:`score_participants` applies every bundle to participants and writes their outputs.
+The normative models and thresholds that scoring needs are fitted into each bundle after
+training by :func:`bids_anomaly.scoring.fit.fit_normative`.
 """
 
 from __future__ import annotations
@@ -13,95 +11,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
-from bids_anomaly.models.bundle import BundleError, add_arrays
-from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
-from bids_anomaly.scoring.scorer import ESTIMATORS, ZSCORE, BundleScorer, brain_samples
+from bids_anomaly.models.bundle import BundleError
+from bids_anomaly.scoring.scorer import BundleScorer
 from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
-
-
-def fit_normative(
-    bundle: Path,
-    template: Template,
-    train_volumes: np.ndarray,
-    calibration_volumes: np.ndarray,
-    *,
-    radius: int,
-    nu: float,
-    gamma: float,
-    quantile: float,
-    device: str,
-    n_jobs: int = 1,
-) -> None:
-    """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
-
-    ``n_jobs`` worker processes fit the one-class SVMs on CPU.
-    """
-    from bids_anomaly.scoring.calibration import calibrate_threshold
-
-    scorer = BundleScorer(bundle, template, device)
-    mask = scorer.mask
-    started = time.monotonic()
-    zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
-    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=_params(zscore))
-    if scorer.card.spec.is_patch:
-        codes = np.stack(
-            [scorer.infer(volume, with_error=False).codes for volume in train_volumes]
-        )
-        samples = NeighbourhoodSamples(codes, mask, radius)
-        LOGGER.info(
-            '%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
-            scorer.label,
-            *samples.shape[1:],
-        )
-        for name in ('ocsvm', 'gaussian'):
-            # a diagonal (shrunk) Gaussian: one 64x64 eigendecomposition per voxel for the
-            # full or low-rank forms costs minutes per brain on CPU, and ~8.7 kB per voxel
-            params = (
-                {'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs}
-                if name == 'ocsvm'
-                else {'covariance_type': 'diag'}
-            )
-            estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
-            add_arrays(bundle, name, estimator.to_arrays(), metadata=_params(estimator))
-    LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
-    scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
-    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
-    for volume in calibration_volumes:
-        for key, values in scorer.score(volume).maps.items():
-            pooled.setdefault(key, []).append(values[mask])
-    thresholds = {
-        f'{model}.{stat}': np.array([calibrate_threshold(np.stack(v), quantile)], dtype=np.float32)
-        for (model, stat), v in pooled.items()
-    }
-    add_arrays(
-        bundle,
-        'thresholds',
-        thresholds,
-        metadata={
-            'quantile': quantile,
-            'participants': list(scorer.card.calibration_participants),
-        },
-    )
-    LOGGER.info(
-        '%s: thresholds at the %g quantile of %d calibration control(s): %s',
-        scorer.label,
-        quantile,
-        len(calibration_volumes),
-        ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()),
-    )
-
-
-def _params(estimator) -> dict:
-    """Hyper-parameters to store with a fitted estimator (not where or how fast it ran)."""
-    return {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
 
 
 def load_scorers(paths: Sequence[Path], template: Template, device: str) -> list[BundleScorer]:

@@ -19,7 +19,7 @@ from bids_anomaly.config import RunConfig
 from bids_anomaly.constants import INTENSITY_QUANTILES
 from bids_anomaly.errors import MissingInputError, UsageError
 from bids_anomaly.levels import RunContext
-from bids_anomaly.levels.score import fit_normative
+from bids_anomaly.scoring.fit import fit_normative
 from bids_anomaly.templates import Template, load_template
 
 LOGGER = logging.getLogger('bids_anomaly')
@@ -164,12 +164,16 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             template,
             train_volumes,
             calibration_volumes,
+            work_dir=context.work_dir / 'normative' / family,
             radius=scoring.neighbourhood,
             nu=scoring.nu,
             gamma=scoring.gamma,
             quantile=scoring.threshold_quantile,
+            max_codes=scoring.ocsvm_max_codes,
+            seed=config.execution.seed,
             device=config.execution.device,
             n_jobs=config.execution.nprocs,
+            dask_scheduler=config.execution.dask_scheduler or None,
         )
         bundles.append(bundle)
     return bundles
