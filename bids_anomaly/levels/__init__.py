@@ -42,17 +42,41 @@ class RunContext:
 
 
 def run(config: RunConfig) -> None:
-    """Run the requested analysis level; raises :class:`AppError` subclasses on failure."""
+    """Run the requested analysis level; raises :class:`AppError` subclasses on failure.
+
+    Under ``torchrun`` (``group --train`` only) every process trains its share of the batches
+    and rank 0 does everything else; rank 0 indexes the dataset first, the others then read
+    its pybids database.
+    """
+    from bids_anomaly.training import distributed
+
     started = time.monotonic()
-    context = prepare(config)
-    if config.analysis_level == 'participant':
-        from bids_anomaly.levels.participant import run_participant_level
+    if distributed.launched():
+        if config.analysis_level != 'group' or not config.training.train:
+            raise UsageError(
+                'torchrun launches `group --train` only (DistributedDataParallel training); '
+                'run the other steps as one process'
+            )
+        config.execution.device = distributed.init_from_env(config.execution.device)
+    main = distributed.workers().is_main
+    try:
+        if not main:
+            distributed.barrier()
+        context = prepare(config)
+        if main:
+            distributed.barrier()
+        if config.analysis_level == 'participant':
+            from bids_anomaly.levels.participant import run_participant_level
 
-        run_participant_level(context)
-    else:
-        from bids_anomaly.levels.group import run_group_level
+            run_participant_level(context)
+        else:
+            from bids_anomaly.levels.group import run_group_level
 
-        run_group_level(context)
+            run_group_level(context)
+    finally:
+        distributed.shutdown()
+    if not main:
+        return
     LOGGER.info(
         '%s level finished in %.1f s; outputs in %s',
         config.analysis_level,

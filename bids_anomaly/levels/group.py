@@ -37,6 +37,10 @@ def run_group_level(context: RunContext) -> None:
             context.participants, config, MIN_CALIBRATION + min_training(config.training.models)
         )
         train_bundles(context, controls)
+        from bids_anomaly.training.distributed import workers
+
+        if not workers().is_main:  # torchrun's other processes: their part is done
+            return
     paths = bundle_paths(config)
     if not paths:
         raise MissingInputError(

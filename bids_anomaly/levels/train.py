@@ -69,9 +69,14 @@ def preprocessed_controls(
 
 
 def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path]:
-    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>."""
+    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>.
+
+    Under ``torchrun`` every process trains (its share of each batch) and rank 0 alone saves
+    the bundles, fits their normative models and returns them.
+    """
     from bids_anomaly.models.bundle import ModelCard, save_bundle
     from bids_anomaly.models.spec import ModelSpec, TrainParams
+    from bids_anomaly.training.distributed import workers
     from bids_anomaly.training.trainer import StaleCheckpointError, train_model
 
     config = context.config
@@ -132,6 +137,8 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             )
         except StaleCheckpointError as err:  # left by other settings: the message says the fix
             raise UsageError(str(err)) from None
+        if not workers().is_main:  # torchrun: rank 0 writes the bundle and fits its models
+            continue
         card = ModelCard(
             spec=spec,
             params=params,

@@ -190,7 +190,7 @@ def cluster_backend(scheduler: str | None) -> Iterator[None]:
     except (OSError, TimeoutError, ValueError) as err:
         raise UsageError(
             f'--dask-scheduler {scheduler}: cannot reach the dask scheduler ({err}); give the '
-            "address its log prints (tcp://host:8786) or its --scheduler-file"
+            'address its log prints (tcp://host:8786) or its --scheduler-file'
         ) from None
     with client, parallel_config(backend='dask'):
         LOGGER.info(
