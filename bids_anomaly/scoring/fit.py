@@ -37,6 +37,8 @@ from bids_anomaly.scoring.store import SubjectStore
 from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
+CONNECT_TIMEOUT = '30s'
+"""How long to try to reach a dask scheduler before giving up."""
 
 
 def fit_normative(
@@ -186,7 +188,7 @@ def cluster_backend(scheduler: str | None) -> Iterator[None]:
 
     where = {'scheduler_file': scheduler} if Path(scheduler).is_file() else {'address': scheduler}
     try:
-        client = Client(**where, timeout='30s')
+        client = Client(**where, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as err:
         raise UsageError(
             f'--dask-scheduler {scheduler}: cannot reach the dask scheduler ({err}); give the '
