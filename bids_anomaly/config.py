@@ -96,6 +96,14 @@ class ExecutionConfig:
         '--mem-gb',
         metavar='GB',
     )
+    use_plugin: Path | None = setting(
+        None,
+        "nipype plugin configuration (YAML, as fMRIPrep's) for the participant level's "
+        'workflows: `plugin: SLURMGraph` and its `plugin_args` (default: MultiProc on '
+        '--nprocs and --mem; see docs/hpc.md).',
+        '--use-plugin',
+        metavar='FILE',
+    )
     stop_on_first_crash: bool = setting(
         False,
         'Stop at the first participant that fails instead of continuing with the others.',
@@ -420,6 +428,8 @@ class RunConfig:
                 raise ValueError(f'{flag} {value}: must be positive')
         if train.patch_size % 2 == 0:
             raise ValueError(f'--patch-size {train.patch_size}: must be odd (centred on a voxel)')
+        if self.execution.use_plugin is not None:
+            read_plugin_file(self.execution.use_plugin)
         if len(score.atlas) != len(score.atlas_labels):
             raise ValueError(
                 f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '
@@ -442,6 +452,29 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
     with open(path, 'rb') as fh:
         data = tomllib.load(fh)
     return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(plugin, plugin_args)`` of a ``--use-plugin`` YAML file, checked against nipype's
+    plugins; ``ValueError`` naming the file and the fix otherwise."""
+    import yaml
+    from nipype.pipeline import plugins
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f'--use-plugin {path}: cannot read it as YAML ({err})') from None
+    plugin = document.get('plugin') if isinstance(document, dict) else None
+    args = document.get('plugin_args', {}) if isinstance(document, dict) else None
+    if not isinstance(plugin, str) or not isinstance(args, dict):
+        raise ValueError(
+            f'--use-plugin {path}: expected `plugin: NAME` and an optional '
+            '`plugin_args:` mapping, as fMRIPrep reads'
+        )
+    if not hasattr(plugins, f'{plugin}Plugin'):
+        known = sorted(n[: -len('Plugin')] for n in dir(plugins) if n.endswith('Plugin'))
+        raise ValueError(f'--use-plugin {path}: unknown plugin {plugin!r}; nipype has {known}')
+    return plugin, args
 
 
 def _check_choices(flag: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:

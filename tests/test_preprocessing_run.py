@@ -115,21 +115,24 @@ def first_run(dataset, tmp_path_factory):
     """The good participant and five broken ones through the runner (affine registration)."""
     base = tmp_path_factory.mktemp('run')
     bad = bad_participants(dataset, base / 'bad')
-    records = Records()
+    records, nipype_records = Records(), Records()
     logger = logging.getLogger('bids_anomaly')
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
+    logging.getLogger('nipype.workflow').addHandler(nipype_records)
     try:
         table = run(
             [good_participant(dataset), *(p for p, _ in bad.values())], base / 'out', dataset
         )
     finally:
         logger.removeHandler(records)
+        logging.getLogger('nipype.workflow').removeHandler(nipype_records)
     return SimpleNamespace(
         table=table.set_index('participant'),
         out=base / 'out',
         bad=bad,
         messages=records.messages,
+        nipype_messages=nipype_records.messages,
         work=base / 'work',
         root=dataset,
     )
@@ -222,6 +225,29 @@ def test_rerun_skips_done_participants_and_reuses_the_cache(first_run):
     assert output.stat().st_mtime_ns > written  # but the outputs were written again
     saved = pd.read_csv(first_run.out / 'logs' / STATUS_FILE, sep='\t')
     assert len(saved) == 6 and saved.set_index('participant').loc['sub-01', 'status'] == 'ok'
+
+
+def test_plugin_file_is_honoured(first_run, tmp_path):
+    """--use-plugin Linear: the (cached) workflow runs serially; MultiProc did not."""
+    plugin = tmp_path / 'linear.yml'
+    plugin.write_text('plugin: Linear\n')
+    records = Records()
+    logger = logging.getLogger('nipype.workflow')
+    logger.addHandler(records)
+    try:
+        table = run_preprocessing(
+            [good_participant(first_run.root)],
+            preprocessing=PreprocessingConfig(resolution=2.0, registration='affine'),
+            execution=ExecutionConfig(nprocs=2, omp_nthreads=1, seed=0, use_plugin=plugin),
+            writer=DerivativesWriter(tmp_path / 'out', configuration={}),
+            work_dir=first_run.work,
+            log_dir=tmp_path / 'logs',
+        )
+    finally:
+        logger.removeHandler(records)
+    assert list(table['status']) == ['ok']
+    assert 'Running serially.' in records.messages
+    assert 'Running serially.' not in first_run.nipype_messages
 
 
 def test_precomputed_derivatives_are_reused(first_run, tmp_path):
