@@ -191,7 +191,14 @@ def stage_preprocessing(settings: Settings) -> list[Row]:
 
 def stage_training(settings: Settings) -> list[Row]:
     import torch
-    from training_speed import FAMILY_BATCHES, SPEC, epoch_rate, pairs_per_second, random_volumes
+    from training_speed import (
+        FAMILY_BATCHES,
+        SPEC,
+        ddp_epoch_rate,
+        epoch_rate,
+        pairs_per_second,
+        random_volumes,
+    )
 
     from bids_anomaly.models import build_model
     from bids_anomaly.templates import template_grid
@@ -217,6 +224,17 @@ def stage_training(settings: Settings) -> list[Row]:
                 unit,
             )
         )
+    if device.type == 'cpu':
+        for processes in (1, 2):
+            rows.append(
+                (
+                    f'train_model epoch, sae-patch, batch 225, {sizes.train_volumes} x '
+                    f'{sizes.resolution:g} mm volumes, torchrun {processes} process(es) x 1 '
+                    'thread (DDP, gloo)',
+                    ddp_epoch_rate(processes, sizes.train_volumes),
+                    'pairs/s',
+                )
+            )
     return rows
 
 
@@ -287,9 +305,9 @@ def stage_embedding(settings: Settings) -> list[Row]:
 def stage_bundle(settings: Settings, family: str) -> list[Row]:
     """Train one short epoch, save the bundle, time :func:`fit_normative` on it."""
     from bids_anomaly.config import ScoringConfig
-    from bids_anomaly.scoring.fit import fit_normative
     from bids_anomaly.models import ModelSpec, TrainParams
     from bids_anomaly.models.bundle import ModelCard, load_arrays, save_bundle
+    from bids_anomaly.scoring.fit import fit_normative
     from bids_anomaly.templates import load_template
     from bids_anomaly.training import train_model
 
