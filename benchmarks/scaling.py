@@ -9,7 +9,7 @@ size on disk. The speed and memory of the fit do not depend on how well the netw
 the one-class SVM's support vectors per voxel, hence its time and size, do somewhat.
 
 Memory: ``tree peak`` is the largest sum of the resident sets of the process and its live
-workers, sampled every 0.2 s (pages that the workers share with it, such as torch's libraries,
+workers, sampled every 0.5 s (pages that the workers share with it, such as torch's libraries,
 count once per process, so it errs high); ``own peak`` is the process's ``VmHWM`` and ``worker
 peak`` the largest ``ru_maxrss`` of its reaped workers.
 
@@ -174,10 +174,12 @@ def fit(
 
 
 class TreeMemory:
-    """Largest sum of the resident sets of this process and its descendants, sampled."""
+    """Largest sum of the resident sets of this process and its descendants, sampled (the
+    descendants, a scan of all of ``/proc``, are looked up every ``refresh`` samples)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.5, refresh: int = 10) -> None:
         self.interval = interval
+        self.refresh = refresh
         self.peak = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -191,9 +193,12 @@ class TreeMemory:
         self._thread.join()
 
     def _sample(self) -> None:
-        page = os.sysconf('SC_PAGE_SIZE')
+        page, count, pids = os.sysconf('SC_PAGE_SIZE'), 0, [os.getpid()]
         while not self._done.wait(self.interval):
-            self.peak = max(self.peak, sum(resident_pages(pid) for pid in tree()) * page)
+            if count % self.refresh == 0:
+                pids = tree()
+            count += 1
+            self.peak = max(self.peak, sum(resident_pages(pid) for pid in pids) * page)
 
 
 def tree() -> list[int]:
