@@ -9,7 +9,7 @@ CPU seconds show how much a loaded machine stretched its wall-clock time.
 
 The scoring bundles are trained for one short epoch on simulated template-space T1w volumes
 (the template under a smooth random deformation, bias field and noise), then get their normative
-models and thresholds from :func:`bids_anomaly.levels.score.fit_normative` as in a real run. The
+models and thresholds from :func:`bids_anomaly.scoring.fit.fit_normative` as in a real run. The
 speed of scoring does not depend on how well a model is trained; only the support vectors per
 voxel of the one-class SVM (reported) change its cost and the bundle's size.
 
@@ -191,7 +191,14 @@ def stage_preprocessing(settings: Settings) -> list[Row]:
 
 def stage_training(settings: Settings) -> list[Row]:
     import torch
-    from training_speed import FAMILY_BATCHES, SPEC, epoch_rate, pairs_per_second, random_volumes
+    from training_speed import (
+        FAMILY_BATCHES,
+        SPEC,
+        ddp_epoch_rate,
+        epoch_rate,
+        pairs_per_second,
+        random_volumes,
+    )
 
     from bids_anomaly.models import build_model
     from bids_anomaly.templates import template_grid
@@ -217,6 +224,17 @@ def stage_training(settings: Settings) -> list[Row]:
                 unit,
             )
         )
+    if device.type == 'cpu':
+        for processes in (1, 2):
+            rows.append(
+                (
+                    f'train_model epoch, sae-patch, batch 225, {sizes.train_volumes} x '
+                    f'{sizes.resolution:g} mm volumes, torchrun {processes} process(es) x 1 '
+                    'thread (DDP, gloo)',
+                    ddp_epoch_rate(processes, sizes.train_volumes),
+                    'pairs/s',
+                )
+            )
     return rows
 
 
@@ -287,9 +305,9 @@ def stage_embedding(settings: Settings) -> list[Row]:
 def stage_bundle(settings: Settings, family: str) -> list[Row]:
     """Train one short epoch, save the bundle, time :func:`fit_normative` on it."""
     from bids_anomaly.config import ScoringConfig
-    from bids_anomaly.levels.score import fit_normative
     from bids_anomaly.models import ModelSpec, TrainParams
     from bids_anomaly.models.bundle import ModelCard, load_arrays, save_bundle
+    from bids_anomaly.scoring.fit import fit_normative
     from bids_anomaly.templates import load_template
     from bids_anomaly.training import train_model
 
@@ -318,10 +336,13 @@ def stage_bundle(settings: Settings, family: str) -> list[Row]:
         template,
         train,
         calibration,
+        work_dir=settings.work / 'normative' / family,
         radius=scoring.neighbourhood,
         nu=scoring.nu,
         gamma=scoring.gamma,
         quantile=scoring.threshold_quantile,
+        max_codes=scoring.ocsvm_max_codes,
+        seed=0,
         device=settings.device,
         n_jobs=settings.threads,
     )

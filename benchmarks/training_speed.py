@@ -7,18 +7,24 @@ unfold + matmul, channels-last memory (the package's default path), the 2x upsam
 into the next convolution, ``torch.compile``, thread counts and batch sizes. Then the pair
 sampler (gathering from the (n, C, X, Y, Z) array as given vs the axial layout the package
 uses), and whole epochs of ``train_model`` (sampling + steps) for the four families at 1.5 mm.
+:func:`ddp_epoch_rate` times the ``sae-patch`` epoch under ``torchrun`` (DistributedDataParallel,
+gloo on CPU, one thread per process) for ``benchmarks/speed.py``.
 
 Rates are wall-clock; with ``--cpu-time`` they are per CPU-second of this process, which is
 steadier when other processes share the cores (run with ``--threads 1`` then). The load
 average is printed first and last: rerun when it is low.
 
     python benchmarks/training_speed.py [--threads 2] [--seconds 3] [--cpu-time] [--device cpu]
+    torchrun --nproc-per-node P benchmarks/training_speed.py --ddp-epoch OUT.json [--volumes 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import typing as ty
@@ -30,7 +36,7 @@ from torch import nn
 
 from bids_anomaly.models import ModelSpec, TrainParams, build_model, objective
 from bids_anomaly.models.networks import AutoEncoderOutput
-from bids_anomaly.training import PatchSampler, train_model
+from bids_anomaly.training import PatchSampler, distributed, train_model
 
 SPEC = ModelSpec('sae-patch', in_channels=2)
 GRID = (121, 145, 121)
@@ -254,6 +260,34 @@ def epoch_rate(
     return result.history[0].samples_per_s, unit
 
 
+def ddp_epoch_rate(processes: int, n_volumes: int = 4) -> float:
+    """Pairs/s of one ``sae-patch`` epoch (:func:`epoch_rate`, batch 225 shared out) run by
+    ``processes`` torchrun processes of one thread each on this machine's CPU (gloo)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, 'rate.json')
+        command = [
+            sys.executable, '-m', 'torch.distributed.run', '--standalone',
+            '--nproc-per-node', str(processes), __file__, '--ddp-epoch', out,
+            '--volumes', str(n_volumes),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        with open(out) as fh:
+            return json.load(fh)['pairs_per_s']
+
+
+def _ddp_epoch(out: str, n_volumes: int) -> None:
+    """One process of :func:`ddp_epoch_rate`; rank 0 writes the rate to ``out``."""
+    if distributed.launched():
+        distributed.init_from_env('cpu')
+    torch.set_num_threads(1)
+    volumes, mask = random_volumes(n_volumes)
+    rate, _ = epoch_rate('sae-patch', 225, volumes, mask, torch.device('cpu'))
+    if distributed.workers().is_main:
+        with open(out, 'w') as fh:
+            json.dump({'pairs_per_s': rate}, fh)
+    distributed.shutdown()
+
+
 def loop_speed(threads: int, device: torch.device) -> None:
     """One epoch of ``train_model`` for each family at 1.5 mm, on 4 volumes."""
     torch.set_num_threads(threads)
@@ -269,7 +303,12 @@ def main() -> None:
     parser.add_argument('--seconds', type=float, default=3.0)
     parser.add_argument('--cpu-time', action='store_true', help='rates per CPU-second')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--ddp-epoch', metavar='OUT', help='one torchrun process (see above)')
+    parser.add_argument('--volumes', type=int, default=4, help='volumes of --ddp-epoch')
     args = parser.parse_args()
+    if args.ddp_epoch:
+        _ddp_epoch(args.ddp_epoch, args.volumes)
+        return
     device = torch.device(args.device)
     clock = time.process_time if args.cpu_time else time.perf_counter
     print(

@@ -99,6 +99,14 @@ class ExecutionConfig:
         '--mem-gb',
         metavar='GB',
     )
+    use_plugin: Path | None = setting(
+        None,
+        "nipype plugin configuration (YAML, as fMRIPrep's) for the participant level's "
+        'workflows: `plugin: SLURMGraph` and its `plugin_args` (default: MultiProc on '
+        '--nprocs and --mem; see docs/hpc.md).',
+        '--use-plugin',
+        metavar='FILE',
+    )
     stop_on_first_crash: bool = setting(
         False,
         'Stop at the first participant that fails instead of continuing with the others.',
@@ -110,6 +118,14 @@ class ExecutionConfig:
         'Torch device: auto (CUDA when available), cpu, cuda or cuda:N.',
         '--device',
         metavar='DEVICE',
+    )
+    dask_scheduler: str = setting(
+        '',
+        'Fit the per-voxel one-class SVMs on this dask.distributed cluster: its address '
+        '(tcp://host:8786) or scheduler file; needs the cluster extra and a work directory '
+        'that its workers share (see docs/hpc.md).',
+        '--dask-scheduler',
+        metavar='ADDRESS',
     )
     seed: int = setting(
         20251125, 'Random seed for sampling, training and embeddings.', '--seed', metavar='INT'
@@ -275,6 +291,14 @@ class ScoringConfig:
     gamma: float = setting(
         0.0, 'One-class SVM RBF gamma (0: 1 / (dim * variance)).', '--gamma', metavar='G'
     )
+    ocsvm_max_codes: int = setting(
+        243,
+        "Cap on the one-class SVM's training codes per voxel: a seeded random subset of "
+        'the controls x neighbourhood codes beyond it (its time and bundle size grow '
+        'faster than the codes; 243 = 9 controls x 27).',
+        '--ocsvm-max-codes',
+        metavar='N',
+    )
     threshold_quantile: float = setting(
         0.98,
         "Quantile of the calibration controls' voxel scores above which a voxel is abnormal.",
@@ -428,6 +452,7 @@ class RunConfig:
             ('--patch-size', train.patch_size),
             ('--patches-per-subject', train.patches_per_subject),
             ('--embedding-max-points', self.analysis.embedding_max_points),
+            ('--ocsvm-max-codes', score.ocsvm_max_codes),
             ('--learning-rate', train.learning_rate),
         ):
             if value <= 0:
@@ -439,6 +464,8 @@ class RunConfig:
                 f'--patch-size {train.patch_size}: must be at least {MIN_PATCH_SIZE | 1} '
                 f'(the patch network needs {MIN_PATCH_SIZE} voxels to reach its code)'
             )
+        if self.execution.use_plugin is not None:
+            read_plugin_file(self.execution.use_plugin)
         if len(score.atlas) != len(score.atlas_labels):
             raise ValueError(
                 f'{len(score.atlas)} --atlas but {len(score.atlas_labels)} '
@@ -461,6 +488,29 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
     with open(path, 'rb') as fh:
         data = tomllib.load(fh)
     return {k: v for k, v in data.items() if isinstance(v, dict)}
+
+
+def read_plugin_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(plugin, plugin_args)`` of a ``--use-plugin`` YAML file, checked against nipype's
+    plugins; ``ValueError`` naming the file and the fix otherwise."""
+    import yaml
+    from nipype.pipeline import plugins
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f'--use-plugin {path}: cannot read it as YAML ({err})') from None
+    plugin = document.get('plugin') if isinstance(document, dict) else None
+    args = document.get('plugin_args', {}) if isinstance(document, dict) else None
+    if not isinstance(plugin, str) or not isinstance(args, dict):
+        raise ValueError(
+            f'--use-plugin {path}: expected `plugin: NAME` and an optional '
+            '`plugin_args:` mapping, as fMRIPrep reads'
+        )
+    if not hasattr(plugins, f'{plugin}Plugin'):
+        known = sorted(n[: -len('Plugin')] for n in dir(plugins) if n.endswith('Plugin'))
+        raise ValueError(f'--use-plugin {path}: unknown plugin {plugin!r}; nipype has {known}')
+    return plugin, args
 
 
 def _check_choices(flag: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:

@@ -49,9 +49,11 @@ def check_device(device: str) -> None:
 
 
 def resolve_threads(nprocs: int, omp_nthreads: int) -> tuple[int, int]:
-    """``(processes, threads per process)``: 0 means every core, and at most 8 threads (beyond
-    that ITK and torch gain little), never more threads than processes."""
-    nprocs = nprocs or os.cpu_count() or 1
+    """``(processes, threads per process)``: 0 means every core (its share of them when
+    ``torchrun`` starts several processes on this node), and at most 8 threads (beyond that
+    ITK and torch gain little), never more threads than processes."""
+    local_processes = int(os.environ.get('LOCAL_WORLD_SIZE', '1'))
+    nprocs = nprocs or max(1, (os.cpu_count() or 1) // local_processes)
     return nprocs, min(omp_nthreads or 8, nprocs)
 
 

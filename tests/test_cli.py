@@ -307,3 +307,48 @@ def test_refused_bundle_stops_participant_level_before_preprocessing(
     assert code == 66
     assert_one_line(err, 'MNI152NLin2009cAsym')
     assert not list(out.rglob('*_T1w.nii.gz'))  # refused before any preprocessing
+
+
+@pytest.mark.parametrize(
+    'text, needle',
+    [
+        (None, 'cannot read it'),
+        ('plugin: [MultiProc\n', 'cannot read it'),
+        ('plugin_args: {n_procs: 2}\n', 'expected `plugin: NAME`'),
+        ('plugin: Linear\nplugin_args: [1, 2]\n', 'expected `plugin: NAME`'),
+        ('plugin: Slurm\n', "unknown plugin 'Slurm'"),
+    ],
+)
+def test_bad_plugin_file_exits_64(
+    tiny_bids: Path, tmp_path: Path, text: str | None, needle: str, capsys
+) -> None:
+    plugin = tmp_path / 'plugin.yml'
+    if text is not None:
+        plugin.write_text(text)
+    code, err = run_cli(
+        [tiny_bids, tmp_path / 'out', 'participant', '--use-plugin', plugin], capsys
+    )
+    assert code == 64
+    assert_one_line(err, '--use-plugin', needle)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_plugin_file_sets_the_nipype_plugin(tmp_path: Path) -> None:
+    from bids_anomaly.config import ExecutionConfig
+    from bids_anomaly.preprocessing.run import nipype_plugin
+
+    assert nipype_plugin(ExecutionConfig(mem_gb=8), 3) == (
+        'MultiProc',
+        {'n_procs': 3, 'raise_insufficient': False, 'memory_gb': 8},
+    )
+    plugin = tmp_path / 'plugin.yml'
+    plugin.write_text('plugin: MultiProc\nplugin_args: {n_procs: 6, maxtasksperchild: 1}\n')
+    assert nipype_plugin(ExecutionConfig(use_plugin=plugin), 3) == (
+        'MultiProc',
+        {'n_procs': 6, 'maxtasksperchild': 1, 'raise_insufficient': False},
+    )
+    plugin.write_text('plugin: SLURMGraph\nplugin_args: {dont_resubmit_completed_jobs: true}\n')
+    assert nipype_plugin(ExecutionConfig(use_plugin=plugin, mem_gb=8), 3) == (
+        'SLURMGraph',
+        {'dont_resubmit_completed_jobs': True},
+    )

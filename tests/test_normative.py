@@ -14,6 +14,7 @@ from sklearn.svm import OneClassSVM
 from bids_anomaly.scoring.normative import (
     VOXELS_PER_JOB,
     NeighbourhoodSamples,
+    SubsampledSamples,
     VoxelGaussian,
     VoxelOneClassSVM,
     VoxelZScore,
@@ -22,6 +23,7 @@ from bids_anomaly.scoring.normative import (
     shrunk_covariance,
     shrunk_variances,
 )
+from bids_anomaly.scoring.store import SubjectStore
 
 ESTIMATORS = [VoxelOneClassSVM, VoxelGaussian, VoxelZScore]
 
@@ -332,7 +334,7 @@ def test_moderated_z_score_lifts_a_voxel_without_spread_and_keeps_the_means():
 
 def test_bundle_metadata_of_the_diagonal_gaussian_names_no_eigenvectors(codes):
     """model.json records what is fitted: a diagonal Gaussian keeps no eigenvectors."""
-    from bids_anomaly.levels.score import estimator_metadata
+    from bids_anomaly.scoring.fit import estimator_metadata
 
     model = VoxelGaussian(covariance_type='diag', chunk_size=10).fit(codes[0])
     metadata = estimator_metadata(model)
@@ -340,3 +342,62 @@ def test_bundle_metadata_of_the_diagonal_gaussian_names_no_eigenvectors(codes):
     assert 'n_components' not in metadata and 'device' not in metadata
     rebuilt = VoxelGaussian.from_arrays(model.to_arrays(compact=False), **metadata)
     np.testing.assert_array_equal(rebuilt.score_samples(codes[1]), model.score_samples(codes[1]))
+
+
+@pytest.mark.parametrize(
+    'Estimator, params',
+    [
+        (VoxelOneClassSVM, {'nu': 0.05}),
+        (VoxelGaussian, {'covariance_type': 'diag'}),
+        (VoxelGaussian, {'covariance_type': 'lowrank'}),
+        (VoxelZScore, {}),
+    ],
+)
+def test_fit_arrays_encodes_chunk_by_chunk_as_to_arrays_does(Estimator, params, codes):
+    X = codes[0]
+    expected = Estimator(chunk_size=100, **params).fit(X).to_arrays()
+    estimator = Estimator(chunk_size=7, **params)
+    arrays = estimator.fit_arrays(X)
+    assert sorted(arrays) == sorted(expected)
+    for name, value in expected.items():
+        assert arrays[name].dtype == value.dtype, name
+        np.testing.assert_allclose(arrays[name], value, rtol=1e-3, atol=1e-6, err_msg=name)
+    with pytest.raises(NotFittedError):
+        estimator.score_samples(codes[1])
+
+
+def test_subject_store_reads_as_the_array_it_holds(tmp_path):
+    rng = np.random.default_rng(4)
+    mask = np.zeros((6, 7, 5), dtype=bool)
+    mask[1:5, 1:6, 1:4] = True
+    codes = rng.normal(size=(3, int(mask.sum()), 4)).astype(np.float16)
+    store = SubjectStore.create(tmp_path / 'codes.npy', codes.shape, codes.dtype)
+    for subject, values in enumerate(codes):
+        store.write(subject, values)
+    assert store.shape == codes.shape and store.dtype == codes.dtype and len(store) == 3
+    reopened = SubjectStore(tmp_path / 'codes.npy')
+    np.testing.assert_array_equal(
+        NeighbourhoodSamples(reopened, mask, 1)[5:30], NeighbourhoodSamples(codes, mask, 1)[5:30]
+    )
+    with pytest.raises(ValueError, match='do not fit'):
+        store.write(0, codes[0, :-1])
+
+
+def test_subsampled_samples_keep_a_seeded_subset_per_voxel():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 40, 3)).astype(np.float32)
+    view = SubsampledSamples(X, max_samples=12, random_state=1)
+    assert view.shape == (50, 12, 3)
+    whole = view[:]
+    np.testing.assert_array_equal(np.concatenate([view[:17], view[17:50]]), whole)
+    kept = []
+    for v in range(50):  # each voxel keeps 12 of its own samples, in their order
+        rows = [int(np.flatnonzero((X[v] == row).all(1))[0]) for row in whole[v]]
+        assert rows == sorted(set(rows)) and len(rows) == 12
+        kept.append(rows)
+    assert len({tuple(rows) for rows in kept}) > 40  # a different subset per voxel
+    np.testing.assert_array_equal(SubsampledSamples(X, 12, random_state=1)[3:9], whole[3:9])
+    assert not np.array_equal(SubsampledSamples(X, 12, random_state=2)[:], whole)
+    np.testing.assert_array_equal(SubsampledSamples(X, 40, random_state=1)[:], X)
+    with pytest.raises(ValueError, match='max_samples'):
+        SubsampledSamples(X, 0, random_state=1)

@@ -134,21 +134,24 @@ def first_run(dataset, tmp_path_factory):
     """The good participant and six broken ones through the runner (affine registration)."""
     base = tmp_path_factory.mktemp('run')
     bad = bad_participants(dataset, base / 'bad')
-    records = Records()
+    records, nipype_records = Records(), Records()
     logger = logging.getLogger('bids_anomaly')
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
+    logging.getLogger('nipype.workflow').addHandler(nipype_records)
     try:
         table = run(
             [good_participant(dataset), *(p for p, _ in bad.values())], base / 'out', dataset
         )
     finally:
         logger.removeHandler(records)
+        logging.getLogger('nipype.workflow').removeHandler(nipype_records)
     return SimpleNamespace(
         table=table.set_index('participant'),
         out=base / 'out',
         bad=bad,
         messages=records.messages,
+        nipype_messages=nipype_records.messages,
         work=base / 'work',
         root=dataset,
     )
@@ -259,6 +262,29 @@ def test_rerun_with_other_settings_recomputes(first_run):
     assert list(back['status']) == ['ok']
     assert json.loads(sidecar.read_text())['Fingerprint'] == stamped
     assert list(run([good], first_run.out, first_run.root)['status']) == ['skipped']
+
+
+def test_plugin_file_is_honoured(first_run, tmp_path):
+    """--use-plugin Linear: the (cached) workflow runs serially; MultiProc did not."""
+    plugin = tmp_path / 'linear.yml'
+    plugin.write_text('plugin: Linear\n')
+    records = Records()
+    logger = logging.getLogger('nipype.workflow')
+    logger.addHandler(records)
+    try:
+        table = run_preprocessing(
+            [good_participant(first_run.root)],
+            preprocessing=PreprocessingConfig(resolution=2.0, registration='affine'),
+            execution=ExecutionConfig(nprocs=2, omp_nthreads=1, seed=0, use_plugin=plugin),
+            writer=DerivativesWriter(tmp_path / 'out', configuration={}),
+            work_dir=first_run.work,
+            log_dir=tmp_path / 'logs',
+        )
+    finally:
+        logger.removeHandler(records)
+    assert list(table['status']) == ['ok']
+    assert 'Running serially.' in records.messages
+    assert 'Running serially.' not in first_run.nipype_messages
 
 
 def test_precomputed_derivatives_are_reused(first_run, tmp_path):

@@ -51,18 +51,42 @@ class RunContext:
 
 
 def run(config: RunConfig) -> None:
-    """Run the requested analysis level; raises :class:`AppError` subclasses on failure."""
+    """Run the requested analysis level; raises :class:`AppError` subclasses on failure.
+
+    Under ``torchrun`` (``group --train`` only) every process trains its share of the batches
+    and rank 0 does everything else; rank 0 indexes the dataset first, the others then read
+    its pybids database.
+    """
+    from bids_anomaly.training import distributed
+
     started = time.monotonic()
-    with ExitStack() as held:
-        context = prepare(config, held)
-        if config.analysis_level == 'participant':
-            from bids_anomaly.levels.participant import run_participant_level
+    if distributed.launched():
+        if config.analysis_level != 'group' or not config.training.train:
+            raise UsageError(
+                'torchrun launches `group --train` only (DistributedDataParallel training); '
+                'run the other steps as one process'
+            )
+        config.execution.device = distributed.init_from_env(config.execution.device)
+    main = distributed.workers().is_main
+    try:
+        with ExitStack() as held:
+            if not main:
+                distributed.barrier()
+            context = prepare(config, held, claim=main)  # rank 0 holds OUTPUT_DIR for all
+            if main:
+                distributed.barrier()
+            if config.analysis_level == 'participant':
+                from bids_anomaly.levels.participant import run_participant_level
 
-            run_participant_level(context)
-        else:
-            from bids_anomaly.levels.group import run_group_level
+                run_participant_level(context)
+            else:
+                from bids_anomaly.levels.group import run_group_level
 
-            run_group_level(context)
+                run_group_level(context)
+    finally:
+        distributed.shutdown()
+    if not main:
+        return
     LOGGER.info(
         '%s level finished in %.1f s; outputs in %s',
         config.analysis_level,
@@ -71,12 +95,13 @@ def run(config: RunConfig) -> None:
     )
 
 
-def prepare(config: RunConfig, held: ExitStack) -> RunContext:
+def prepare(config: RunConfig, held: ExitStack, claim: bool = True) -> RunContext:
     """Check inputs, create the output dataset, start logging, save the configuration, discover.
 
     Usage errors are reported before anything is created in OUTPUT_DIR; an invalid dataset
     leaves only the official validator's report in OUTPUT_DIR/logs.
-    The OUTPUT_DIR lock (:func:`claim_output_dir`) stays in ``held`` until the run ends.
+    The OUTPUT_DIR lock (:func:`claim_output_dir`) stays in ``held`` until the run ends
+    (``claim``: False for the other processes of a torchrun, whose rank 0 holds it).
     """
     bids_dir = config.bids_dir.resolve()
     output_dir = config.output_dir.resolve()
@@ -109,7 +134,8 @@ def prepare(config: RunConfig, held: ExitStack) -> RunContext:
             raise InvalidBidsError(validation.error_line(bids_dir, report))
     for folder in (output_dir, log_dir, work_dir):
         make_writable_folder(folder)
-    claim_output_dir(output_dir, config.analysis_level, held)
+    if claim:
+        claim_output_dir(output_dir, config.analysis_level, held)
     config.bids_dir, config.output_dir = bids_dir, output_dir
     setup_logging(
         log_dir / f'bids_anomaly_{config.analysis_level}_{stamp}.log', config.execution.verbose

@@ -35,6 +35,10 @@ def run_group_level(context: RunContext) -> None:
 
         controls = require_controls(context.participants, config, min_controls(config.training))
         train_bundles(context, controls)
+        from bids_anomaly.training.distributed import workers
+
+        if not workers().is_main:  # torchrun's other processes: their part is done
+            return
     paths = bundle_paths(config)
     if not paths:
         raise MissingInputError(

@@ -1,9 +1,7 @@
-"""Scoring stage: normative models and thresholds into each bundle, then participants' scores.
+"""Scoring stage: apply every bundle to participants and write their outputs.
 
-After training, :func:`fit_normative` adds to each bundle what scoring needs besides the
-weights: the per-voxel one-class SVM and Gaussian on the training controls' latent codes (patch
-models), the z-score baseline, and the thresholds calibrated on the held-out controls.
-:func:`score_participants` applies every bundle to participants and writes their outputs.
+The normative models and thresholds that scoring needs are fitted into each bundle after
+training by :func:`bids_anomaly.scoring.fit.fit_normative`.
 """
 
 from __future__ import annotations
@@ -14,123 +12,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.config import PreprocessingConfig
 from bids_anomaly.fingerprints import fingerprint, recorded, stamp
-from bids_anomaly.models.bundle import MODEL_JSON, BundleError, add_arrays
-from bids_anomaly.scoring.normative import NeighbourhoodSamples, VoxelZScore
-from bids_anomaly.scoring.normative.zscore import fit_moderated
+from bids_anomaly.models.bundle import MODEL_JSON, BundleError
 from bids_anomaly.scoring.scorer import (
-    ESTIMATORS,
-    RECON_Z,
-    ZSCORE,
     BundleScorer,
-    brain_samples,
 )
 from bids_anomaly.templates import Template
 
 LOGGER = logging.getLogger('bids_anomaly')
-
-
-def fit_normative(
-    bundle: Path,
-    template: Template,
-    train_volumes: np.ndarray,
-    calibration_volumes: np.ndarray,
-    *,
-    radius: int,
-    nu: float,
-    gamma: float,
-    quantile: float,
-    device: str,
-    n_jobs: int = 1,
-    fwhm_mm: float = 0.0,
-) -> None:
-    """Add the normative models, the baseline and the calibrated thresholds to ``bundle``.
-
-    ``n_jobs`` worker processes fit the one-class SVMs on CPU. Every map is smoothed by a
-    Gaussian of ``fwhm_mm`` before calibration; the width is stored with the thresholds. The
-    training controls' reconstruction errors give each voxel's normal error (``reconz``: a
-    z-score with moderated variances).
-    """
-    from bids_anomaly.scoring.calibration import calibrate_threshold
-
-    scorer = BundleScorer(bundle, template, device)
-    mask = scorer.mask
-    started = time.monotonic()
-    zscore = VoxelZScore(device=scorer.device).fit(brain_samples(train_volumes, mask))
-    add_arrays(bundle, ZSCORE, zscore.to_arrays(), metadata=estimator_metadata(zscore))
-    is_patch = scorer.card.spec.is_patch
-    errors, codes = [], []
-    for volume in train_volumes:
-        outputs = scorer.infer(volume)
-        errors.append(outputs.error[mask])
-        if is_patch:
-            codes.append(outputs.codes)
-    recon_z = fit_moderated(np.stack(errors, axis=1)[:, :, None], mask, scorer.device)
-    add_arrays(bundle, RECON_Z, recon_z.to_arrays(), metadata=estimator_metadata(recon_z))
-    if is_patch:
-        samples = NeighbourhoodSamples(np.stack(codes), mask, radius)
-        LOGGER.info(
-            '%s: fitting per-voxel normative models on %d codes x %d dims per voxel',
-            scorer.label,
-            *samples.shape[1:],
-        )
-        for name in ('ocsvm', 'gaussian'):
-            # a diagonal Gaussian (Ledoit-Wolf shrunk variances): one 64x64 eigendecomposition
-            # per voxel for the full or low-rank forms costs minutes per brain on CPU, and
-            # ~8.7 kB per voxel
-            params = (
-                {'nu': nu, 'gamma': gamma or 'scale', 'n_jobs': n_jobs}
-                if name == 'ocsvm'
-                else {'covariance_type': 'diag'}
-            )
-            estimator = ESTIMATORS[name](device=scorer.device, **params).fit(samples)
-            add_arrays(bundle, name, estimator.to_arrays(), metadata=estimator_metadata(estimator))
-    LOGGER.info('%s: normative models fitted in %.1f s', scorer.label, time.monotonic() - started)
-    scorer = BundleScorer(bundle, template, device)  # as stored (float16 where it is)
-    scorer.fwhm_mm = fwhm_mm
-    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
-    for volume in calibration_volumes:
-        for key, values in scorer.score(volume).maps.items():
-            pooled.setdefault(key, []).append(values[mask])
-    thresholds = {
-        f'{model}.{stat}': np.array([calibrate_threshold(np.stack(v), quantile)], dtype=np.float32)
-        for (model, stat), v in pooled.items()
-    }
-    add_arrays(
-        bundle,
-        'thresholds',
-        thresholds,
-        metadata={
-            'quantile': quantile,
-            'fwhm_mm': fwhm_mm,
-            'participants': list(scorer.card.calibration_participants),
-        },
-    )
-    LOGGER.info(
-        '%s: thresholds at the %g quantile of %d calibration control(s), maps smoothed at '
-        '%g mm FWHM: %s',
-        scorer.label,
-        quantile,
-        len(calibration_volumes),
-        fwhm_mm,
-        ', '.join(f'{k}={float(v[0]):.4g}' for k, v in thresholds.items()),
-    )
-
-
-def estimator_metadata(estimator) -> dict:
-    """Hyper-parameters to store with a fitted estimator: not where or how fast it ran, nor
-    the eigenvectors kept by a low-rank Gaussian when the fitted one is diagonal."""
-    params = {k: v for k, v in estimator.get_params().items() if k not in ('device', 'n_jobs')}
-    if params.get('covariance_type') == 'diag':
-        del params['n_components']
-    return params
 
 
 def load_scorers(

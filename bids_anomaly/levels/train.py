@@ -23,7 +23,7 @@ from bids_anomaly.config import RunConfig, TrainingConfig
 from bids_anomaly.constants import INTENSITY_QUANTILES
 from bids_anomaly.errors import MissingInputError
 from bids_anomaly.levels import RunContext
-from bids_anomaly.levels.score import fit_normative
+from bids_anomaly.scoring.fit import fit_normative
 from bids_anomaly.templates import Template, load_template
 
 LOGGER = logging.getLogger('bids_anomaly')
@@ -87,9 +87,14 @@ def preprocessed_controls(
 
 
 def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path]:
-    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>."""
+    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>.
+
+    Under ``torchrun`` every process trains (its share of each batch) and rank 0 alone saves
+    the bundles, fits their normative models and returns them.
+    """
     from bids_anomaly.models.bundle import ModelCard, save_bundle
     from bids_anomaly.models.spec import ModelSpec, TrainParams
+    from bids_anomaly.training.distributed import workers
     from bids_anomaly.training.trainer import train_model
 
     config = context.config
@@ -150,6 +155,8 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             device=config.execution.device,
             progress=True,
         )
+        if not workers().is_main:  # torchrun: rank 0 writes the bundle and fits its models
+            continue
         card = ModelCard(
             spec=spec,
             params=params,
@@ -183,13 +190,17 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             template,
             train_volumes,
             calibration_volumes,
+            work_dir=context.work_dir / 'normative' / family,
             radius=scoring.neighbourhood,
             nu=scoring.nu,
             gamma=scoring.gamma,
             quantile=scoring.threshold_quantile,
+            max_codes=scoring.ocsvm_max_codes,
+            seed=config.execution.seed,
             device=config.execution.device,
             n_jobs=config.execution.nprocs,
             fwhm_mm=scoring.score_fwhm,
+            dask_scheduler=config.execution.dask_scheduler or None,
         )
         bundles.append(publish(bundle, config.output_dir / 'models' / family))
         LOGGER.info('%s: bundle %s', family, bundles[-1])

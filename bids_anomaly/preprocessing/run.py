@@ -1,6 +1,7 @@
 """Run the preprocessing of many participants: one nipype workflow each, failures isolated.
 
-Each participant's workflow runs with nipype's MultiProc plugin, cached in the work directory
+Each participant's workflow runs with nipype's MultiProc plugin (or the plugin of
+``--use-plugin``, e.g. SLURMGraph: one cluster job per node), cached in the work directory
 (a rerun skips finished nodes), crash files in the log folder. Its results are written into
 OUTPUT_DIR only after the whole workflow succeeded. A participant that fails is logged with one
 line naming the file or step, recorded in ``logs/preprocessing_status.tsv``, and the others go
@@ -156,15 +157,10 @@ def _run_participant(
             'stop_on_first_crash': 'false',
             'poll_sleep_duration': POLL_SECONDS,
         }
-        plugin_args: dict[str, Any] = {
-            'n_procs': nprocs,
-            'raise_insufficient': False,
-            'status_callback': _progress(name, workflow.name, failed_nodes),
-        }
-        if execution.mem_gb:
-            plugin_args['memory_gb'] = execution.mem_gb
+        plugin, plugin_args = nipype_plugin(execution, nprocs)
+        plugin_args['status_callback'] = _progress(name, workflow.name, failed_nodes)
         with children_die_with_parent():  # no orphan writes into work_dir after a SIGKILL
-            graph = workflow.run(plugin='MultiProc', plugin_args=plugin_args)
+            graph = workflow.run(plugin=plugin, plugin_args=plugin_args)
         stage = 'outputs'
         results = collect_results(workflow, graph)
         expected[0].unlink(missing_ok=True)  # until rewritten, the participant is not finished
@@ -207,6 +203,27 @@ def preprocessing_fingerprint(
         return fingerprint(settings, files)
     except OSError:  # unreadable: never skipped, and the validation step names the file
         return None
+
+
+def nipype_plugin(execution: ExecutionConfig, nprocs: int) -> tuple[str, dict[str, Any]]:
+    """The nipype plugin and its arguments: those of ``--use-plugin``, else MultiProc.
+
+    MultiProc (from the file or by default) gets ``--nprocs`` and ``--mem`` where the file does
+    not set ``n_procs`` and ``memory_gb`` itself.
+    """
+    from bids_anomaly.config import read_plugin_file
+
+    if execution.use_plugin is None:
+        plugin, args = 'MultiProc', {}
+    else:
+        plugin, args = read_plugin_file(execution.use_plugin)
+    args = dict(args)
+    if plugin in ('MultiProc', 'LegacyMultiProc'):
+        args.setdefault('n_procs', nprocs)
+        args.setdefault('raise_insufficient', False)
+        if execution.mem_gb:
+            args.setdefault('memory_gb', execution.mem_gb)
+    return plugin, args
 
 
 def check_inputs(participant: Participant) -> None:

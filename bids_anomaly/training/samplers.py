@@ -120,15 +120,21 @@ class _Sampler(abc.ABC):
         pairs: bool,
         random_state: int,
         device: torch.device | str,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if pairs and len(volumes) < 2:
             raise ValueError(f'Pairs need at least two subjects, got {len(volumes)}.')
+        if not 0 <= rank < world_size:
+            raise ValueError(f'rank must be in [0, world_size={world_size}), got {rank}.')
         self.axial = to_axial(volumes, pad, device)
         _check_mask(mask, volumes)
         self.n_subjects = len(volumes)
         self.batch_size = batch_size
         self.pairs = pairs
         self.random_state = random_state
+        self.rank = rank
+        self.world_size = world_size
 
     @property
     @abc.abstractmethod
@@ -147,7 +153,13 @@ class _Sampler(abc.ABC):
         """Samples ``(N, C, H, W)`` at ``locations`` of ``subjects``."""
 
     def epoch(self, epoch: int) -> ty.Iterator[Batch | PairBatch]:
-        """Batches of one epoch, the same for the same ``(random_state, epoch)``."""
+        """Batches of one epoch, the same for the same ``(random_state, epoch)``.
+
+        With ``world_size`` processes, each draws the same epoch and yields its contiguous
+        share of every batch: the shares of all ranks, in rank order, are the batch of a
+        single process. A share that would be empty (a last batch smaller than
+        ``world_size``) is not yielded.
+        """
         rng = np.random.default_rng((self.random_state, epoch))
         subjects, locations = self._draw(rng)
         device = self.axial.device
@@ -158,7 +170,12 @@ class _Sampler(abc.ABC):
             shift = rng.integers(1, self.n_subjects, size=len(subjects))
             partners_t = torch.as_tensor((subjects + shift) % self.n_subjects, device=device)
         for start in range(0, len(subjects), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
+            size = min(self.batch_size, len(subjects) - start)
+            first = start + size * self.rank // self.world_size
+            last = start + size * (self.rank + 1) // self.world_size
+            if first == last:
+                continue
+            chunk = slice(first, last)
             where, subject = locations_t[chunk], subjects_t[chunk]
             if not self.pairs:
                 yield Batch(self._extract(subject, where), where, subject)
@@ -188,6 +205,9 @@ class PatchSampler(_Sampler):
     random_state : int, default=0
     device : str or torch.device, default='cpu'
         Where the volumes are held and patches gathered.
+    rank, world_size : int, default=0, 1
+        This process's share of every batch when ``world_size`` processes train together
+        (DistributedDataParallel); see :meth:`epoch`.
     """
 
     def __init__(
@@ -201,6 +221,8 @@ class PatchSampler(_Sampler):
         pairs: bool = False,
         random_state: int = 0,
         device: torch.device | str = 'cpu',
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__(
             volumes,
@@ -210,6 +232,8 @@ class PatchSampler(_Sampler):
             pairs=pairs,
             random_state=random_state,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )
         self.centres = brain_voxels(mask)
         if not len(self.centres):
@@ -233,7 +257,8 @@ class SliceSampler(_Sampler):
     """Every brain-containing axial slice of every subject once per epoch, shuffled.
 
     With ``pairs=True`` each slice is paired with the same axial index of another subject,
-    drawn at random. ``min_fraction`` skips the tips of the brain (see :func:`brain_slices`).
+    drawn at random. ``min_fraction`` skips the tips of the brain (see :func:`brain_slices`);
+    ``rank`` and ``world_size`` as for :class:`PatchSampler`.
     """
 
     def __init__(
@@ -246,6 +271,8 @@ class SliceSampler(_Sampler):
         min_fraction: float = 0.1,
         random_state: int = 0,
         device: torch.device | str = 'cpu',
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         super().__init__(
             volumes,
@@ -255,6 +282,8 @@ class SliceSampler(_Sampler):
             pairs=pairs,
             random_state=random_state,
             device=device,
+            rank=rank,
+            world_size=world_size,
         )
         self.slices = brain_slices(mask, min_fraction)
         if not len(self.slices):

@@ -8,6 +8,10 @@ settings or other volumes (their content, not only their shape: another ``--inte
 other controls) is replaced by a training from scratch. Every epoch draws its samples and its
 VAE noise from ``(seed, epoch)`` inside a forked RNG, so a resumed CPU run equals an
 uninterrupted one and the caller's global RNG state is left untouched.
+
+Under ``torchrun`` (a process group, :mod:`bids_anomaly.training.distributed`) the model is
+wrapped in DistributedDataParallel and each process trains on its share of every batch: the
+batches, the steps and (up to rounding) the weights are those of a one-process run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from bids_anomaly.io import atomic_path, write_text
 from bids_anomaly.models.losses import corrupt, objective
 from bids_anomaly.models.networks import AutoEncoder, build_model
 from bids_anomaly.models.spec import ModelSpec, TrainParams
+from bids_anomaly.training.distributed import all_sum, workers
 from bids_anomaly.training.samplers import Batch, PairBatch, PatchSampler, SliceSampler
 
 LOGGER = logging.getLogger(__name__)
@@ -67,9 +72,13 @@ def make_sampler(
     samples_per_subject: int,
     random_state: int,
     device: torch.device | str = 'cpu',
+    rank: int = 0,
+    world_size: int = 1,
 ) -> PatchSampler | SliceSampler:
-    """The sampler that feeds ``spec.family``: patches or slices, pairs for siamese models."""
+    """The sampler that feeds ``spec.family``: patches or slices, pairs for siamese models;
+    ``rank``'s share of every batch of ``world_size`` processes."""
     params = params.resolved(spec)
+    shard = {'rank': rank, 'world_size': world_size}
     if spec.is_patch:
         return PatchSampler(
             volumes,
@@ -80,6 +89,7 @@ def make_sampler(
             pairs=spec.siamese,
             random_state=random_state,
             device=device,
+            **shard,
         )
     return SliceSampler(
         volumes,
@@ -89,6 +99,7 @@ def make_sampler(
         min_fraction=params.min_slice_brain,
         random_state=random_state,
         device=device,
+        **shard,
     )
 
 
@@ -125,6 +136,8 @@ def train_model(
     """
     params = params.resolved(spec)
     device = resolve_device(device)
+    team = workers()
+    shard = {'rank': team.rank, 'world_size': team.world_size}
     _check_volumes(spec, train_volumes, mask, 'training')
     sampler = make_sampler(
         spec,
@@ -134,6 +147,7 @@ def train_model(
         samples_per_subject=params.patches_per_subject,
         random_state=params.seed,
         device=device,
+        **shard,
     )
     validation = None
     if calibration_volumes is not None:
@@ -146,14 +160,23 @@ def train_model(
             samples_per_subject=params.val_patches_per_subject,
             random_state=params.seed + 1,
             device=device,
+            **shard,
         )
     with _seeded(params.seed, 0, device):
         model = build_model(spec).to(device)
+    trained = model
+    if team.world_size > 1:  # gradients averaged over the processes at every step
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == 'cuda')
     fingerprint = _fingerprint(spec, params, train_volumes, calibration_volumes)
     state = _TrainState()
     checkpoint = Path(work_dir) / CHECKPOINT if work_dir is not None else None
+    progress = progress and team.is_main
     if checkpoint is not None and checkpoint.exists():
         payload = torch.load(checkpoint, map_location=device, weights_only=True)
         if payload.get('fingerprint') == fingerprint:
@@ -171,9 +194,9 @@ def train_model(
             LOGGER.info('Early stop: no better validation loss since epoch %d', state.best_epoch)
             break
         start = time.perf_counter()
-        with _seeded(params.seed, epoch, device):
+        with _seeded(params.seed, epoch, device, team.rank):
             train_loss = _train_epoch(
-                spec, model, optimizer, scaler, sampler, epoch, params.epochs, progress
+                spec, trained, optimizer, scaler, sampler, epoch, params.epochs, progress
             )
         rate = sampler.n_samples / (time.perf_counter() - start)
         val_loss = math.nan
@@ -186,7 +209,7 @@ def train_model(
         if validation is None or val_loss < state.best_loss:
             state.best_epoch, state.best_loss = epoch, val_loss
             state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if work_dir is not None:
+        if work_dir is not None and team.is_main:
             _save_checkpoint(checkpoint, fingerprint, model, optimizer, scaler, state)
             write_log(state.history, Path(work_dir) / LOG_TSV)
             plot_losses(state.history, Path(work_dir) / LOSS_PNG)
@@ -233,39 +256,49 @@ def _train_epoch(
     epochs: int,
     progress: bool,
 ) -> float:
-    """Mean training loss over the epoch."""
+    """Mean training loss over the epoch (over all processes).
+
+    Each process scales its loss by its share of the batch (times the number of processes,
+    which DDP's gradient average divides by again), so the gradient is that of the whole
+    batch's mean loss however the batch was shared.
+    """
     model.train()
     device = next(model.parameters()).device
+    size = sampler.batch_size
     total = torch.zeros((), device=device)
     unit = 'pair' if spec.siamese else spec.kind
     bar = tqdm(
-        total=sampler.n_samples,
+        total=math.ceil(sampler.n_samples / sampler.world_size),
         desc=f'{spec.family} {epoch}/{epochs}',
         unit=unit,
         unit_scale=True,
         disable=not progress,
         leave=False,
     )
-    with bar:
+    # a process whose share of the last batch is empty stops one step early
+    uneven = model.join() if hasattr(model, 'join') else contextlib.nullcontext()
+    with bar, uneven:
         for step, batch in enumerate(sampler.epoch(epoch)):
             x = _inputs(batch)
+            n = len(batch.location)
+            share = n * sampler.world_size / min(size, sampler.n_samples - step * size)
             with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
                 loss = objective(spec, x, model(corrupt(spec, x)))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * share).backward()
             scaler.step(optimizer)
             scaler.update()
-            size = len(batch.location)
-            total += loss.detach() * size
-            bar.update(size)
+            total += loss.detach() * n
+            bar.update(n)
             if step % 20 == 0:
                 bar.set_postfix(loss=f'{loss.item():.4g}')
-    return total.item() / sampler.n_samples
+    return all_sum(total).item() / sampler.n_samples
 
 
 @torch.no_grad()
 def _evaluate(spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | SliceSampler) -> float:
-    """Mean loss on the fixed validation draw (the posterior mean for a VAE)."""
+    """Mean loss on the fixed validation draw (the posterior mean for a VAE), over all
+    processes."""
     model.eval()
     device = next(model.parameters()).device
     total = torch.zeros((), device=device)
@@ -273,15 +306,17 @@ def _evaluate(spec: ModelSpec, model: AutoEncoder, sampler: PatchSampler | Slice
         x = _inputs(batch)
         with torch.autocast(device.type, torch.float16, enabled=device.type == 'cuda'):
             total += objective(spec, x, model(corrupt(spec, x))) * len(batch.location)
-    return total.item() / sampler.n_samples
+    return all_sum(total).item() / sampler.n_samples
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, epoch: int, device: torch.device) -> ty.Iterator[None]:
-    """Seed torch for ``(seed, epoch)`` inside a forked RNG state, restored on exit."""
+def _seeded(seed: int, epoch: int, device: torch.device, rank: int = 0) -> ty.Iterator[None]:
+    """Seed torch for ``(seed, epoch)`` (and the process's rank beyond the first) inside a
+    forked RNG state, restored on exit."""
     devices = [device] if device.type == 'cuda' else []
+    entropy = (seed, epoch, rank) if rank else (seed, epoch)
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0]))
+        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
         yield
 
 

@@ -14,10 +14,11 @@ Shapes: ``fit(X)`` takes ``X`` of shape ``(n_voxels, n_samples, n_features)`` an
 ``score_samples(Z)`` takes ``Z`` of shape ``(n_voxels, n_queries, n_features)`` and returns
 ``(n_voxels, n_queries)``, unlike scikit-learn's ``(n_samples,)``. ``X`` and ``Z`` may be any
 object with ``shape`` and ``__getitem__(slice)`` along voxels (a numpy array, a memmap, a
-:class:`NeighbourhoodSamples`): only ``chunk_size`` voxels are materialised at a time, so 450k
-voxels x 243 x 64 never sit in memory together. Lower ``score_samples`` means more abnormal,
-``decision_function = score_samples - offset_`` is negative for outliers, and
-:meth:`~VoxelEstimator.anomaly_score` (``-decision_function``) is what anomaly maps show.
+:class:`NeighbourhoodSamples`, a :class:`SubsampledSamples`): only ``chunk_size`` voxels are
+materialised at a time, so 560k voxels x 243 x 64 never sit in memory together. Lower
+``score_samples`` means more abnormal, ``decision_function = score_samples - offset_`` is
+negative for outliers, and :meth:`~VoxelEstimator.anomaly_score` (``-decision_function``) is
+what anomaly maps show.
 
 Fitted estimators export flat dicts of numpy arrays (``to_arrays``) for safetensors; the
 hyper-parameters travel separately as JSON (``get_params()``), and
@@ -41,6 +42,7 @@ from bids_anomaly.scoring.normative.gaussian import (
 from bids_anomaly.scoring.normative.neighbourhood import NeighbourhoodSamples, neighbour_table
 from bids_anomaly.scoring.normative.ocsvm import VoxelOneClassSVM
 from bids_anomaly.scoring.normative.solver import ocsvm_dual, rbf_kernel, smo
+from bids_anomaly.scoring.normative.subsample import SubsampledSamples
 from bids_anomaly.scoring.normative.zscore import VoxelZScore
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     'GRAIN_SIZE',
     'VOXELS_PER_JOB',
     'NeighbourhoodSamples',
+    'SubsampledSamples',
     'VoxelArray',
     'VoxelEstimator',
     'VoxelGaussian',

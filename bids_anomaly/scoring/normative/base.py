@@ -4,7 +4,7 @@ per-voxel encodings of their fitted arrays.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import typing as ty
 
 import numpy as np
@@ -59,40 +59,65 @@ class VoxelEstimator(BaseEstimator):
         -------
         self
         """
+        for name, value in self._fit_voxels(X, compact=False).items():
+            setattr(self, name, value)
+        self.n_features_in_ = X.shape[2]
+        return self
+
+    def fit_arrays(self, X: VoxelArray) -> dict[str, np.ndarray]:
+        """``fit(X).to_arrays()``, encoding each chunk as soon as it is fitted.
+
+        The full-precision state of all voxels never sits in memory at once (the one-class
+        SVM's float32 support vectors are four times their int8 encoding, and grow with the
+        samples per voxel); the encodings are per voxel, so the result equals
+        ``fit(X).to_arrays()``. The estimator itself stays unfitted: :meth:`from_arrays`
+        rebuilds a fitted one.
+        """
+        return self._fit_voxels(X, compact=True) | {'n_features_in_': np.asarray(X.shape[2])}
+
+    def _fit_voxels(self, X: VoxelArray, compact: bool) -> dict[str, np.ndarray]:
+        """Fitted arrays of every voxel, chunk by chunk, in worker processes if ``n_jobs``.
+
+        The workers come from joblib's active backend: one-thread loky processes by default,
+        or the cluster of an enclosing ``joblib.parallel_config(backend='dask')``.
+        """
         if len(X.shape) != 3 or 0 in X.shape:
             raise ValueError(f'X must be (n_voxels, n_samples, n_features), got {X.shape}.')
         jobs = self._n_jobs(X.shape[0])
         if jobs == 1:
-            parts = self._fit_range(X, 0, X.shape[0])
-        else:  # contiguous blocks of voxels in worker processes; large arrays are memory-mapped
-            from joblib import Parallel, delayed, parallel_config
+            parts = self._fit_range(X, 0, X.shape[0], compact)
+        else:  # contiguous blocks of voxels; large arrays are memory-mapped or scattered
+            from joblib import Parallel, delayed
 
             bounds = np.linspace(0, X.shape[0], jobs + 1).astype(int)
-            # one thread per worker, even where OMP_NUM_THREADS asks for more (--omp-nthreads)
-            with parallel_config(backend='loky', inner_max_num_threads=1):
+            with _worker_config():
                 blocks = Parallel(n_jobs=jobs)(
-                    delayed(self._fit_range)(X, start, stop)
+                    delayed(self._fit_range)(X, start, stop, compact)
                     for start, stop in zip(bounds[:-1], bounds[1:])
                 )
             parts = [part for block in blocks for part in block]
-        for name in parts[0]:
-            setattr(self, name, np.concatenate([part[name] for part in parts]))
-        self.n_features_in_ = X.shape[2]
-        return self
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-    def _fit_range(self, X: VoxelArray, start: int, stop: int) -> list[dict[str, np.ndarray]]:
-        """Fitted arrays of the voxels ``start:stop``, one dict per chunk."""
+    def _fit_range(
+        self, X: VoxelArray, start: int, stop: int, compact: bool = False
+    ) -> list[dict[str, np.ndarray]]:
+        """Fitted arrays of the voxels ``start:stop``, one dict per chunk (encoded if
+        ``compact``)."""
+        encode = self._compact if compact else dict
         return [
-            self._fit_chunk(chunk)
+            encode(self._fit_chunk(chunk))
             for _, chunk in self._chunks(X, self._chunk_size(X), start, stop)
         ]
 
     def _n_jobs(self, n_voxels: int) -> int:
         """Worker processes for :meth:`fit`: one on a GPU, at most one per
-        :data:`VOXELS_PER_JOB` voxels."""
+        :data:`VOXELS_PER_JOB` voxels; -1 is one per core of joblib's active backend (of
+        the cluster with dask)."""
         if self.n_jobs in (None, 1) or self._torch_device().type != 'cpu':
             return 1
-        jobs = (os.cpu_count() or 1) if self.n_jobs == -1 else self.n_jobs
+        from joblib import effective_n_jobs
+
+        jobs = effective_n_jobs(self.n_jobs)
         return max(1, min(jobs, n_voxels // VOXELS_PER_JOB))
 
     def score_samples(self, Z: VoxelArray) -> np.ndarray:
@@ -220,6 +245,17 @@ class VoxelEstimator(BaseEstimator):
                 np.require(data[first : min(first + size, stop)], requirements=('C', 'W'))
             )  # e.g. a memmap
             yield first, buffer[: len(chunk)].copy_(chunk)
+
+
+def _worker_config() -> ty.ContextManager:
+    """One thread per loky worker, even where OMP_NUM_THREADS asks for more (--omp-nthreads);
+    any other active joblib backend (a dask cluster) as configured by the caller."""
+    from joblib import parallel_config
+    from joblib.parallel import LokyBackend, get_active_backend
+
+    if isinstance(get_active_backend()[0], LokyBackend):
+        return parallel_config(backend='loky', inner_max_num_threads=1)
+    return contextlib.nullcontext()
 
 
 def encode_per_voxel(
