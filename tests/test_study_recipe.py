@@ -50,7 +50,11 @@ def test_the_documented_recipe_gives_group_statistics(tmp_path: Path) -> None:
     assert sorted(held['cohort']) == ['control', 'control', 'patient', 'patient']
     stats = pd.read_csv(out / group_stats_name('AAL3macro'), sep='\t', na_values='n/a')
     whole = stats[stats['region'] == 'whole_brain'].set_index(['model', 'score_type'])
-    assert set(whole.index) == {('aeslice', 'recon'), ('baseline', 'zscore')}
+    assert set(whole.index) == {
+        ('aeslice', 'recon'),
+        ('aeslice', 'reconz'),
+        ('baseline', 'zscore'),
+    }
     assert (whole[['n_controls', 'n_patients']] == 2).all(axis=None)
     assert np.isfinite(whole[['p_value', 'auc', 'gmean']].to_numpy()).all()
     assert (whole['note'].isna()).all()
