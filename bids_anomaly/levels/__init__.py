@@ -68,6 +68,7 @@ def run(config: RunConfig) -> None:
             )
         config.execution.device = distributed.init_from_env(config.execution.device)
     main = distributed.workers().is_main
+    finished = False
     try:
         with ExitStack() as held:
             if not main:
@@ -83,8 +84,9 @@ def run(config: RunConfig) -> None:
                 from bids_anomaly.levels.group import run_group_level
 
                 run_group_level(context)
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait=finished)
     if not main:
         return
     LOGGER.info(

@@ -74,7 +74,15 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def shutdown() -> None:
-    """Leave the process group."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, by default once every process is done.
+
+    The barrier keeps a rank that finished early from tearing down its gloo connections while
+    rank 0 still writes: a peer closing under a live connection aborts the other process
+    ("terminate called without an active exception"). A failed rank leaves without waiting
+    (``wait=False``), so the others fail at their next collective instead of hanging here.
+    """
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
