@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.preprocessed import preprocessed_path
 from bids_anomaly.errors import MissingInputError
 from bids_anomaly.levels import RunContext, require_controls
@@ -34,7 +33,7 @@ def run_group_level(context: RunContext) -> None:
         from bids_anomaly.levels.train import min_controls, train_bundles
 
         controls = require_controls(context.participants, config, min_controls(config.training))
-        train_bundles(context, controls)
+        train_bundles(config, context.work_dir, controls)
         from bids_anomaly.training.distributed import workers
 
         if not workers().is_main:  # torchrun's other processes: their part is done
@@ -57,9 +56,10 @@ def run_group_level(context: RunContext) -> None:
             f'at {template.resolution:g} mm: run the participant level first'
         )
     atlases = load_atlases(config, template)
-    score_participants(context, ready, scorers, atlases, template, skip_existing=True)
+    writer = context.writer
+    score_participants(writer, config, ready, scorers, atlases, template, skip_existing=True)
     used = used_for_fitting(scorers, config.output_dir)
-    write_group_outputs(context, ready, scorers, atlases, template, used)
+    write_group_outputs(writer, config, ready, scorers, atlases, template, used)
 
 
 def used_for_fitting(scorers: Sequence[BundleScorer], output_dir: Path) -> set[str]:
@@ -76,8 +76,3 @@ def used_for_fitting(scorers: Sequence[BundleScorer], output_dir: Path) -> set[s
         names |= set(scorer.card.training_participants)
         names |= set(scorer.card.calibration_participants)
     return names
-
-
-def held_out(participants: list[Participant], used: set[str]) -> list[Participant]:
-    """Participants never used to fit a model (the only fair ones for statistics)."""
-    return [p for p in participants if p.name not in used]

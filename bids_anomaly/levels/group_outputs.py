@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bids_anomaly.analysis.regions import Atlas
+from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import (
     GROUP_EVALUATION,
@@ -25,7 +26,7 @@ from bids_anomaly.bids.names import (
     group_regions_name,
     group_stats_name,
 )
-from bids_anomaly.levels import RunContext
+from bids_anomaly.config import AnalysisConfig, RunConfig
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer
 from bids_anomaly.templates import Template
 
@@ -61,7 +62,8 @@ def participants_table(participants: Sequence[Participant], used: set[str]) -> p
 
 
 def write_group_outputs(
-    context: RunContext,
+    writer: DerivativesWriter,
+    config: RunConfig,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     atlases: Sequence[Atlas],
@@ -72,14 +74,17 @@ def write_group_outputs(
     from bids_anomaly.reports.group import write_group_report
 
     people = participants_table(participants, used)
-    regional = group_regional_tables(context, participants, scorers, atlases, template, people)
-    maps = group_abnormal_maps(context, participants, scorers, template, people)
-    statistics = group_statistics_tables(context, regional, people)
-    latent_metrics = latent_analysis(context, participants, scorers, template, people)
-    evaluation = ground_truth_evaluation(context, participants, scorers, template, used)
-    quantile = scorers[0].quantile or context.config.scoring.threshold_quantile
+    regional = group_regional_tables(writer, participants, scorers, atlases, template, people)
+    maps = group_abnormal_maps(writer, participants, scorers, template, people)
+    statistics = group_statistics_tables(writer, regional, people)
+    latent_metrics = latent_analysis(
+        writer, participants, scorers, template, people, config.analysis, config.execution.seed
+    )
+    truth_dir = config.bids_dir / 'derivatives' / 'groundtruth'
+    evaluation = ground_truth_evaluation(writer, participants, scorers, template, used, truth_dir)
+    quantile = scorers[0].quantile or config.scoring.threshold_quantile
     write_group_report(
-        context.writer,
+        writer,
         template,
         people=people,
         regional=regional,
@@ -93,7 +98,7 @@ def write_group_outputs(
 
 
 def group_regional_tables(
-    context: RunContext,
+    writer: DerivativesWriter,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     atlases: Sequence[Atlas],
@@ -107,7 +112,7 @@ def group_regional_tables(
             frames = []
             for participant in participants:
                 path = OUTPUTS['regions'].path(
-                    context.writer.output_dir,
+                    writer.output_dir,
                     {
                         **participant.entities,
                         'space': template.name,
@@ -127,7 +132,7 @@ def group_regional_tables(
                 columns = GROUP_COLUMNS | {
                     r: f'% abnormal voxels in {r} ({atlas.name}).' for r in wide.columns
                 }
-                context.writer.write_group_table(
+                writer.write_group_table(
                     group_regions_name(atlas.name, model, stat),
                     table,
                     columns=columns,
@@ -137,7 +142,7 @@ def group_regional_tables(
 
 
 def group_abnormal_maps(
-    context: RunContext,
+    writer: DerivativesWriter,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     template: Template,
@@ -158,11 +163,11 @@ def group_abnormal_maps(
         count = np.zeros(template.shape, dtype=np.float32)
         for participant in patients:
             mask = OUTPUTS['abnormal_mask'].path(
-                context.writer.output_dir,
+                writer.output_dir,
                 {**participant.entities, **space, 'model': model, 'stat': stat},
             )
             count += np.asarray(nib.load(mask).dataobj) > 0
-        maps[model, stat] = context.writer.write_group_image(
+        maps[model, stat] = writer.write_group_image(
             group_abnormal_name({**space, 'model': model, 'stat': stat}),
             nib.Nifti1Image(100.0 * count / len(patients), template.affine),
             sidecar={
@@ -178,7 +183,9 @@ def group_abnormal_maps(
 
 
 def group_statistics_tables(
-    context: RunContext, regional: dict[tuple[str, str, str], pd.DataFrame], people: pd.DataFrame
+    writer: DerivativesWriter,
+    regional: dict[tuple[str, str, str], pd.DataFrame],
+    people: pd.DataFrame,
 ) -> pd.DataFrame:
     """Patients vs controls per region (held-out participants only), one table per atlas."""
     from bids_anomaly.analysis.group import COLUMN_DESCRIPTIONS, group_statistics
@@ -205,7 +212,7 @@ def group_statistics_tables(
         k: v['Description'] for k, v in COLUMN_DESCRIPTIONS.items()
     }
     for atlas, rows in statistics.groupby('atlas', sort=False):
-        context.writer.write_group_table(
+        writer.write_group_table(
             group_stats_name(atlas),
             rows,
             columns=columns,
@@ -226,16 +233,17 @@ def group_statistics_tables(
 
 
 def latent_analysis(
-    context: RunContext,
+    writer: DerivativesWriter,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     template: Template,
     people: pd.DataFrame,
+    analysis: AnalysisConfig,
+    seed: int,
 ) -> pd.DataFrame:
     """2-D embeddings and metrics of every model's latent codes, side by side."""
     from bids_anomaly.analysis.latent import analyse_latents
 
-    config = context.config
     cohort = dict(zip(people['participant_id'], people['cohort']))
     all_metrics = []
     for scorer in scorers:
@@ -243,7 +251,7 @@ def latent_analysis(
         codes, meta = [], []
         for participant in participants:
             path = OUTPUTS['latent_samples'].path(
-                context.writer.output_dir,
+                writer.output_dir,
                 {
                     **participant.entities,
                     'space': template.name,
@@ -272,19 +280,19 @@ def latent_analysis(
             np.concatenate(codes),
             pd.concat(meta, ignore_index=True),
             model=scorer.label,
-            methods=config.analysis.embedding_methods,
-            max_points=config.analysis.embedding_max_points,
+            methods=analysis.embedding_methods,
+            max_points=analysis.embedding_max_points,
             control_label='control',
-            random_state=config.execution.seed,
+            random_state=seed,
         )
-        context.writer.write_group_table(
+        writer.write_group_table(
             group_embedding_name(scorer.label),
             coords,
             columns={c: EMBEDDING_COLUMNS.get(c, 'See docs/outputs.md.') for c in coords.columns},
         )
         all_metrics.append(metrics)
     metrics = pd.concat(all_metrics, ignore_index=True)
-    context.writer.write_group_table(
+    writer.write_group_table(
         GROUP_LATENT_METRICS,
         metrics,
         columns={c: METRIC_COLUMNS.get(c, 'See docs/outputs.md.') for c in metrics.columns},
@@ -313,16 +321,17 @@ METRIC_COLUMNS = {
 
 
 def ground_truth_evaluation(
-    context: RunContext,
+    writer: DerivativesWriter,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     template: Template,
     used: set[str],
+    truth_dir: Path,
 ) -> pd.DataFrame | None:
-    """Voxel AP, Dice and subject AUROC when the dataset ships ground truth (simulations)."""
+    """Voxel AP, Dice and subject AUROC when the dataset ships ground truth (simulations:
+    ``truth_dir`` is BIDS_DIR/derivatives/groundtruth)."""
     from bids_anomaly.analysis.evaluation import COLUMN_DESCRIPTIONS, detection_metrics
 
-    truth_dir = context.config.bids_dir / 'derivatives' / 'groundtruth'
     if not truth_dir.is_dir():
         return None
     held = [p for p in participants if p.name not in used]
@@ -337,7 +346,7 @@ def ground_truth_evaluation(
         scores = []
         for participant in held:
             path = OUTPUTS['score_map'].path(
-                context.writer.output_dir,
+                writer.output_dir,
                 {
                     **participant.entities,
                     'space': template.name,
@@ -355,7 +364,7 @@ def ground_truth_evaluation(
             }
         )
     table = pd.DataFrame(rows)
-    context.writer.write_group_table(
+    writer.write_group_table(
         GROUP_EVALUATION,
         table,
         columns=COLUMN_DESCRIPTIONS,

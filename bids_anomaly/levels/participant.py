@@ -9,6 +9,7 @@ from bids_anomaly.errors import AppError
 from bids_anomaly.levels import RunContext
 
 if TYPE_CHECKING:
+    from bids_anomaly.config import RunConfig
     from bids_anomaly.scoring.scorer import BundleScorer
     from bids_anomaly.templates import Template
 
@@ -25,7 +26,7 @@ def run_participant_level(context: RunContext) -> None:
     from bids_anomaly.preprocessing.run import run_preprocessing
 
     config = context.config
-    scoring = load_bundles(context)
+    scoring = load_bundles(config)
     status = run_preprocessing(
         context.participants,
         preprocessing=config.preprocessing,
@@ -45,7 +46,8 @@ def run_participant_level(context: RunContext) -> None:
 
         scorers, template = scoring
         score_participants(
-            context,
+            context.writer,
+            config,
             succeeded,
             scorers,
             load_atlases(config, template),
@@ -60,12 +62,11 @@ def run_participant_level(context: RunContext) -> None:
         )
 
 
-def load_bundles(context: RunContext) -> tuple[list[BundleScorer], Template] | None:
+def load_bundles(config: RunConfig) -> tuple[list[BundleScorer], Template] | None:
     """The scorers of every available bundle, verified (none yet: ``None``)."""
     from bids_anomaly.levels.score import bundle_paths, load_scorers
     from bids_anomaly.templates import load_template
 
-    config = context.config
     paths = bundle_paths(config)
     if not paths:
         LOGGER.info(

@@ -16,7 +16,7 @@ from bids_anomaly.analysis.regions import Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
-from bids_anomaly.config import PreprocessingConfig
+from bids_anomaly.config import PreprocessingConfig, RunConfig
 from bids_anomaly.fingerprints import fingerprint, recorded, stamp
 from bids_anomaly.models.bundle import MODEL_JSON, BundleError
 from bids_anomaly.scoring.scorer import (
@@ -99,7 +99,8 @@ def load_atlases(config, template: Template) -> list[Atlas]:
 
 
 def score_participants(
-    context,
+    writer: DerivativesWriter,
+    config: RunConfig,
     participants: Sequence[Participant],
     scorers: Sequence[BundleScorer],
     atlases: Sequence[Atlas],
@@ -116,8 +117,6 @@ def score_participants(
     )
     from bids_anomaly.reports.participant import write_participant_report
 
-    config = context.config
-    writer = context.writer
     latent_maps = config.scoring.latent_maps
     if latent_maps:
         for scorer in scorers:
@@ -189,7 +188,7 @@ def scoring_fingerprint(
     scorer: BundleScorer,
     atlases: Sequence[Atlas],
     template: Template,
-    config,
+    config: RunConfig,
 ) -> str:
     """What a participant's scores are computed from: the bundle's card (which holds the
     SHA-256 of every file of the bundle; its training history's timings do not count), the

@@ -22,7 +22,6 @@ from bids_anomaly.bids.preprocessed import default_modalities, load_volumes, pre
 from bids_anomaly.config import RunConfig, TrainingConfig
 from bids_anomaly.constants import INTENSITY_QUANTILES
 from bids_anomaly.errors import MissingInputError
-from bids_anomaly.levels import RunContext
 from bids_anomaly.scoring.fit import fit_normative
 from bids_anomaly.templates import Template, load_template
 
@@ -67,14 +66,10 @@ def split_controls(
 
 
 def preprocessed_controls(
-    context: RunContext, controls: list[Participant], template: Template
+    output_dir: Path, controls: list[Participant], template: Template
 ) -> list[Participant]:
     """Controls whose template-space T1w exists in OUTPUT_DIR (the others are reported)."""
-    ready = [
-        p
-        for p in controls
-        if preprocessed_path(context.config.output_dir, p, 'T1w', template).is_file()
-    ]
+    ready = [p for p in controls if preprocessed_path(output_dir, p, 'T1w', template).is_file()]
     missing = sorted(set(p.name for p in controls) - set(p.name for p in ready))
     if missing:
         LOGGER.warning(
@@ -86,8 +81,9 @@ def preprocessed_controls(
     return ready
 
 
-def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path]:
-    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>.
+def train_bundles(config: RunConfig, work_dir: Path, controls: list[Participant]) -> list[Path]:
+    """Train each family of ``--models`` and save its bundle in OUTPUT_DIR/models/<family>
+    (checkpoints and normative-fit scratch under ``work_dir``).
 
     Under ``torchrun`` every process trains (its share of each batch) and rank 0 alone saves
     the bundles, fits their normative models and returns them.
@@ -97,10 +93,9 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
     from bids_anomaly.training.distributed import workers
     from bids_anomaly.training.trainer import train_model
 
-    config = context.config
     training_cfg = config.training
     template = load_template(config.preprocessing.resolution)
-    ready = preprocessed_controls(context, controls, template)
+    ready = preprocessed_controls(config.output_dir, controls, template)
     training, calibration, held_out = split_controls(
         ready,
         training_cfg.calibration_fraction,
@@ -144,14 +139,14 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             seed=config.execution.seed,
         ).resolved(spec)
         started = time.monotonic()
-        work_dir = context.work_dir / 'training' / family
+        checkpoints = work_dir / 'training' / family
         result = train_model(
             spec,
             params,
             train_volumes,
             mask,
             calibration_volumes,
-            work_dir=work_dir,
+            work_dir=checkpoints,
             device=config.execution.device,
             progress=True,
         )
@@ -176,8 +171,8 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
         shutil.rmtree(staging / family, ignore_errors=True)  # left by a killed run
         bundle = save_bundle(staging / family, result.model, card)
         for name in ('log.tsv', 'loss.png'):
-            if (work_dir / name).is_file():
-                shutil.copyfile(work_dir / name, bundle / name)
+            if (checkpoints / name).is_file():
+                shutil.copyfile(checkpoints / name, bundle / name)
         LOGGER.info(
             'trained %s in %.1f s (best epoch %d)',
             family,
@@ -190,7 +185,7 @@ def train_bundles(context: RunContext, controls: list[Participant]) -> list[Path
             template,
             train_volumes,
             calibration_volumes,
-            work_dir=context.work_dir / 'normative' / family,
+            work_dir=work_dir / 'normative' / family,
             radius=scoring.neighbourhood,
             nu=scoring.nu,
             gamma=scoring.gamma,

@@ -19,7 +19,7 @@ from bids_anomaly.analysis.regions import (
     regional_table,
 )
 
-ATLASES = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'atlases'
+ATLASES = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'atlases'
 CIT168 = ATLASES / 'tpl-MNI152NLin2009cAsym_res-01_atlas-CIT168_dseg.nii.gz'
 CIT168_TSV = ATLASES / 'tpl-MNI152NLin2009cAsym_atlas-CIT168_dseg.tsv'
 

@@ -18,8 +18,8 @@ import pytest
 
 from bids_anomaly.cli import main
 from bids_anomaly.templates import load_template
-from tests.browser import browse_report, chromium_or_skip
 from tests.conftest import tree_snapshot
+from tests.reports.browser import browse_report, chromium_or_skip
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 def test_four_participant_tasks_share_output_and_work_dir(tiny_bids: Path, tmp_path: Path):
     out, work = tmp_path / 'out', tmp_path / 'work'
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([root, os.environ.get('PYTHONPATH', '')])}
     labels = ['01', '02', '03', '04']
     tasks = [

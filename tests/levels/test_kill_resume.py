@@ -57,7 +57,7 @@ class Run:
         self.log = base / f'{name}.log'
         command = [sys.executable, '-m', 'bids_anomaly', str(bids), str(base / 'out'), level]
         command += ['-w', str(base / 'work'), *FAST, *extra]
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env = {
             **os.environ,
             'PYTHONPATH': os.pathsep.join([root, os.environ.get('PYTHONPATH', '')]),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+BENCHMARKS = Path(__file__).resolve().parents[2] / 'benchmarks'
 sys.path.insert(0, str(BENCHMARKS))
 
 import detection_anomalies as anomalies  # noqa: E402

@@ -24,7 +24,7 @@ from bids_anomaly.models import (
     read_card,
     save_bundle,
 )
-from bids_anomaly.models.bundle import main
+from bids_anomaly.models.bundle.cli import main
 
 GRID = (97, 115, 97)
 

@@ -21,7 +21,7 @@ from bids_anomaly.cli import main
 
 pytestmark = pytest.mark.integration  # runs the pipeline: left out of `make test-fast`
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ['--resolution', '2', '--registration', 'affine', '--nprocs', '2', '--omp-nthreads', '1']
 SMALL = ['--models', 'ae-slice', '--epochs', '1', '--embedding-methods', 'pca']
 

@@ -16,7 +16,7 @@ from bids_anomaly import __version__
 from bids_anomaly.bids.derivatives import DerivativesWriter, build_name, build_path
 from bids_anomaly.io import atomic_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = {'space': 'MNI152NLin2009aSym', 'res': '1p5'}
 
 

@@ -1,6 +1,6 @@
-"""Run by tests/test_distributed.py under ``torchrun``: :func:`train`, then save the weights.
+"""Run by tests/training/test_distributed.py under ``torchrun``: train, then save the weights.
 
-torchrun --standalone --nproc-per-node 2 tests/torchrun_train.py WEIGHTS.pt
+torchrun --standalone --nproc-per-node 2 tests/training/torchrun_train.py WEIGHTS.pt
 """
 
 from __future__ import annotations

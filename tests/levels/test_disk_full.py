@@ -37,7 +37,7 @@ from bids_anomaly.models import (
 )
 from tests.conftest import write_tiny_bids
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: A file size limit well below each output below (0.5 to 1 MB each, incompressible).
 LIMIT_BYTES = 64 * 1024
 SPEC = ModelSpec('sae-patch', in_channels=1, grid_shape=(97, 115, 97), filters=64)  # 0.5 MB
@@ -131,7 +131,7 @@ def test_failed_writes_give_one_line_exit_73_and_leave_nothing(tmp_path: Path) -
         [
             sys.executable,
             '-c',
-            f'from tests.test_disk_full import *; fail_each_write({str(tmp_path)!r})',
+            f'from tests.levels.test_disk_full import *; fail_each_write({str(tmp_path)!r})',
         ],
         cwd=ROOT,
         env=os.environ | {'PYTHONPATH': str(ROOT)},

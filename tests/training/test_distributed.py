@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bids_anomaly.training import PatchSampler, SliceSampler
-from tests.torchrun_train import train
+from tests.training.torchrun_train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize('world_size', [2, 3])
@@ -54,7 +54,7 @@ def test_torchrun_two_processes_train_the_model_of_one(tmp_path: Path) -> None:
     }
     command = [
         sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
-        str(ROOT / 'tests' / 'torchrun_train.py'), str(out),
+        str(ROOT / 'tests' / 'training' / 'torchrun_train.py'), str(out),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

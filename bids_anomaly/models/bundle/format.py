@@ -1,34 +1,25 @@
-"""Model bundles: a folder with ``model.json`` (the model card) and ``weights.safetensors``.
+"""The bundle format: a folder with ``model.json`` (the model card) and ``weights.safetensors``.
 
 A bundle lives in ``OUTPUT_DIR/models/<name>/`` and can be loaded from any path. Nothing is
-ever unpickled: weights and the arrays added later by the scoring step (normative models,
-thresholds) are safetensors files whose SHA-256 is recorded in ``model.json`` and checked on
-every load. A bundle whose template, resolution, grid or modalities differ from the data is
-refused with a :class:`BundleError`, one line that names the file and the fix.
-
-``bids_anomaly-model inspect PATH`` prints the model card and exits with 66 when a file is
-missing or altered.
+ever unpickled: the weights and every array set (:mod:`.arrays`) are safetensors files whose
+SHA-256 is recorded in ``model.json`` and checked on every load. A bundle whose template,
+resolution, grid or modalities differ from the data is refused with a :class:`BundleError`,
+one line that names the file and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import platform
-import sys
 import typing as ty
 from pathlib import Path
 
-import click
-import numpy as np
-import safetensors.numpy
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from bids_anomaly.errors import MissingInputError
 from bids_anomaly.io import atomic_path, sha256, write_text
 from bids_anomaly.models.networks import AutoEncoder, build_model, count_parameters
 from bids_anomaly.models.spec import ModelSpec, TrainParams
@@ -37,8 +28,6 @@ FORMAT = 'bids_anomaly-model'
 FORMAT_VERSION = 1
 MODEL_JSON = 'model.json'
 WEIGHTS = 'weights.safetensors'
-#: Arrays smaller than this are stored again rather than shared between array sets.
-SHARED_MIN_BYTES = 1 << 20
 #: A model.json larger than this is not a model card (a card of 1000 epochs holds ~0.2 MB).
 MAX_CARD_BYTES = 16 << 20
 #: safetensors' names of the dtypes that a network's weights may have.
@@ -51,10 +40,8 @@ SAFETENSORS_DTYPES = {
     torch.int32: 'I32',
     torch.bool: 'BOOL',
 }
-#: safetensors dtypes that numpy reads (the array sets are numpy arrays).
-NUMPY_DTYPES = frozenset({'F16', 'F32', 'F64', 'I8', 'I16', 'I32', 'I64', 'U8', 'BOOL'})
-_RETRAIN = 're-train it with `bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
-_RESTORE = f'restore the bundle from its source or {_RETRAIN}'
+RETRAIN = 're-train it with `bids_anomaly BIDS_DIR OUTPUT_DIR group --train`'
+RESTORE = f'restore the bundle from its source or {RETRAIN}'
 
 
 class BundleError(Exception):
@@ -129,7 +116,7 @@ def save_bundle(path: Path, model: AutoEncoder, card: ModelCard) -> Path:
     """
     path = Path(path)
     if (path / MODEL_JSON).exists():
-        for entry in _read_json(path)['arrays'].values():
+        for entry in read_document(path)['arrays'].values():
             _member(path, entry).unlink(missing_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     with atomic_path(path / WEIGHTS) as tmp:
@@ -159,13 +146,13 @@ def save_bundle(path: Path, model: AutoEncoder, card: ModelCard) -> Path:
         'arrays': {},
         'extra': card.extra,
     }
-    _write_json(path, document)
+    write_document(path, document)
     return path
 
 
 def read_card(path: Path) -> ModelCard:
     """The model card of a bundle, without touching its weights."""
-    document = _read_json(Path(path))
+    document = read_document(Path(path))
     try:
         return ModelCard(
             spec=ModelSpec.from_dict(document['architecture']),
@@ -181,7 +168,7 @@ def read_card(path: Path) -> ModelCard:
             extra=document['extra'],
         )
     except (KeyError, TypeError, ValueError) as error:
-        message = f'{Path(path) / MODEL_JSON}: invalid model card ({error}); {_RETRAIN}.'
+        message = f'{Path(path) / MODEL_JSON}: invalid model card ({error}); {RETRAIN}.'
         raise BundleError(message) from error
 
 
@@ -217,25 +204,25 @@ def load_bundle(
         )
         if not same:
             message = (
-                f'{card_file}: model trained for {what} {_show(actual)}, but the data have '
-                f'{_show(wanted)}; use a bundle made for {_show(wanted)} or {_RETRAIN}.'
+                f'{card_file}: model trained for {what} {show(actual)}, but the data have '
+                f'{show(wanted)}; use a bundle made for {show(wanted)} or {RETRAIN}.'
             )
             raise BundleError(message)
-    weights = _verified(path, _read_json(path)['weights'])
-    stored, expected = _tensors(weights), _architecture_tensors(card.spec, card_file)
+    weights = verified_member(path, read_document(path)['weights'])
+    stored, expected = tensor_headers(weights), _architecture_tensors(card.spec, card_file)
     if stored != expected:
         key = min(set(stored) ^ set(expected) or {k for k in expected if stored[k] != expected[k]})
         found = _show_tensor(stored.get(key))
         message = (
             f'{weights}: weights do not fit the architecture in model.json ({key}: '
-            f'{found} where the architecture has {_show_tensor(expected.get(key))}); {_RETRAIN}.'
+            f'{found} where the architecture has {_show_tensor(expected.get(key))}); {RETRAIN}.'
         )
         raise BundleError(message)
     model = build_model(card.spec)
     try:
         model.load_state_dict(safetensors.torch.load_file(weights))
     except (SafetensorError, RuntimeError) as error:
-        message = f'{weights}: weights do not fit the architecture in model.json; {_RETRAIN}.'
+        message = f'{weights}: weights do not fit the architecture in model.json; {RETRAIN}.'
         raise BundleError(message) from error
     return LoadedBundle(model.to(device).eval(), card, path)
 
@@ -246,12 +233,12 @@ def _architecture_tensors(spec: ModelSpec, card_file: Path) -> dict[str, tuple[s
         with torch.device('meta'):
             state = build_model(spec).state_dict()
     except (TypeError, ValueError, RuntimeError) as error:
-        message = f'{card_file}: the architecture cannot be built ({error}); {_RETRAIN}.'
+        message = f'{card_file}: the architecture cannot be built ({error}); {RETRAIN}.'
         raise BundleError(message) from None
     return {key: (SAFETENSORS_DTYPES[t.dtype], tuple(t.shape)) for key, t in state.items()}
 
 
-def _tensors(target: Path) -> dict[str, tuple[str, tuple]]:
+def tensor_headers(target: Path) -> dict[str, tuple[str, tuple]]:
     """Name, dtype and shape of each array of a safetensors file, from its header alone.
 
     safetensors checks that the header's offsets fit its shapes and the file's size, so a
@@ -264,148 +251,38 @@ def _tensors(target: Path) -> dict[str, tuple[str, tuple]]:
                 for key in stored.keys()
             }
     except (SafetensorError, OSError) as error:
-        message = f'{target}: not a valid safetensors file ({error}); {_RESTORE}.'
+        message = f'{target}: not a valid safetensors file ({error}); {RESTORE}.'
         raise BundleError(message) from None
 
 
 def _show_tensor(tensor: tuple[str, tuple] | None) -> str:
-    return 'nothing' if tensor is None else f'{tensor[0]} {_show(tensor[1]) or "scalar"}'
+    return 'nothing' if tensor is None else f'{tensor[0]} {show(tensor[1]) or "scalar"}'
 
 
-def add_arrays(
-    path: Path,
-    name: str,
-    arrays: ty.Mapping[str, np.ndarray | torch.Tensor],
-    metadata: ty.Mapping | None = None,
-) -> Path:
-    """Store named arrays (e.g. a normative model) as ``<name>.safetensors`` in a bundle.
-
-    The file's SHA-256 and ``metadata`` (JSON) are recorded under ``arrays.<name>`` in
-    ``model.json``; adding the same name again replaces it. An array identical to one that
-    another set stores (e.g. the per-voxel mean of the codes, which the one-class SVM and the
-    Gaussian both keep) is not written twice: the entry refers to it by set, key and digest.
-    """
+def damaged_files(path: Path) -> list[str]:
+    """Files listed in ``model.json`` that are missing or whose SHA-256 differs."""
     path = Path(path)
-    if not name.isidentifier():
-        raise ValueError(f'Array set names must be identifiers, got {name!r}.')
-    document = _read_json(path)
-    entries = document['arrays']
-    _check_not_shared(entries, name, arrays)
-    tensors = {key: np.ascontiguousarray(_numpy(value)) for key, value in arrays.items()}
-    digests = {key: _array_digest(value) for key, value in tensors.items()}
-    stored = {
-        digest: (other, key)
-        for other, entry in entries.items()
-        if other != name
-        for key, digest in entry.get('digests', {}).items()
-    }
-    shared = {
-        key: {'set': stored[digest][0], 'key': stored[digest][1], 'digest': digest}
-        for key, digest in digests.items()
-        if digest in stored and tensors[key].nbytes >= SHARED_MIN_BYTES
-    }
-    target = path / f'{name}.safetensors'
-    with atomic_path(target) as tmp:
-        safetensors.numpy.save_file({k: v for k, v in tensors.items() if k not in shared}, tmp)
-    entries[name] = {
-        'file': target.name,
-        'sha256': sha256(target),
-        'digests': {key: digest for key, digest in digests.items() if key not in shared},
-        'shared': shared,
-        'metadata': dict(metadata or {}),
-    }
-    _write_json(path, document)
-    return target
+    document = read_document(path)
+    damaged = []
+    for entry in (document['weights'], *document['arrays'].values()):
+        try:
+            verified_member(path, entry)
+        except BundleError:
+            damaged.append(entry['file'])
+    return damaged
 
 
-def load_arrays(path: Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays and metadata stored by :func:`add_arrays`, after checking their SHA-256, and that
-    each file holds the arrays that model.json lists, in dtypes that numpy reads."""
-    path = Path(path)
-    entries = _read_json(path)['arrays']
-    if name not in entries:
-        message = (
-            f'{path / MODEL_JSON}: no array set {name!r} (has {sorted(entries)}); '
-            'run the scoring step that creates it.'
-        )
-        raise BundleError(message)
-    entry = entries[name]
-    arrays = safetensors.numpy.load_file(_listed_arrays(path, entry))
-    try:
-        for key, source in entry.get('shared', {}).items():
-            owner = entries.get(source['set'], {})
-            if owner.get('digests', {}).get(source['key']) != source['digest']:
-                message = (
-                    f'{path / MODEL_JSON}: array set {name!r} shares {key!r} with '
-                    f'{source["set"]!r}, which was replaced since; {_RETRAIN}.'
-                )
-                raise BundleError(message)
-            with safetensors.safe_open(_listed_arrays(path, owner), framework='np') as stored:
-                arrays[key] = stored.get_tensor(source['key'])
-        metadata = dict(entry['metadata'])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        message = (
-            f'{path / MODEL_JSON}: invalid entry of array set {name!r} ({error}); {_RESTORE}.'
-        )
-        raise BundleError(message) from None
-    return arrays, metadata
-
-
-def _listed_arrays(path: Path, entry: dict) -> Path:
-    """The verified file of an array set, whose header lists the arrays of model.json."""
-    target = _verified(path, entry)
-    stored = _tensors(target)
-    if 'digests' in entry and set(stored) != set(entry['digests']):
-        message = (
-            f'{target}: holds arrays {sorted(stored)} where model.json lists '
-            f'{sorted(entry["digests"])}; {_RESTORE}.'
-        )
-        raise BundleError(message)
-    unreadable = sorted(key for key, (dtype, _) in stored.items() if dtype not in NUMPY_DTYPES)
-    if unreadable:
-        message = f'{target}: arrays {unreadable} have dtypes numpy cannot read; {_RESTORE}.'
-        raise BundleError(message)
-    return target
-
-
-def _check_not_shared(entries: dict, name: str, arrays: ty.Mapping) -> None:
-    """Refuse to replace a set whose arrays another set still refers to with other values."""
-    for other, entry in entries.items():
-        for source in entry.get('shared', {}).values():
-            if source['set'] == name and (
-                source['key'] not in arrays
-                or _array_digest(np.ascontiguousarray(_numpy(arrays[source['key']])))
-                != source['digest']
-            ):
-                raise ValueError(
-                    f'array set {other!r} shares {source["key"]!r} with '
-                    f'{name!r}: add {other!r} again after replacing {name!r}.'
-                )
-
-
-def _array_digest(array: np.ndarray) -> str:
-    """SHA-256 of an array's dtype, shape and bytes."""
-    digest = hashlib.sha256(f'{array.dtype.str}{array.shape}'.encode())
-    digest.update(memoryview(array).cast('B'))
-    return digest.hexdigest()
-
-
-def list_arrays(path: Path) -> list[str]:
-    """Names of the array sets stored in a bundle by :func:`add_arrays`."""
-    return list(_read_json(Path(path))['arrays'])
-
-
-def _verified(path: Path, entry: ty.Any) -> Path:
+def verified_member(path: Path, entry: ty.Any) -> Path:
     """The file of a model.json entry, inside the bundle and with the SHA-256 recorded there."""
     target = _member(path, entry)
     if not target.is_file():
-        raise BundleError(f'{target}: file listed in model.json is missing; {_RETRAIN}.')
+        raise BundleError(f'{target}: file listed in model.json is missing; {RETRAIN}.')
     digest = sha256(target)
     if digest != entry['sha256']:
         message = (
             f'{target}: SHA-256 {digest[:12]}... differs from model.json '
             f'({entry["sha256"][:12]}...), the file was altered; restore the bundle or '
-            f'{_RETRAIN}.'
+            f'{RETRAIN}.'
         )
         raise BundleError(message)
     return target
@@ -423,16 +300,16 @@ def _member(path: Path, entry: ty.Any) -> Path:
     ):
         message = (
             f'{path / MODEL_JSON}: the entry {json.dumps(entry)[:80]} is not a file name of the '
-            f'bundle folder with its SHA-256; {_RESTORE}.'
+            f'bundle folder with its SHA-256; {RESTORE}.'
         )
         raise BundleError(message)
     target = path / name
     if target.is_symlink():
-        raise BundleError(f'{target}: a symbolic link, not a file of the bundle; {_RESTORE}.')
+        raise BundleError(f'{target}: a symbolic link, not a file of the bundle; {RESTORE}.')
     return target
 
 
-def _read_json(path: Path) -> dict:
+def read_document(path: Path) -> dict:
     card_file = path / MODEL_JSON
     if path.is_symlink() or card_file.is_symlink():
         link = path if path.is_symlink() else card_file
@@ -450,29 +327,29 @@ def _read_json(path: Path) -> dict:
     if card_file.stat().st_size > MAX_CARD_BYTES:
         message = (
             f'{card_file}: {card_file.stat().st_size:,} bytes, more than a model card holds '
-            f'({MAX_CARD_BYTES:,}); {_RESTORE}.'
+            f'({MAX_CARD_BYTES:,}); {RESTORE}.'
         )
         raise BundleError(message)
     try:
         document = json.loads(card_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f'{card_file}: not valid JSON ({error}); {_RETRAIN}.') from error
+        raise BundleError(f'{card_file}: not valid JSON ({error}); {RETRAIN}.') from error
     if not isinstance(document, dict) or (
         document.get('format') != FORMAT or document.get('format_version') != FORMAT_VERSION
     ):
         message = (
             f'{card_file}: not a {FORMAT} v{FORMAT_VERSION} card; '
-            f'load it with the bids_anomaly version that wrote it or {_RETRAIN}.'
+            f'load it with the bids_anomaly version that wrote it or {RETRAIN}.'
         )
         raise BundleError(message)
     if not isinstance(document.get('weights'), dict) or not isinstance(
         document.get('arrays'), dict
     ):
-        raise BundleError(f'{card_file}: invalid model card (no weights or arrays); {_RETRAIN}.')
+        raise BundleError(f'{card_file}: invalid model card (no weights or arrays); {RETRAIN}.')
     return document
 
 
-def _write_json(path: Path, document: dict) -> None:
+def write_document(path: Path, document: dict) -> None:
     text = json.dumps(_strict(document), indent=2, allow_nan=False)
     write_text(path / MODEL_JSON, text + '\n')
 
@@ -498,99 +375,5 @@ def _software() -> dict:
     }
 
 
-def _numpy(value: np.ndarray | torch.Tensor) -> np.ndarray:
-    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _number(value: float | None) -> str:
-    return '-' if value is None else f'{value:.4g}'
-
-
-def _show(value: ty.Any) -> str:
+def show(value: ty.Any) -> str:
     return ','.join(map(str, value)) if isinstance(value, tuple) else str(value)
-
-
-def damaged_files(path: Path) -> list[str]:
-    """Files listed in ``model.json`` that are missing or whose SHA-256 differs."""
-    path = Path(path)
-    document = _read_json(path)
-    damaged = []
-    for entry in (document['weights'], *document['arrays'].values()):
-        try:
-            _verified(path, entry)
-        except BundleError:
-            damaged.append(entry['file'])
-    return damaged
-
-
-def format_card(path: Path, damaged: ty.Collection[str]) -> str:
-    """Human-readable model card; ``damaged`` are the files of :func:`damaged_files`."""
-    path = Path(path)
-    document = _read_json(path)
-    card = read_card(path)
-    spec, params = card.spec, card.params
-    files = {'weights': document['weights'], **document['arrays']}
-    status = {
-        key: 'ALTERED OR MISSING' if entry['file'] in damaged else 'sha256 ok'
-        for key, entry in files.items()
-    }
-    last = card.history[-1] if card.history else {}
-    lines = [
-        f'{document["name"]}: {spec.family} ({document["n_parameters"]:,} parameters)',
-        f'  description     {card.description or "-"}',
-        f'  template        {card.template} at {card.resolution:g} mm, '
-        f'grid {_show(spec.grid_shape)}',
-        f'  modalities      {", ".join(card.modalities)}',
-        f'  normalisation   {json.dumps(card.normalisation)}',
-        f'  latent          {_show(tuple(document["latent_shape"]))}'
-        f' ({math.prod(document["latent_shape"])} values)',
-        f'  architecture    {json.dumps(spec.to_dict())}',
-        f'  training        {json.dumps(params.to_dict())}',
-        f'  epochs run      {len(card.history)}'
-        + (
-            f' (last train {_number(last["train_loss"])}, val {_number(last["val_loss"])})'
-            if last
-            else ''
-        ),
-        f'  participants    {len(card.training_participants)} training: '
-        f'{" ".join(card.training_participants)}',
-        f'                  {len(card.calibration_participants)} calibration: '
-        f'{" ".join(card.calibration_participants)}',
-        f'  software        {json.dumps(document["software"])}',
-    ]
-    lines += [f'  file            {entry["file"]} ({status[key]})' for key, entry in files.items()]
-    lines += [f'  extra.{key:<10} {json.dumps(value)}' for key, value in card.extra.items()]
-    return '\n'.join(lines)
-
-
-@click.group()
-def main() -> None:
-    """Inspect bids_anomaly model bundles."""
-
-
-@main.command()
-@click.argument('path', type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option('--json', 'as_json', is_flag=True, help='Print model.json as stored.')
-def inspect(path: Path, as_json: bool) -> None:
-    """Print the model card of the bundle in PATH and check its files.
-
-    Exits with 66 (as the BIDS-App does for an unusable bundle) when model.json cannot be read
-    or a file it lists is missing or altered.
-    """
-    try:
-        damaged = damaged_files(path)
-        text = json.dumps(_read_json(path), indent=2) if as_json else format_card(path, damaged)
-    except BundleError as error:
-        _fail(str(error))
-    click.echo(text)
-    if damaged:
-        _fail(
-            f'{path}: {", ".join(damaged)} missing or altered (SHA-256 differs from '
-            f'model.json); restore the bundle or {_RETRAIN}.'
-        )
-
-
-def _fail(message: str) -> ty.NoReturn:
-    """One line on stderr and the exit code of a missing or unusable input."""
-    click.echo(f'bids_anomaly-model: error: {message}', err=True)
-    sys.exit(MissingInputError.exit_code)
