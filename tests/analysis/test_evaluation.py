@@ -95,3 +95,4 @@ def test_demo_summary_says_which_scores_are_at_chance(tmp_path, capsys) -> None:
     assert ocsvm.endswith('subject AUROC 1.00 (p = 0.33): AT CHANCE')  # 2 against 1
     baseline = next(line for line in lines if line.startswith('  baseline zscore: '))
     assert 'AT CHANCE' in baseline
+    assert 'Best score on this cohort: saepatch ocsvm, voxel AP 1.0000 (15.0 x chance)' in lines
