@@ -5,6 +5,9 @@ per-voxel encodings of their fitted arrays.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import typing as ty
 
 import numpy as np
@@ -104,10 +107,11 @@ class VoxelEstimator(BaseEstimator):
         """Fitted arrays of the voxels ``start:stop``, one dict per chunk (encoded if
         ``compact``)."""
         encode = self._compact if compact else dict
-        return [
-            encode(self._fit_chunk(chunk))
-            for _, chunk in self._chunks(X, self._chunk_size(X), start, stop)
-        ]
+        parts = []
+        for _, chunk in self._chunks(X, self._chunk_size(X), start, stop):
+            parts.append(encode(self._fit_chunk(chunk)))
+            release_freed_memory()
+        return parts
 
     def _n_jobs(self, n_voxels: int) -> int:
         """Worker processes for :meth:`fit`: one on a GPU, at most one per
@@ -245,6 +249,28 @@ class VoxelEstimator(BaseEstimator):
                 np.require(data[first : min(first + size, stop)], requirements=('C', 'W'))
             )  # e.g. a memmap
             yield first, buffer[: len(chunk)].copy_(chunk)
+
+
+@functools.cache
+def _malloc_trim() -> ty.Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (``None`` on other C libraries)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the pages that freed allocations left inside the C heap back to the system.
+
+    Each chunk's temporaries (tens of MB) are freed, but the small fitted arrays kept between
+    them pin the heap's pages: without this, a whole-brain fit at n = 48 grew the resident set
+    by ~0.3 GB per 75,000 voxels that it never used again (glibc keeps freed memory below its
+    dynamic mmap threshold). ``malloc_trim(0)`` returns every free page to the system.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _worker_config() -> ty.ContextManager:
