@@ -1158,8 +1158,10 @@ def run(
     seed: int,
     nprocs: int,
     wait: bool = False,
+    reuse_only: bool = False,
 ) -> list[dict]:
-    """Every (fold, n) record of ``settings``, computed or reused from ``records``."""
+    """Every (fold, n) record of ``settings``, computed or reused from ``records``
+    (``reuse_only``: the stored ones only, to report while another process computes the rest)."""
     import torch
 
     torch.set_num_threads(nprocs)
@@ -1193,6 +1195,9 @@ def run(
                         done.append(stored['record'].item())
                         LOGGER.info('fold %d, n = %d: reused %s', f, n, path)
                         continue
+            if reuse_only:
+                LOGGER.warning('fold %d, n = %d: no record yet, left out (--reuse-only)', f, n)
+                continue
             if copies is None:
                 copies = make_copies(
                     settings, subjects, volumes, hosts, template, work, seed, nprocs, wait
@@ -1247,6 +1252,11 @@ def main() -> None:
         help="only train and cache each fold's models (to run beside a scoring process)",
     )
     parser.add_argument(
+        '--reuse-only',
+        action='store_true',
+        help='report the stored records only, computing none (while another process runs)',
+    )
+    parser.add_argument(
         '--prepare-native',
         metavar='PART/PARTS',
         help='only write and preprocess the native copies, this share of them '
@@ -1297,6 +1307,7 @@ def main() -> None:
         seed=args.seed,
         nprocs=args.nprocs,
         wait=args.wait_native,
+        reuse_only=args.reuse_only,
     )
     tables = summarise(records, settings, args.seed)
     context.update(
