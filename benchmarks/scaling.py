@@ -73,8 +73,8 @@ def main() -> None:
         row = in_child(fit, work, bundle, labels[:n], labels[-CALIBRATION:], args.jobs)
         lines.append(f'| {n} | ' + ' | '.join(row) + f' | {before} | {load_average()} |')
         print(lines[-1], flush=True)
-    if args.out:
-        args.out.write_text('\n'.join(lines) + '\n')
+        if args.out:  # after each n: a long run that is stopped keeps its finished rows
+            args.out.write_text('\n'.join(lines) + '\n')
 
 
 def link_participants(preps: list[Path], folder: Path) -> list[str]:

@@ -7,12 +7,16 @@ shown to users: the first entry is the default.
 
 from __future__ import annotations
 
+import typing as ty
+
 #: Smallest patch side the patch auto-encoder takes: two 3x3 convolutions, a 2x max-pool and
 #: two more 3x3 convolutions leave a 1x1 code at 12 (``models/networks.py``). The command line
 #: also wants patches centred on a voxel (odd), so its smallest ``--patch-size`` is 13.
 MIN_PATCH_SIZE = 12
-#: Auto-encoder families: siamese (``sae``) or plain (``ae``), on patches or whole slices.
-MODEL_FAMILIES = ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice')
+#: Auto-encoder families: siamese (``sae``), plain (``ae``) or denoising (``dae``), on patches or
+#: whole slices (the type of ``ModelSpec.family``).
+Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice']
+MODEL_FAMILIES: tuple[str, ...] = ty.get_args(Family)
 #: Trained by default: the published siamese patch model and the best of the detection
 #: benchmark (docs/benchmarks.md); the other families on request.
 DEFAULT_MODELS = ('sae-patch', 'dae-slice')

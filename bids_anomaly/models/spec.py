@@ -12,9 +12,8 @@ import dataclasses
 import typing as ty
 from dataclasses import dataclass
 
-from bids_anomaly.constants import MIN_PATCH_SIZE, MODEL_FAMILIES
+from bids_anomaly.constants import MIN_PATCH_SIZE, MODEL_FAMILIES, Family
 
-Family = ty.Literal['sae-patch', 'ae-patch', 'ae-slice', 'sae-slice', 'dae-slice']
 ReconstructionLoss = ty.Literal['l1', 'l2', 'ssim']
 SiameseMetric = ty.Literal['cosine', 'l2']
 
