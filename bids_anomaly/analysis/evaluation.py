@@ -14,6 +14,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from bids_anomaly.preprocessing.quality import dice
+
 #: A voxel AP below this multiple of the prevalence reads as chance. Neighbouring voxels are
 #: correlated, so there is no honest test; the factor is a plain, stated rule.
 CHANCE_AP_FACTOR = 2.0
@@ -36,12 +38,6 @@ COLUMN_DESCRIPTIONS = {
     'subject_auroc_p': 'One-sided Mann-Whitney p-value of subject_auroc: how often chance alone '
     'gives an AUROC at least this high with these numbers of participants.',
 }
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice overlap of two boolean arrays (NaN when both are empty)."""
-    total = prediction.sum() + truth.sum()
-    return float(2 * np.logical_and(prediction, truth).sum() / total) if total else float('nan')
 
 
 def best_dice(scores: np.ndarray, truth: np.ndarray) -> float:

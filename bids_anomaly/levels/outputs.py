@@ -29,6 +29,7 @@ from bids_anomaly.bids.derivatives import DerivativesWriter
 from bids_anomaly.bids.layout import Participant
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.preprocessing.registration import Interpolation
+from bids_anomaly.scoring.calibration import apply_threshold
 from bids_anomaly.scoring.scorer import BASELINE, ZSCORE, BundleScorer, ParticipantScores
 
 LOGGER = logging.getLogger('bids_anomaly')
@@ -104,7 +105,7 @@ def write_participant_scores(
         if model == BASELINE and not write_baseline:
             continue
         threshold = scorer.thresholds[(model, stat)]
-        abnormal = (score_map > threshold) & scorer.mask
+        abnormal = apply_threshold(score_map, threshold, scorer.mask)
         provenance = {
             'Model': model,
             'ScoreType': stat,

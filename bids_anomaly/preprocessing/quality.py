@@ -23,9 +23,10 @@ def pearson_in_mask(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two boolean masks (1 when both are empty)."""
+    """Dice coefficient of two boolean masks (NaN when both are empty: undefined, not perfect);
+    the one definition of the package (registration QC here, detection in ``analysis``)."""
     total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else float(2 * np.count_nonzero(a & b) / total)
+    return float(2 * np.count_nonzero(a & b) / total) if total else float('nan')
 
 
 def registration_metrics(

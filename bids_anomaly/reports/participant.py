@@ -20,6 +20,7 @@ from bids_anomaly.analysis.regions import WHOLE_BRAIN, Atlas
 from bids_anomaly.bids.derivatives import DerivativesWriter, sidecar_path
 from bids_anomaly.bids.names import OUTPUTS
 from bids_anomaly.reports.html import IMAGE_TYPES, Section, render_report
+from bids_anomaly.scoring.calibration import apply_threshold
 
 if TYPE_CHECKING:
     from bids_anomaly.bids.layout import Participant
@@ -226,7 +227,7 @@ def maps_section(
         path = OUTPUTS['score_map'].path(writer.output_dir, entities)
         img = nib.load(path)
         scores = np.asarray(img.dataobj, dtype=np.float32)
-        abnormal = (scores > threshold) & brain  # the definition of the desc-abnormal masks
+        abnormal = apply_threshold(scores, threshold, brain)  # as the desc-abnormal masks
         sidecar = json.loads(sidecar_path(path).read_text(encoding='utf-8'))
         rows.append(
             {
