@@ -19,7 +19,7 @@ import click
 from click.core import ParameterSource
 
 from bids_anomaly import __version__
-from bids_anomaly.config import SECTIONS, RunConfig, read_config_file
+from bids_anomaly.config import PRESETS, SECTIONS, RunConfig, read_config_file
 from bids_anomaly.errors import AppError, UsageError, disk_failure
 
 #: Settings given as one comma-separated value on the command line.
@@ -100,6 +100,15 @@ def _config_options(command: Any) -> Any:
     help='TOML file with settings (same sections and names as the saved '
     'logs/config_*.toml); command-line options override it.',
 )
+@click.option(
+    '--preset',
+    type=click.Choice(list(PRESETS)),
+    default='best',
+    show_default=True,
+    help='Named configuration under the config file and the options: best (the defaults, '
+    'the best of the detection benchmark) or published (Munoz-Ramirez, Pinon et al. 2021: '
+    'four families, unsmoothed maps, clipped normalisation).',
+)
 @click.version_option(
     __version__, '--version', prog_name='bids_anomaly', message='%(prog)s %(version)s'
 )
@@ -111,6 +120,7 @@ def cli(
     output_dir: Path,
     analysis_level: str,
     config_file: Path | None,
+    preset: str,
     **options: Any,
 ) -> None:
     """Unsupervised anomaly detection in brain MRI, as a BIDS-App.
@@ -121,7 +131,7 @@ def cli(
     group:       with --train, train the models on the controls; score participants not
                  yet scored; write group tables, statistics, embeddings and the report.
     """
-    config = build_config(ctx, bids_dir, output_dir, analysis_level, config_file, options)
+    config = build_config(ctx, bids_dir, output_dir, analysis_level, config_file, options, preset)
     from bids_anomaly.levels import run
 
     run(config)
@@ -134,16 +144,20 @@ def build_config(
     analysis_level: str,
     config_file: Path | None,
     options: dict[str, Any],
+    preset: str = 'best',
 ) -> RunConfig:
-    """Defaults < config file < command line, then validation (``UsageError`` on bad values)."""
-    settings: dict[str, dict[str, Any]] = {}
+    """Defaults < preset < config file < command line, then validation (``UsageError`` on bad
+    values)."""
+    settings = {section: dict(values) for section, values in PRESETS[preset].items()}
     if config_file is not None:
         if not config_file.is_file():
             raise UsageError(f'--config-file {config_file} does not exist')
         try:
-            settings = read_config_file(config_file)
+            from_file = read_config_file(config_file)
         except (OSError, ValueError) as err:
             raise UsageError(f'--config-file {config_file}: {err}') from None
+        for section, values in from_file.items():
+            settings.setdefault(section, {}).update(values)
     given = {
         name for name in options if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
     }

@@ -368,6 +368,21 @@ SECTIONS: dict[str, type] = {
 }
 
 
+#: Named configurations (``--preset``), applied above the defaults and below the configuration
+#: file and the command line. ``best``: the defaults, the best configuration of the detection
+#: benchmark (docs/benchmarks.md). ``published``: the configuration of Munoz-Ramirez, Pinon et
+#: al. (MLCN 2021) - its four families, unsmoothed score maps, the clipped quantile
+#: normalisation (a participant-level setting: preprocess with the same preset).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    'best': {},
+    'published': {
+        'preprocessing': {'intensity_norm': 'quantile'},
+        'training': {'models': ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice')},
+        'scoring': {'score_fwhm': 0.0},
+    },
+}
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs: the BIDS-App arguments plus one object per section."""

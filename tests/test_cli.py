@@ -257,6 +257,60 @@ def test_config_file_and_command_line_precedence(
     assert cfg.scoring.native_space and cfg.scoring.latent_maps
 
 
+@pytest.mark.parametrize(
+    ('arguments', 'config_text', 'expected'),
+    [
+        ([], '', ('quantile-unclipped', ('sae-patch', 'dae-slice'), 9.0)),
+        (
+            ['--preset', 'published'],
+            '',
+            ('quantile', ('sae-patch', 'ae-patch', 'ae-slice', 'sae-slice'), 0.0),
+        ),
+        (  # the config file and the command line stay above the preset
+            ['--preset', 'published', '--models', 'ae-slice'],
+            '[scoring]\nscore_fwhm = 6.0\n',
+            ('quantile', ('ae-slice',), 6.0),
+        ),
+    ],
+)
+def test_preset_sits_under_the_config_file_and_the_command_line(
+    tiny_bids: Path, tmp_path: Path, arguments: list[str], config_text: str, expected: tuple
+) -> None:
+    from click.testing import CliRunner
+
+    from bids_anomaly import cli as cli_module
+
+    config = tmp_path / 'config.toml'
+    config.write_text(config_text)
+    seen = {}
+
+    def fake_build(*args):  # capture the merged configuration, run nothing
+        seen['config'] = original(*args)
+        raise SystemExit(0)
+
+    original = cli_module.build_config
+    cli_module.build_config = fake_build
+    try:
+        result = CliRunner().invoke(
+            cli_module.cli,
+            [str(tiny_bids), str(tmp_path / 'out'), 'group', '--config-file', str(config)]
+            + arguments,
+        )
+    finally:
+        cli_module.build_config = original
+    assert result.exit_code == 0, result.output
+    cfg = seen['config']
+    assert (cfg.preprocessing.intensity_norm, cfg.training.models, cfg.scoring.score_fwhm) == (
+        expected
+    )
+
+
+def test_unknown_preset_exits_64(tiny_bids: Path, tmp_path: Path, capsys) -> None:
+    code, err = run_cli([tiny_bids, tmp_path / 'out', 'group', '--preset', 'fastest'], capsys)
+    assert code == 64
+    assert "'fastest' is not one of 'best', 'published'" in err
+
+
 def test_bad_config_file_exits_64(
     tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
