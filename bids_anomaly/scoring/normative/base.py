@@ -98,6 +98,7 @@ class VoxelEstimator(BaseEstimator):
                     delayed(self._fit_range)(X, start, stop, compact)
                     for start, stop in zip(bounds[:-1], bounds[1:])
                 )
+                _stop_idle_workers()
             parts = [part for block in blocks for part in block]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
@@ -271,6 +272,17 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def _stop_idle_workers() -> None:
+    """Stop the loky workers once their fit is done: idle, they would keep their memory for
+    joblib's 300 s timeout, beside the next fit in the main process (at n = 12 the sum of the
+    resident sets reached 4.3 GiB so; a cluster's workers are the cluster's business)."""
+    from joblib.externals.loky import get_reusable_executor
+    from joblib.parallel import LokyBackend, get_active_backend
+
+    if isinstance(get_active_backend()[0], LokyBackend):
+        get_reusable_executor().shutdown(wait=True)
 
 
 def _worker_config() -> ty.ContextManager:
