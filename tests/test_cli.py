@@ -206,49 +206,51 @@ def test_training_without_controls_exits_66(tmp_path: Path, capsys: pytest.Captu
     assert_one_line(err, 'participants.tsv', '--group-column')
 
 
-def test_config_file_and_command_line_precedence(
-    tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = tmp_path / 'config.toml'
-    config.write_text(
-        '[preprocessing]\nresolution = 2.0\nregistration = "affine"\n[execution]\nseed = 7\n'
-    )
+def merged_config(args: list[str], monkeypatch: pytest.MonkeyPatch):
+    """The configuration that the command line builds from ``args``, without running it."""
     from click.testing import CliRunner
 
     from bids_anomaly import cli as cli_module
 
     seen = {}
+    original = cli_module.build_config
 
-    def fake_build(ctx, *args):  # capture the merged configuration, run nothing
-        seen['config'] = original(ctx, *args)
+    def capture(*build_args):
+        seen['config'] = original(*build_args)
         raise SystemExit(0)
 
-    original = cli_module.build_config
-    cli_module.build_config = fake_build
-    try:
-        result = CliRunner().invoke(
-            cli_module.cli,
-            [
-                str(tiny_bids),
-                str(tmp_path / 'out'),
-                'participant',
-                '--config-file',
-                str(config),
-                '--registration',
-                'syn',
-                '--participant-label',
-                '01',
-                '02',
-                '--models',
-                'sae-patch,ae-slice',
-                '--native-space',
-                '--latent-maps',
-            ],
-        )
-    finally:
-        cli_module.build_config = original
+    monkeypatch.setattr(cli_module, 'build_config', capture)
+    result = CliRunner().invoke(cli_module.cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    cfg = seen['config']
+    return seen['config']
+
+
+def test_config_file_and_command_line_precedence(
+    tiny_bids: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / 'config.toml'
+    config.write_text(
+        '[preprocessing]\nresolution = 2.0\nregistration = "affine"\n[execution]\nseed = 7\n'
+    )
+    cfg = merged_config(
+        [
+            tiny_bids,
+            tmp_path / 'out',
+            'participant',
+            '--config-file',
+            config,
+            '--registration',
+            'syn',
+            '--participant-label',
+            '01',
+            '02',
+            '--models',
+            'sae-patch,ae-slice',
+            '--native-space',
+            '--latent-maps',
+        ],
+        monkeypatch,
+    )
     assert cfg.preprocessing.resolution == 2.0
     assert cfg.preprocessing.registration == 'syn'
     assert cfg.execution.seed == 7
@@ -274,32 +276,18 @@ def test_config_file_and_command_line_precedence(
     ],
 )
 def test_preset_sits_under_the_config_file_and_the_command_line(
-    tiny_bids: Path, tmp_path: Path, arguments: list[str], config_text: str, expected: tuple
+    tiny_bids: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    arguments: list[str],
+    config_text: str,
+    expected: tuple,
 ) -> None:
-    from click.testing import CliRunner
-
-    from bids_anomaly import cli as cli_module
-
     config = tmp_path / 'config.toml'
     config.write_text(config_text)
-    seen = {}
-
-    def fake_build(*args):  # capture the merged configuration, run nothing
-        seen['config'] = original(*args)
-        raise SystemExit(0)
-
-    original = cli_module.build_config
-    cli_module.build_config = fake_build
-    try:
-        result = CliRunner().invoke(
-            cli_module.cli,
-            [str(tiny_bids), str(tmp_path / 'out'), 'group', '--config-file', str(config)]
-            + arguments,
-        )
-    finally:
-        cli_module.build_config = original
-    assert result.exit_code == 0, result.output
-    cfg = seen['config']
+    cfg = merged_config(
+        [tiny_bids, tmp_path / 'out', 'group', '--config-file', config, *arguments], monkeypatch
+    )
     assert (cfg.preprocessing.intensity_norm, cfg.training.models, cfg.scoring.score_fwhm) == (
         expected
     )
